@@ -1,0 +1,24 @@
+"""oprd_kernels: the On-Policy Representation Distillation losses, one meaning, several backends.
+
+Other trainers import this package alone (it never imports `oprd`, transformers or vllm). `reference` holds the
+plain-PyTorch specification of every op; `alignment_loss` and `bridge_loss` dispatch to the fastest backend.
+"""
+
+from oprd_kernels import reference
+from oprd_kernels._build import build_info
+from oprd_kernels.dispatch import BACKENDS, backend_status
+from oprd_kernels.functional import alignment_loss, bridge_loss
+from oprd_kernels.reference import NORM_EPS, cosine_similarity, project_teacher
+
+__version__ = "0.1.0"
+__all__ = [
+    "BACKENDS",
+    "NORM_EPS",
+    "alignment_loss",
+    "backend_status",
+    "bridge_loss",
+    "build_info",
+    "cosine_similarity",
+    "project_teacher",
+    "reference",
+]

@@ -1,0 +1,44 @@
+"""Public entry points: validate the backend request, dispatch, run. Semantics are those of
+oprd_kernels.reference (see DESIGN.md); the backend changes speed and memory, never the meaning."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+from oprd_kernels.dispatch import resolve
+
+HiddenStates = Union[Tensor, Sequence[Tensor]]
+
+
+def _device_of(hidden: object) -> torch.device | None:
+    if isinstance(hidden, Tensor):
+        return hidden.device
+    if isinstance(hidden, (list, tuple)) and hidden and isinstance(hidden[0], Tensor):
+        return hidden[0].device
+    return None  # malformed input: the implementation's validation reports it
+
+
+def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor | None = None,
+                   weights: Tensor | None = None, layer_map: Tensor | None = None, loss_type: str = "mse",
+                   reduction: str = "mean", backend: str | None = None) -> Tensor:
+    """Multi-layer OPRD alignment loss; see oprd_kernels.reference.alignment_loss for the arguments.
+
+    backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device).
+    """
+    _, impl = resolve("alignment_loss", backend, _device_of(student))
+    return impl(student, teacher, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
+                reduction=reduction)
+
+
+def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *, rows: Tensor | None = None,
+                weights: Tensor | None = None, loss_type: str = "nmse", reduction: str = "mean",
+                backend: str | None = None) -> Tensor:
+    """OPRD-Bridge projected loss; see oprd_kernels.reference.bridge_loss for the arguments.
+
+    backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device).
+    """
+    _, impl = resolve("bridge_loss", backend, _device_of(student))
+    return impl(student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type, reduction=reduction)

@@ -1,0 +1,130 @@
+"""Reference on-policy distillation (OPD) losses, as the OPRD paper's reference code computes them (PAPER_NOTES §1).
+
+Common inputs (logits already aligned with the tokens: position t of the logits predicts tokens[t]):
+    student_logits: [N, V] or [B, T, V] floating, with gradient (the student's LM-head output).
+    teacher_logits: same shape, any floating dtype; a constant (no gradient flows into it).
+    mask: None (all positions) or a bool/0-1 tensor of shape [N] or [B, T] marking response tokens.
+All three losses are token-means over the mask: sum_t m_t * loss_t / sum_t m_t (0 when the mask is empty). They are
+computed in float32 (float64 for float64 logits) and return a scalar of that dtype. Every one of them materialises
+[N, V] log-probabilities: they are the faithful, memory-hungry baselines the fused losses are measured against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail, result_dtype
+
+
+def _check_logits(func: str, student_logits: object, teacher_logits: object) -> None:
+    check_float_tensor(func, "student_logits", student_logits)
+    check_float_tensor(func, "teacher_logits", teacher_logits)
+    if student_logits.dim() not in (2, 3) or student_logits.shape[-1] == 0:
+        raise fail(ValueError, func, "student_logits", "must have shape [N, V] or [B, T, V] with V >= 1",
+                   describe(student_logits))
+    if teacher_logits.shape != student_logits.shape:
+        raise fail(ValueError, func, "teacher_logits", f"must match student_logits' shape "
+                   f"{tuple(student_logits.shape)}", describe(teacher_logits))
+    check_same_device(func, "teacher_logits", teacher_logits, student_logits.device)
+
+
+def _check_mask(func: str, mask: object, positions: torch.Size, device: torch.device) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise fail(TypeError, func, "mask", "must be a bool or 0/1 tensor or None", describe(mask))
+    if mask.shape != positions:
+        raise fail(ValueError, func, "mask", f"must have the positions' shape {tuple(positions)}", describe(mask))
+    check_same_device(func, "mask", mask, device)
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise fail(ValueError, func, "mask", "must hold only 0 and 1", "other values")
+    return mask
+
+
+def _check_tokens(func: str, tokens: object, positions: torch.Size, vocab: int, device: torch.device) -> Tensor:
+    if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64:
+        raise fail(TypeError, func, "tokens", "must be an int64 tensor", describe(tokens))
+    if tokens.shape != positions:
+        raise fail(ValueError, func, "tokens", f"must have the positions' shape {tuple(positions)}", describe(tokens))
+    check_same_device(func, "tokens", tokens, device)
+    if tokens.numel() > 0 and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise fail(ValueError, func, "tokens", f"must be token ids in [0, {vocab - 1}]",
+                   f"values in [{int(tokens.min())}, {int(tokens.max())}]")
+    return tokens
+
+
+def masked_token_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """sum_t m_t v_t / sum_t m_t over all positions; 0 (with a zero gradient) when no position is selected."""
+    if mask is None:
+        return values.sum() / max(values.numel(), 1)
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1)
+
+
+def _log_softmax(logits: Tensor) -> Tensor:
+    return F.log_softmax(logits.to(result_dtype(logits.dtype)), dim=-1)
+
+
+def sampled_token_opd_loss(student_logits: Tensor, teacher_logits: Tensor, tokens: Tensor,
+                           mask: Tensor | None = None) -> Tensor:
+    """Sampled-token (top-1) OPD: REINFORCE on the per-token reward r_t = log q_t(y_t) - log p_t(y_t).
+
+    loss = token-mean of -sg(r_t) * log p_t(y_t). Its gradient is -r_t * grad log p_t(y_t), the on-policy PPO
+    gradient with ratio 1 (clipping never acts with one update per batch). `tokens`: int64 [N] or [B, T], the
+    sampled response tokens y_t.
+    """
+    func = "sampled_token_opd_loss"
+    _check_logits(func, student_logits, teacher_logits)
+    positions = student_logits.shape[:-1]
+    tokens = _check_tokens(func, tokens, positions, student_logits.shape[-1], student_logits.device)
+    mask = _check_mask(func, mask, positions, student_logits.device)
+    index = tokens.unsqueeze(-1)
+    log_p = _log_softmax(student_logits).gather(-1, index).squeeze(-1)
+    with torch.no_grad():
+        log_q = _log_softmax(teacher_logits).gather(-1, index).squeeze(-1)
+        reward = log_q - log_p
+    return masked_token_mean(-reward.to(log_p.dtype) * log_p, mask)
+
+
+def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None, *,
+                  k: int = 16) -> Tensor:
+    """Top-k OPD exactly as the reference code does it (verl, strategy `only_stu`, weights `student_p`).
+
+    1. ids = the k largest student logits per position (no gradient);
+    2. log q_k = teacher log-probs at ids, normalised over the full vocabulary;
+    3. w_k = softmax of the k student log-probs (detached); advantage A_k = -w_k (log p_k - log q_k), detached;
+    4. loss_t = sum_k -A_k * log p_k with log p_k from a full-vocabulary log_softmax; token-mean over the mask.
+    A score-function gradient sum_k w_k (log p_k - log q_k) grad log p_k, not the KL's analytic gradient; the
+    log-ratio is not renormalised on the top-k set. k must be in [1, V].
+    """
+    func = "topk_opd_loss"
+    _check_logits(func, student_logits, teacher_logits)
+    vocab = student_logits.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
+    mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
+    log_p_all = _log_softmax(student_logits)
+    with torch.no_grad():
+        ids = log_p_all.topk(k, dim=-1).indices
+        log_q = _log_softmax(teacher_logits).gather(-1, ids).to(log_p_all.dtype)
+    log_p = log_p_all.gather(-1, ids)
+    with torch.no_grad():
+        w = torch.softmax(log_p, dim=-1)
+        advantage = -w * (log_p - log_q)
+    return masked_token_mean((-advantage * log_p).sum(-1), mask)
+
+
+def full_vocab_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Exact reverse KL per position, sum_v p_t(v) (log p_t(v) - log q_t(v)), token-mean over the mask.
+
+    Differentiated analytically by autograd (not a score-function estimate).
+    """
+    func = "full_vocab_opd_loss"
+    _check_logits(func, student_logits, teacher_logits)
+    mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
+    log_p = _log_softmax(student_logits)
+    log_q = _log_softmax(teacher_logits.detach()).to(log_p.dtype)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return masked_token_mean(kl, mask)

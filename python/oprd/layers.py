@@ -1,0 +1,84 @@
+"""Which layers are distilled, in Hugging Face `hidden_states` indexing, and how layers of models of different
+depth are paired (OPRD-Bridge, PAPER_NOTES Eq. 11).
+
+`hidden_states` of a model with L blocks has L + 1 entries: index 0 is the embedding output, index i (1..L) the
+output of block i, and index L is the final, post-norm state (HF applies the last norm to the last entry).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+LAYER_MODES = ("last", "all", "even", "odd")
+LayerSpec = Union[str, Sequence[int]]
+
+
+def _check_depth(func: str, arg: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{func}: `{arg}` must be an int (a number of transformer blocks); got {value!r}")
+    if value < 1:
+        raise ValueError(f"{func}: `{arg}` must be >= 1; got {value}")
+    return value
+
+
+def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
+    """Sorted `hidden_states` indices selected by `spec` for a model with `num_layers` blocks.
+
+    spec: "last" -> [L]; "all" -> [1..L] (every block output, as the paper's "all 28 layers"); "even" / "odd" ->
+    the even / odd indices among 1..L; or an explicit sequence of ints in [0, L] (0 = embeddings), negative
+    ints counting from the end as in Python (-1 = L). Duplicates are rejected.
+    """
+    func = "resolve_layers"
+    num_layers = _check_depth(func, "num_layers", num_layers)
+    if isinstance(spec, str):
+        if spec not in LAYER_MODES:
+            raise ValueError(f"{func}: `spec` must be one of {list(LAYER_MODES)} or a list of layer indices; "
+                             f"got {spec!r}")
+        blocks = range(1, num_layers + 1)
+        if spec == "last":
+            return [num_layers]
+        if spec == "all":
+            return list(blocks)
+        return [i for i in blocks if i % 2 == (0 if spec == "even" else 1)]
+    if not isinstance(spec, (list, tuple)) or len(spec) == 0:
+        raise TypeError(f"{func}: `spec` must be a mode name or a non-empty sequence of ints; got {spec!r}")
+    indices = []
+    for i in spec:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"{func}: `spec` entries must be ints; got {i!r} in {list(spec)}")
+        if not -(num_layers + 1) <= i <= num_layers:
+            raise ValueError(f"{func}: `spec` entries must be hidden_states indices in [0, {num_layers}] (or "
+                             f"[-{num_layers + 1}, -1] from the end) for a model with {num_layers} blocks; got {i}")
+        indices.append(i % (num_layers + 1))
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"{func}: `spec` lists a layer twice; got {list(spec)} (indices {indices})")
+    return sorted(indices)
+
+
+def proportional_map(num_student: int, num_teacher: int) -> list[int]:
+    """0-based teacher block for each 0-based student block, per PAPER_NOTES Eq. 11.
+
+    Student block l (1-based, of L_S) pairs with teacher block round((l - 1) / (L_S - 1) * (L_T - 1)) + 1: first
+    with first, last with last, evenly in between. Ties round half up; the arithmetic is exact (integers). A
+    one-block student pairs its block with the teacher's last block (the "last with last" rule).
+    """
+    func = "proportional_map"
+    num_student = _check_depth(func, "num_student", num_student)
+    num_teacher = _check_depth(func, "num_teacher", num_teacher)
+    if num_student == 1:
+        return [num_teacher - 1]
+    span_s, span_t = num_student - 1, num_teacher - 1
+    return [(2 * i * span_t + span_s) // (2 * span_s) for i in range(num_student)]
+
+
+def hidden_state_pairs(student_indices: Sequence[int], num_student: int, num_teacher: int) -> list[int]:
+    """Teacher `hidden_states` index paired with each student `hidden_states` index (from `resolve_layers`).
+
+    Index 0 (embeddings) pairs with 0; block output i (1..L_S) pairs with the teacher block `proportional_map`
+    gives it; the student's last index L_S (the post-norm state) pairs with the teacher's last, L_T.
+    """
+    blocks = proportional_map(num_student, num_teacher)
+    for i in student_indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= num_student:
+            raise ValueError(f"hidden_state_pairs: `student_indices` must be ints in [0, {num_student}]; got {i!r}")
+    return [0 if i == 0 else blocks[i - 1] + 1 for i in student_indices]

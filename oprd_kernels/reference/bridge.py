@@ -41,9 +41,7 @@ def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *,
     per_layer = []
     for layer, s_rows in enumerate(inp.student.rows):
         s = s_rows if inp.rows is None else s_rows.index_select(0, inp.rows)
-        p = inp.proj[layer]
-        dtype = torch.promote_types(s.dtype, p.dtype)
-        z_s = s.to(dtype) @ p.to(dtype).T
+        z_s = s.to(out_dtype) @ inp.proj[layer].to(out_dtype).T  # float32 at least, like the row losses
         per_row = row_loss(z_s, inp.teacher_z.rows[layer].detach(), loss_type)
         per_layer.append(weighted_layer_sum(per_row, inp.weights, out_dtype))
     values = torch.stack(per_layer)

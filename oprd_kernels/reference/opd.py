@@ -3,9 +3,10 @@
 Common inputs (logits already aligned with the tokens: position t of the logits predicts tokens[t]):
     student_logits: [N, V] or [B, T, V] floating, with gradient (the student's LM-head output).
     teacher_logits: same shape, any floating dtype; a constant (no gradient flows into it).
-    mask: None (all positions) or a bool/0-1 tensor of shape [N] or [B, T] marking response tokens.
+    mask: None (all positions) or a bool/0-1 tensor of shape [N] or [B, T] marking response tokens; whatever sits
+        at masked positions (padding ids such as -100, non-finite logits) is ignored.
 All three losses are token-means over the mask: sum_t m_t * loss_t / sum_t m_t (0 when the mask is empty). They are
-computed in float32 (float64 for float64 logits) and return a scalar of that dtype. Every one of them materialises
+computed in float32 (float64 when either logits tensor is float64) and return a scalar of that dtype. Every one of them materialises
 [N, V] log-probabilities: they are the faithful, memory-hungry baselines the fused losses are measured against.
 """
 
@@ -43,28 +44,32 @@ def _check_mask(func: str, mask: object, positions: torch.Size, device: torch.de
     return mask
 
 
-def _check_tokens(func: str, tokens: object, positions: torch.Size, vocab: int, device: torch.device) -> Tensor:
+def _check_tokens(func: str, tokens: object, positions: torch.Size, vocab: int, mask: Tensor | None,
+                  device: torch.device) -> Tensor:
+    """int64 token ids; only unmasked positions must be in [0, V): padding ids (e.g. -100) may sit under the mask."""
     if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64:
         raise fail(TypeError, func, "tokens", "must be an int64 tensor", describe(tokens))
     if tokens.shape != positions:
         raise fail(ValueError, func, "tokens", f"must have the positions' shape {tuple(positions)}", describe(tokens))
     check_same_device(func, "tokens", tokens, device)
-    if tokens.numel() > 0 and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-        raise fail(ValueError, func, "tokens", f"must be token ids in [0, {vocab - 1}]",
-                   f"values in [{int(tokens.min())}, {int(tokens.max())}]")
-    return tokens
+    live = tokens if mask is None else tokens[mask.bool()]
+    if live.numel() > 0 and (int(live.min()) < 0 or int(live.max()) >= vocab):
+        raise fail(ValueError, func, "tokens", f"must be token ids in [0, {vocab - 1}] at unmasked positions",
+                   f"values in [{int(live.min())}, {int(live.max())}]")
+    return tokens if mask is None else tokens.masked_fill(~mask.bool(), 0)
 
 
 def masked_token_mean(values: Tensor, mask: Tensor | None) -> Tensor:
-    """sum_t m_t v_t / sum_t m_t over all positions; 0 (with a zero gradient) when no position is selected."""
+    """sum_t m_t v_t / sum_t m_t over all positions; 0 (with a zero gradient) when no position is selected.
+    Masked positions are selected out, not multiplied by 0, so garbage (inf/NaN) under the mask cannot leak in."""
     if mask is None:
         return values.sum() / max(values.numel(), 1)
-    m = mask.to(values.dtype)
-    return (values * m).sum() / m.sum().clamp_min(1)
+    keep = mask.bool()
+    return torch.where(keep, values, torch.zeros_like(values)).sum() / keep.sum().clamp_min(1).to(values.dtype)
 
 
-def _log_softmax(logits: Tensor) -> Tensor:
-    return F.log_softmax(logits.to(result_dtype(logits.dtype)), dim=-1)
+def _log_softmax(logits: Tensor, dtype: torch.dtype) -> Tensor:
+    return F.log_softmax(logits.to(dtype), dim=-1)
 
 
 def sampled_token_opd_loss(student_logits: Tensor, teacher_logits: Tensor, tokens: Tensor,
@@ -78,14 +83,15 @@ def sampled_token_opd_loss(student_logits: Tensor, teacher_logits: Tensor, token
     func = "sampled_token_opd_loss"
     _check_logits(func, student_logits, teacher_logits)
     positions = student_logits.shape[:-1]
-    tokens = _check_tokens(func, tokens, positions, student_logits.shape[-1], student_logits.device)
     mask = _check_mask(func, mask, positions, student_logits.device)
+    tokens = _check_tokens(func, tokens, positions, student_logits.shape[-1], mask, student_logits.device)
     index = tokens.unsqueeze(-1)
-    log_p = _log_softmax(student_logits).gather(-1, index).squeeze(-1)
+    dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
+    log_p = _log_softmax(student_logits, dtype).gather(-1, index).squeeze(-1)
     with torch.no_grad():
-        log_q = _log_softmax(teacher_logits).gather(-1, index).squeeze(-1)
+        log_q = _log_softmax(teacher_logits, dtype).gather(-1, index).squeeze(-1)
         reward = log_q - log_p
-    return masked_token_mean(-reward.to(log_p.dtype) * log_p, mask)
+    return masked_token_mean(-reward * log_p, mask)
 
 
 def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None, *,
@@ -105,10 +111,11 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
     mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
-    log_p_all = _log_softmax(student_logits)
+    dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
+    log_p_all = _log_softmax(student_logits, dtype)
     with torch.no_grad():
         ids = log_p_all.topk(k, dim=-1).indices
-        log_q = _log_softmax(teacher_logits).gather(-1, ids).to(log_p_all.dtype)
+        log_q = _log_softmax(teacher_logits, dtype).gather(-1, ids)
     log_p = log_p_all.gather(-1, ids)
     with torch.no_grad():
         w = torch.softmax(log_p, dim=-1)
@@ -124,7 +131,8 @@ def full_vocab_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Te
     func = "full_vocab_opd_loss"
     _check_logits(func, student_logits, teacher_logits)
     mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
-    log_p = _log_softmax(student_logits)
-    log_q = _log_softmax(teacher_logits.detach()).to(log_p.dtype)
+    dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
+    log_p = _log_softmax(student_logits, dtype)
+    log_q = _log_softmax(teacher_logits.detach(), dtype)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     return masked_token_mean(kl, mask)

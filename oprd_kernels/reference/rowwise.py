@@ -19,21 +19,19 @@ from torch import Tensor
 NORM_EPS = 1e-6
 
 
-def inverse_norm(x: Tensor) -> Tensor:
-    """1/||x|| per row ([..., 1], at least float32), or 0 where ||x|| < NORM_EPS."""
-    acc = torch.promote_types(x.dtype, torch.float32)
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc)
-    return torch.where(norm >= NORM_EPS, norm.clamp_min(NORM_EPS).reciprocal(), torch.zeros_like(norm))
-
-
 def normalize_rows(x: Tensor) -> Tensor:
-    """x / ||x|| per row in x's dtype, with the zero-norm guard above."""
-    return x * inverse_norm(x).to(x.dtype)
+    """x / ||x|| per row, with the zero-norm guard above."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x * torch.where(norm >= NORM_EPS, norm.clamp_min(NORM_EPS).reciprocal(), torch.zeros_like(norm))
 
 
 def row_loss(s: Tensor, t: Tensor, loss_type: str) -> Tensor:
-    """Per-row loss [N] between s and t ([N, d] each), computed in their promoted dtype (native precision)."""
-    dtype = torch.promote_types(s.dtype, t.dtype)
+    """Per-row loss [N] between s and t ([N, d] each), computed in float32 at least (float64 if either is).
+
+    Low-precision rows are upcast first, as the paper's reference code does: in bf16, 1 - cos near cos = 1 (where
+    training runs) cancels catastrophically, giving per-row errors of several percent.
+    """
+    dtype = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
     s, t = s.to(dtype), t.to(dtype)
     width = s.shape[-1]
     if loss_type == "mse":
@@ -47,9 +45,9 @@ def row_loss(s: Tensor, t: Tensor, loss_type: str) -> Tensor:
 
 
 def row_cosine(s: Tensor, t: Tensor) -> Tensor:
-    """Per-row cosine [N] in at least float32, with the zero-norm guard (0 for a zero-norm row)."""
-    acc = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
-    return (s.to(acc) * t.to(acc)).sum(-1) * (inverse_norm(s) * inverse_norm(t)).squeeze(-1)
+    """Per-row cosine [N] in float32 at least, with the zero-norm guard (0 for a zero-norm row)."""
+    dtype = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
+    return (normalize_rows(s.to(dtype)) * normalize_rows(t.to(dtype))).sum(-1)
 
 
 def weighted_layer_sum(per_row: Tensor, weights: Tensor | None, out_dtype: torch.dtype) -> Tensor:

@@ -152,6 +152,22 @@ def check_layer_map(func: str, layer_map: object, num_layers: int, num_teacher: 
     return layer_map
 
 
+def check_selection(func: str, arg: str, cache: Layers, student: Layers, rows: object, weights: object,
+                    *, check_values: bool) -> tuple[Tensor | None, Tensor | None, int]:
+    """(rows, weights, N_sel) after checking that the teacher-side `cache` sits on the student's device and holds one
+    row per selected student row."""
+    if cache.device != student.device:
+        raise fail(ValueError, func, arg, f"must be on the student's device {student.device}", f"device {cache.device}")
+    rows = check_rows(func, rows, student.num_rows, student.device, check_values=check_values)
+    num_sel = student.num_rows if rows is None else rows.shape[0]
+    if cache.num_rows != num_sel:
+        what = "the number of `rows`" if rows is not None else "the student's B*S rows (rows=None)"
+        raise fail(ValueError, func, arg, f"must hold one row per selected row: N_sel = {num_sel}, {what}",
+                   f"{cache.num_rows} rows per layer")
+    weights = check_weights(func, weights, num_sel, student.device, check_values=check_values)
+    return rows, weights, num_sel
+
+
 def result_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """Losses are returned in float32 (float64 when any input is float64), whatever the input precision."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
@@ -175,17 +191,9 @@ def check_alignment(func: str, student, teacher, rows, weights, layer_map, loss_
     check_choice(func, "reduction", reduction, REDUCTIONS)
     s = check_layers(func, "student", student)
     t = check_layers(func, "teacher", teacher)
-    if t.device != s.device:
-        raise fail(ValueError, func, "teacher", f"must be on the student's device {s.device}", f"device {t.device}")
     if t.dim != s.dim:
         raise fail(ValueError, func, "teacher", f"must have the student's hidden size D = {s.dim}", f"D = {t.dim}")
-    rows = check_rows(func, rows, s.num_rows, s.device, check_values=check_values)
-    num_sel = s.num_rows if rows is None else rows.shape[0]
-    if t.num_rows != num_sel:
-        what = "the number of `rows`" if rows is not None else "the student's B*S rows (rows=None)"
-        raise fail(ValueError, func, "teacher", f"must hold one row per selected row: N_sel = {num_sel}, {what}",
-                   f"{t.num_rows} rows per layer")
-    weights = check_weights(func, weights, num_sel, s.device, check_values=check_values)
+    rows, weights, num_sel = check_selection(func, "teacher", t, s, rows, weights, check_values=check_values)
     layer_map = check_layer_map(func, layer_map, s.num_layers, t.num_layers, s.device, check_values=check_values)
     return AlignmentInputs(s, t, rows, weights, layer_map, num_sel)
 
@@ -222,16 +230,9 @@ def check_bridge(func: str, student, teacher_z, proj, rows, weights, loss_type, 
     check_choice(func, "reduction", reduction, REDUCTIONS)
     s = check_layers(func, "student", student)
     z = check_layers(func, "teacher_z", teacher_z)
-    if z.device != s.device:
-        raise fail(ValueError, func, "teacher_z", f"must be on the student's device {s.device}", f"device {z.device}")
     if z.num_layers != s.num_layers:
         raise fail(ValueError, func, "teacher_z", f"must hold one layer per student layer (L = {s.num_layers})",
                    f"{z.num_layers} layers")
+    rows, weights, num_sel = check_selection(func, "teacher_z", z, s, rows, weights, check_values=check_values)
     proj = check_projector(func, "proj", proj, s.num_layers, s.dim, s.device, rank=z.dim)
-    rows = check_rows(func, rows, s.num_rows, s.device, check_values=check_values)
-    num_sel = s.num_rows if rows is None else rows.shape[0]
-    if z.num_rows != num_sel:
-        raise fail(ValueError, func, "teacher_z", f"must hold one row per selected row (N_sel = {num_sel})",
-                   f"{z.num_rows} rows per layer")
-    weights = check_weights(func, weights, num_sel, s.device, check_values=check_values)
     return BridgeInputs(s, z, proj, rows, weights, num_sel)

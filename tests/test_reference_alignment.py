@@ -9,56 +9,16 @@ Inputs are drawn fresh per test from a generator seeded by the test's id.
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import oprd_kernels
 from oprd_kernels import reference as ref
-
-LOSS_TYPES = ("mse", "nmse", "cosine")
-F64 = torch.float64
-
-
-@pytest.fixture
-def gen(request) -> torch.Generator:
-    """A generator seeded from the test id: fresh inputs per test and per parametrisation, reproducible."""
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
-
-
-def randn(g: torch.Generator, *shape: int, dtype: torch.dtype = F64) -> torch.Tensor:
-    return torch.randn(*shape, generator=g, dtype=F64).to(dtype)
+from oracles import F64, LOSS_TYPES, make_rows, make_weights, oracle_cosine, oracle_row, randn, student_layer_list
 
 
 # ----------------------------------------------------------------------------------------------------- the oracle
-
-def oracle_row(s: torch.Tensor, t: torch.Tensor, loss_type: str) -> float:
-    """One row's loss in float64 from the definitions; a zero row has cosine 0 and normalises to the zero vector."""
-    s, t = s.detach().double(), t.detach().double()
-    d = s.numel()
-    if loss_type == "mse":
-        return sum((a - b) ** 2 for a, b in zip(s.tolist(), t.tolist())) / d
-    s_nonzero, t_nonzero = bool((s != 0).any()), bool((t != 0).any())
-    cos = F.cosine_similarity(s, t, dim=0).item() if (s_nonzero and t_nonzero) else 0.0
-    if loss_type == "cosine":
-        return 1.0 - cos
-    # |s_hat - t_hat|^2 = |s_hat|^2 + |t_hat|^2 - 2 cos, where |x_hat|^2 is 1 for a non-zero row and 0 for a zero row.
-    return (float(s_nonzero) + float(t_nonzero) - 2.0 * cos) / d
-
-
-def oracle_cosine(s: torch.Tensor, t: torch.Tensor) -> float:
-    s, t = s.detach().double(), t.detach().double()
-    if not bool((s != 0).any()) or not bool((t != 0).any()):
-        return 0.0
-    return F.cosine_similarity(s, t, dim=0).item()
-
-
-def student_layer_list(student) -> list[torch.Tensor]:
-    """The student as a list of per-layer tensors (any shape [..., D])."""
-    return list(student.unbind(0)) if isinstance(student, torch.Tensor) else list(student)
-
 
 def oracle_alignment(student, teacher, rows=None, weights=None, layer_map=None, loss_type="mse") -> torch.Tensor:
     """Per-layer values [L] (float64): for each layer l, sum over selected rows r of w_r * loss(s_l[rows[r]], t[map[l]][r])."""
@@ -106,26 +66,6 @@ CASES = {
                                 layer_map=[3]),
     "L5-all-rows-w": dict(B=2, S=3, D=5, L=5, L_t=5, rows=None, n_sel=None, weights="random", layer_map=None),
 }
-
-
-def make_rows(g: torch.Generator, kind: str | None, num_rows: int, n_sel: int | None) -> torch.Tensor | None:
-    if kind is None:
-        return None
-    if kind == "perm":  # unsorted, distinct
-        return torch.randperm(num_rows, generator=g)[:n_sel]
-    rows = torch.randint(0, num_rows, (n_sel,), generator=g)  # unsorted, with repeats
-    rows[1] = rows[0]  # at least one repeat for sure
-    return rows
-
-
-def make_weights(g: torch.Generator, kind: str | None, n: int) -> torch.Tensor | None:
-    if kind is None:
-        return None
-    w = torch.rand(n, generator=g, dtype=F64) * 3 + 0.05  # non-uniform, not summing to 1
-    if kind == "sparse":
-        w[torch.rand(n, generator=g) < 0.3] = 0.0
-        w[0] = 0.0
-    return w
 
 
 def make_case(g: torch.Generator, case: dict, dtype: torch.dtype = F64, *, teacher_dtype: torch.dtype | None = None):

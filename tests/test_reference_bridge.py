@@ -9,47 +9,16 @@ cosine 0 and a zero unit vector. Inputs are drawn fresh per test from a generato
 
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import oprd_kernels
 from oprd_kernels import reference as ref
-
-LOSS_TYPES = ("mse", "nmse", "cosine")
-F64 = torch.float64
-
-
-@pytest.fixture
-def gen(request) -> torch.Generator:
-    """A generator seeded from the test id: fresh inputs per test and per parametrisation, reproducible."""
-    return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
-
-
-def randn(g: torch.Generator, *shape: int, dtype: torch.dtype = F64) -> torch.Tensor:
-    return torch.randn(*shape, generator=g, dtype=F64).to(dtype)
+from oracles import F64, LOSS_TYPES, make_rows, make_weights, oracle_row, randn, student_layer_list
 
 
 # ----------------------------------------------------------------------------------------------------- the oracle
-
-def oracle_row(z_s: torch.Tensor, z_t: torch.Tensor, loss_type: str) -> float:
-    """One row's loss in float64 from the definitions, width r = len(z)."""
-    z_s, z_t = z_s.detach().double(), z_t.detach().double()
-    r = z_s.numel()
-    if loss_type == "mse":
-        return sum((a - b) ** 2 for a, b in zip(z_s.tolist(), z_t.tolist())) / r
-    s_nonzero, t_nonzero = bool((z_s != 0).any()), bool((z_t != 0).any())
-    cos = F.cosine_similarity(z_s, z_t, dim=0).item() if (s_nonzero and t_nonzero) else 0.0
-    if loss_type == "cosine":
-        return 1.0 - cos
-    return (float(s_nonzero) + float(t_nonzero) - 2.0 * cos) / r
-
-
-def student_layer_list(student) -> list[torch.Tensor]:
-    return list(student.unbind(0)) if isinstance(student, torch.Tensor) else list(student)
-
 
 def oracle_bridge(student, teacher_z, proj, rows=None, weights=None, loss_type="nmse") -> torch.Tensor:
     """Per-layer values [L] (float64): sum over selected rows r of w_r * loss(P_l h_l[rows[r]], z_T[l][r])."""
@@ -93,26 +62,6 @@ CASES = {
     "L3-r4-all-rows-w": dict(B=1, S=11, D=5, L=3, r=4, rows=None, n_sel=None, weights="random"),
     "L2-r1-repeats": dict(B=3, S=3, D=13, L=2, r=1, rows="repeats", n_sel=7, weights="random"),
 }
-
-
-def make_rows(g: torch.Generator, kind: str | None, num_rows: int, n_sel: int | None) -> torch.Tensor | None:
-    if kind is None:
-        return None
-    if kind == "perm":
-        return torch.randperm(num_rows, generator=g)[:n_sel]
-    rows = torch.randint(0, num_rows, (n_sel,), generator=g)
-    rows[1] = rows[0]
-    return rows
-
-
-def make_weights(g: torch.Generator, kind: str | None, n: int) -> torch.Tensor | None:
-    if kind is None:
-        return None
-    w = torch.rand(n, generator=g, dtype=F64) * 3 + 0.05
-    if kind == "sparse":
-        w[torch.rand(n, generator=g) < 0.3] = 0.0
-        w[0] = 0.0
-    return w
 
 
 def make_case(g: torch.Generator, case: dict, dtype: torch.dtype = F64, *, proj_dtype=None, z_dtype=None):

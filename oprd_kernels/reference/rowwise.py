@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from oprd_kernels._validation import result_dtype
+
 NORM_EPS = 1e-6
 
 
@@ -31,7 +33,7 @@ def row_loss(s: Tensor, t: Tensor, loss_type: str) -> Tensor:
     Low-precision rows are upcast first, as the paper's reference code does: in bf16, 1 - cos near cos = 1 (where
     training runs) cancels catastrophically, giving per-row errors of several percent.
     """
-    dtype = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
+    dtype = result_dtype(s.dtype, t.dtype)
     s, t = s.to(dtype), t.to(dtype)
     width = s.shape[-1]
     if loss_type == "mse":
@@ -46,7 +48,7 @@ def row_loss(s: Tensor, t: Tensor, loss_type: str) -> Tensor:
 
 def row_cosine(s: Tensor, t: Tensor) -> Tensor:
     """Per-row cosine [N] in float32 at least, with the zero-norm guard (0 for a zero-norm row)."""
-    dtype = torch.promote_types(torch.promote_types(s.dtype, t.dtype), torch.float32)
+    dtype = result_dtype(s.dtype, t.dtype)
     return (normalize_rows(s.to(dtype)) * normalize_rows(t.to(dtype))).sum(-1)
 
 

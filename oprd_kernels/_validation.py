@@ -52,10 +52,10 @@ def check_same_device(func: str, arg: str, x: Tensor, device: torch.device) -> N
 
 @dataclass(frozen=True)
 class Layers:
-    """Per-layer 2-D row views [N, D] of a stack of hidden states, as they were given (no copies unless a
-    [B, S, D] input is non-viewable as [B*S, D], which only the reference tolerates)."""
+    """A validated stack of hidden states: the per-layer tensors as given ([B, S, D] or [N, D] each; a stacked
+    [L, N, D] input is unbound into [N, D] views), never copied, plus their common facts."""
 
-    rows: tuple[Tensor, ...]
+    tensors: tuple[Tensor, ...]
     num_rows: int
     dim: int
     dtype: torch.dtype
@@ -63,7 +63,11 @@ class Layers:
 
     @property
     def num_layers(self) -> int:
-        return len(self.rows)
+        return len(self.tensors)
+
+    def flat(self) -> tuple[Tensor, ...]:
+        """Per-layer [N, D] views (a copy only for a [B, S, D] layer whose strides forbid the view: reference only)."""
+        return tuple(t.reshape(-1, self.dim) for t in self.tensors)
 
 
 def check_layers(func: str, arg: str, x: object, *, allow_grad: bool = True) -> Layers:
@@ -85,13 +89,13 @@ def check_layers(func: str, arg: str, x: object, *, allow_grad: bool = True) -> 
             if t.shape != first.shape or t.dtype != first.dtype or t.device != first.device:
                 raise fail(ValueError, func, f"{arg}[{i}]", f"must match {arg}[0] (shape {tuple(first.shape)}, "
                            f"dtype {first.dtype}, device {first.device})", describe(t))
-        layers = tuple(t.reshape(-1, t.shape[-1]) for t in x)
+        layers = tuple(x)
     else:
         raise fail(TypeError, func, arg, "must be a tensor [L, N, D] or a sequence of [B, S, D] tensors", describe(x))
     head = layers[0]
     if head.shape[-1] == 0:
         raise fail(ValueError, func, arg, "must have a hidden size D >= 1", describe(head))
-    return Layers(layers, head.shape[0], head.shape[1], head.dtype, head.device)
+    return Layers(layers, head.numel() // head.shape[-1], head.shape[-1], head.dtype, head.device)
 
 
 def check_rows(func: str, rows: object, num_rows: int, device: torch.device, *, check_values: bool) -> Tensor | None:

@@ -21,9 +21,10 @@ HiddenStates = Union[Tensor, Sequence[Tensor]]
 def layer_pairs(inp: AlignmentInputs) -> Iterator[tuple[Tensor, Tensor]]:
     """(selected student rows [N_sel, D], teacher cache rows [N_sel, D]) for each student layer, in order."""
     teacher_index = range(inp.student.num_layers) if inp.layer_map is None else inp.layer_map.tolist()
-    for s_rows, t_layer in zip(inp.student.rows, teacher_index):
+    teacher_rows = inp.teacher.flat()
+    for s_rows, t_layer in zip(inp.student.flat(), teacher_index):
         selected = s_rows if inp.rows is None else s_rows.index_select(0, inp.rows)
-        yield selected, inp.teacher.rows[t_layer].detach()
+        yield selected, teacher_rows[t_layer].detach()
 
 
 def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor | None = None,

@@ -39,10 +39,10 @@ def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *,
     inp = check_bridge("bridge_loss", student, teacher_z, proj, rows, weights, loss_type, reduction)
     out_dtype = result_dtype(inp.student.dtype, inp.teacher_z.dtype, inp.proj.dtype)
     per_layer = []
-    for layer, s_rows in enumerate(inp.student.rows):
+    for layer, (s_rows, z_t) in enumerate(zip(inp.student.flat(), inp.teacher_z.flat())):
         s = s_rows if inp.rows is None else s_rows.index_select(0, inp.rows)
         z_s = s.to(out_dtype) @ inp.proj[layer].to(out_dtype).T  # float32 at least, like the row losses
-        per_row = row_loss(z_s, inp.teacher_z.rows[layer].detach(), loss_type)
+        per_row = row_loss(z_s, z_t.detach(), loss_type)
         per_layer.append(weighted_layer_sum(per_row, inp.weights, out_dtype))
     values = torch.stack(per_layer)
     return values.mean() if reduction == "mean" else values
@@ -68,4 +68,4 @@ def project_teacher(teacher_hidden: HiddenStates, proj_t: Tensor, mean_t: Tensor
     if mean_t.device != h.device:
         raise fail(ValueError, func, "mean_t", f"must be on the teacher's device {h.device}", f"device {mean_t.device}")
     dtype = result_dtype(h.dtype, proj_t.dtype, mean_t.dtype)
-    return torch.stack([(x.to(dtype) - mean_t[i].to(dtype)) @ proj_t[i].to(dtype).T for i, x in enumerate(h.rows)])
+    return torch.stack([(x.to(dtype) - mean_t[i].to(dtype)) @ proj_t[i].to(dtype).T for i, x in enumerate(h.flat())])

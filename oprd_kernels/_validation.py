@@ -172,6 +172,21 @@ def check_selection(func: str, arg: str, cache: Layers, student: Layers, rows: o
     return rows, weights, num_sel
 
 
+def assert_values_async(func: str, rows: Tensor | None, num_rows: int, weights: Tensor | None,
+                        layer_map: Tensor | None, num_teacher: int) -> None:
+    """The value checks of `check_values=True` as device-side asserts, for fast paths that must not sync with the
+    host: a violation surfaces at the next synchronisation as a device assertion carrying this message."""
+    if rows is not None and rows.numel() > 0:
+        torch._assert_async(((rows >= 0) & (rows < num_rows)).all(),
+                            f"{func}: `rows` must index the {num_rows} flattened student rows")
+    if weights is not None and weights.numel() > 0:
+        torch._assert_async((torch.isfinite(weights) & (weights >= 0)).all(),
+                            f"{func}: `weights` must be finite and non-negative")
+    if layer_map is not None:
+        torch._assert_async(((layer_map >= 0) & (layer_map < num_teacher)).all(),
+                            f"{func}: `layer_map` must index the {num_teacher} teacher layers")
+
+
 def result_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """Losses are returned in float32 (float64 when any input is float64), whatever the input precision."""
     return torch.float64 if torch.float64 in dtypes else torch.float32

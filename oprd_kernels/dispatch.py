@@ -1,29 +1,47 @@
 """Backend selection: one op, one meaning, several implementations.
 
 `auto` picks `triton` for CUDA tensors and `cpu` (the compiled C++ kernels) for CPU tensors. A request is the
-`backend=` argument, else the OPRD_BACKEND environment variable, else `auto`. A backend that cannot run an op (not
-built, not installed, or not implemented yet) falls back to `reference` with a one-time warning; benchmarks check
-`backend_status()` first so that a fallback never passes for a fast path.
+`backend=` argument, else the OPRD_BACKEND environment variable, else `auto`. A backend that cannot run an op on the
+tensors' device (not installed, not built, not implemented yet, wrong device) falls back to `reference` with a
+one-time warning; benchmarks check `backend_status()` first so that a fallback never passes for a fast path.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from oprd_kernels import reference
 from oprd_kernels._validation import fail
+from oprd_kernels.triton_ops import unavailable_reason as triton_unavailable
 
 BACKENDS = ("reference", "triton", "cpu")
+OPS = ("alignment_loss", "bridge_loss")
 ENV_VAR = "OPRD_BACKEND"
 
-# (op, backend) -> implementation. Fast backends register themselves here as they land.
-_IMPLEMENTATIONS: dict[tuple[str, str], Callable] = {
-    ("alignment_loss", "reference"): reference.alignment_loss,
-    ("bridge_loss", "reference"): reference.bridge_loss,
+
+@dataclass(frozen=True)
+class Implementation:
+    """An op's implementation in one backend, imported only when first used."""
+
+    module: str
+    name: str
+    unavailable: Callable[[torch.device | None], str | None] = lambda device: None
+
+    def load(self) -> Callable:
+        return getattr(importlib.import_module(self.module), self.name)
+
+
+# (op, backend) -> implementation. A pair that is absent is "not implemented yet".
+_IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
+    ("alignment_loss", "reference"): Implementation("oprd_kernels.reference", "alignment_loss"),
+    ("bridge_loss", "reference"): Implementation("oprd_kernels.reference", "bridge_loss"),
+    ("alignment_loss", "triton"): Implementation("oprd_kernels.triton_ops.alignment", "alignment_loss",
+                                                 triton_unavailable),
 }
 _WARNED: set[tuple[str, str]] = set()
 
@@ -40,11 +58,18 @@ def _auto(device: torch.device | None) -> str:
     return "triton" if device is not None and device.type == "cuda" else "cpu"
 
 
-def backend_status() -> dict[str, dict[str, str]]:
-    """For each backend, for each op: "available" or the reason it is not."""
-    ops = sorted({op for op, _ in _IMPLEMENTATIONS})
-    return {b: {op: "available" if (op, b) in _IMPLEMENTATIONS else "not implemented yet" for op in ops}
-            for b in BACKENDS}
+def unavailable_reason(op: str, backend: str, device: torch.device | None) -> str | None:
+    """None when `backend` can run `op` on `device`, else why not."""
+    impl = _IMPLEMENTATIONS.get((op, backend))
+    return "not implemented yet" if impl is None else impl.unavailable(device)
+
+
+def backend_status(device: torch.device | str | None = None) -> dict[str, dict[str, str]]:
+    """For each backend and op: "available" on `device` (default: cuda if present, else cpu), or why not."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    return {b: {op: unavailable_reason(op, b, device) or "available" for op in OPS} for b in BACKENDS}
 
 
 def resolve(func: str, backend: str | None, device: torch.device | None) -> tuple[str, Callable]:
@@ -52,11 +77,11 @@ def resolve(func: str, backend: str | None, device: torch.device | None) -> tupl
     name = requested_backend(func, backend)
     if name == "auto":
         name = _auto(device)
-    impl = _IMPLEMENTATIONS.get((func, name))
-    if impl is not None:
-        return name, impl
+    reason = unavailable_reason(func, name, device)
+    if reason is None:
+        return name, _IMPLEMENTATIONS[(func, name)].load()
     if (func, name) not in _WARNED:
         _WARNED.add((func, name))
-        warnings.warn(f"oprd_kernels: backend {name!r} cannot run {func} here ({backend_status()[name][func]}); "
-                      f"falling back to 'reference'", RuntimeWarning, stacklevel=3)
-    return "reference", _IMPLEMENTATIONS[(func, "reference")]
+        warnings.warn(f"oprd_kernels: backend {name!r} cannot run {func} here ({reason}); falling back to "
+                      f"'reference'", RuntimeWarning, stacklevel=3)
+    return "reference", _IMPLEMENTATIONS[(func, "reference")].load()

@@ -1,9 +1,14 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures. Without CUDA, the Triton kernels run under the interpreter on CPU tensors; the variable
+must be set before triton is first imported, hence here."""
 
+import os
 import zlib
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

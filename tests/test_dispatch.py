@@ -44,6 +44,7 @@ def test_environment_variable_selects_when_no_argument_is_given(fresh_warnings, 
     cpu = torch.device("cpu")
     monkeypatch.setenv(dispatch.ENV_VAR, " Reference ")
     assert dispatch.resolve("alignment_loss", None, cpu) == ("reference", reference.alignment_loss)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the reference needs no fallback: no warning
         oprd_kernels.alignment_loss(*inputs())
@@ -57,7 +58,12 @@ def test_argument_overrides_the_environment(fresh_warnings, monkeypatch):
 def test_missing_backend_falls_back_once_with_a_warning(fresh_warnings, monkeypatch):
     # Make the cpu backend "available" through a spy, then remove it, so the test holds whatever is built.
     calls = []
-    monkeypatch.setitem(dispatch._IMPLEMENTATIONS, ("alignment_loss", "cpu"), lambda *a, **k: calls.append(1))
+
+    class Spy(dispatch.Implementation):
+        def load(self):
+            return lambda *args, **kwargs: calls.append(1)
+
+    monkeypatch.setitem(dispatch._IMPLEMENTATIONS, ("alignment_loss", "cpu"), Spy("spy", "spy"))
     assert dispatch.resolve("alignment_loss", "cpu", torch.device("cpu"))[0] == "cpu"
     oprd_kernels.alignment_loss(*inputs(), backend="cpu")
     assert calls == [1]
@@ -79,6 +85,14 @@ def test_missing_backend_falls_back_once_with_a_warning(fresh_warnings, monkeypa
 def test_auto_picks_by_device():
     assert dispatch._auto(torch.device("cpu")) == "cpu"
     assert dispatch._auto(torch.device("cuda", 0)) == "triton"
+
+
+def test_triton_needs_cuda_or_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "TRITON_INTERPRET=1" in dispatch.unavailable_reason("alignment_loss", "triton", torch.device("cpu"))
+    assert dispatch.unavailable_reason("alignment_loss", "triton", torch.device("cuda", 0)) is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dispatch.unavailable_reason("alignment_loss", "triton", torch.device("cpu")) is None
 
 
 def test_backend_status_lists_every_backend_and_op():

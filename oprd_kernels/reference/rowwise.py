@@ -53,8 +53,9 @@ def row_cosine(s: Tensor, t: Tensor) -> Tensor:
 
 
 def weighted_layer_sum(per_row: Tensor, weights: Tensor | None, out_dtype: torch.dtype) -> Tensor:
-    """sum_r w_r * per_row[r] in out_dtype; weights None means 1/N_sel (token-mean); empty rows give 0."""
+    """sum_r w_r * per_row[r] in out_dtype; weights None means 1/N_sel (token-mean); empty rows give 0. Weights are
+    constants: no gradient flows into them."""
     per_row = per_row.to(out_dtype)
     if weights is None:
         return per_row.sum() / max(per_row.shape[0], 1)
-    return (per_row * weights.to(out_dtype)).sum()
+    return (per_row * weights.detach().to(out_dtype)).sum()

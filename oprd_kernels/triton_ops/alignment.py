@@ -1,0 +1,133 @@
+"""The triton backend of `alignment_loss`: validation, the autograd Function, the kernel launches.
+
+Semantics are exactly those of oprd_kernels.reference.alignment_loss. No host sync on CUDA: value checks run as
+asynchronous device asserts, the incoming gradient is read by the kernel, and repeated rows are grouped on the
+device (tables.row_slots).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, result_dtype
+from oprd_kernels.reference.rowwise import NORM_EPS
+from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
+from oprd_kernels.triton_ops.tables import LayerTable, layer_table, row_slots
+
+LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
+MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)
+
+
+def tile_and_warps(dim: int) -> tuple[int, int]:
+    tile = min(triton.next_power_of_2(dim), MAX_TILE_D)
+    return tile, 8 if tile >= 2048 else 4
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the kernels need besides the student tensors (which go through autograd)."""
+
+    loss_code: int
+    teacher: LayerTable
+    rows: Tensor | None
+    weights: Tensor | None
+    layer_map: Tensor | None
+    num_layers: int
+    num_rows: int
+    num_sel: int
+    dim: int
+    acc: tl.dtype
+    out_dtype: torch.dtype
+
+
+def _flags(plan: _Plan, student: LayerTable) -> dict:
+    tile, warps = tile_and_warps(plan.dim)
+    return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
+                HAS_MAP=plan.layer_map is not None, S_UNIT=student.unit_stride_d, S_ALIGN=student.align,
+                T_UNIT=plan.teacher.unit_stride_d, T_ALIGN=plan.teacher.align, ACC=plan.acc, TILE_D=tile,
+                num_warps=warps)
+
+
+def _student_layers(stacked: bool, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    return tuple(tensors[0].unbind(0)) if stacked else tuple(tensors)
+
+
+class AlignmentFunction(torch.autograd.Function):
+    """Per-layer alignment losses [L]; gradients flow to the student tensors only."""
+
+    @staticmethod
+    def forward(ctx, plan: _Plan, stacked: bool, *student: Tensor) -> Tensor:
+        device = student[0].device
+        per_row = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=device)
+        stats = torch.empty(3, plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=device)
+        if plan.num_sel > 0:
+            table = layer_table(_student_layers(stacked, student))
+            t = plan.teacher
+            alignment_fwd_kernel[(plan.num_layers, plan.num_sel)](
+                table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
+                plan.rows, plan.weights, plan.layer_map, per_row, stats,
+                plan.num_sel, plan.dim, NORM_EPS * NORM_EPS, **_flags(plan, table))
+        ctx.plan, ctx.stacked = plan, stacked
+        ctx.save_for_backward(stats, *student)
+        return per_row.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_per_layer: Tensor):
+        plan: _Plan = ctx.plan
+        stats, *student = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        layers = _student_layers(ctx.stacked, student)
+        wanted = list(range(plan.num_layers)) if ctx.stacked else [i for i, n in enumerate(needs) if n]
+        if not wanted:
+            return (None, None, *[None] * len(student))
+        device, dtype = layers[0].device, layers[0].dtype
+        shape = (len(wanted), plan.num_rows, plan.dim)
+        # Rows that no entry selects get a zero gradient; without `rows` every row is written.
+        grad = torch.zeros(shape, dtype=dtype, device=device) if plan.rows is not None or plan.num_sel == 0 \
+            else torch.empty(shape, dtype=dtype, device=device)
+        if plan.num_sel > 0:
+            table = layer_table(layers)
+            slots = row_slots(plan.rows) if plan.rows is not None else None
+            order, slot_rows, slot_start = (slots.order, slots.slot_rows, slots.slot_start) if slots else (None,) * 3
+            t = plan.teacher
+            grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
+            alignment_bwd_kernel[(len(wanted), plan.num_sel)](
+                table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
+                order, slot_rows, slot_start,
+                plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grad, grad.stride(0),
+                plan.num_sel, plan.num_layers, plan.dim, **_flags(plan, table))
+        if ctx.stacked:
+            return (None, None, grad.view_as(student[0]))
+        grads = iter(grad.unbind(0))
+        return (None, None, *[next(grads).view(layer.shape) if n else None for layer, n in zip(layers, needs)])
+
+
+def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Tensor | None = None,
+                   layer_map: Tensor | None = None, loss_type: str = "mse", reduction: str = "mean") -> Tensor:
+    """Fused triton alignment loss; arguments and result as oprd_kernels.reference.alignment_loss."""
+    on_cuda = _device_of_validated(student)
+    inp: AlignmentInputs = check_alignment("alignment_loss", student, teacher, rows, weights, layer_map, loss_type,
+                                           reduction, check_values=not on_cuda)
+    if on_cuda:
+        assert_values_async("alignment_loss", inp.rows, inp.student.num_rows, inp.weights, inp.layer_map,
+                            inp.teacher.num_layers)
+    out_dtype = result_dtype(inp.student.dtype, inp.teacher.dtype)
+    plan = _Plan(LOSS_CODES[loss_type], layer_table(inp.teacher.tensors), inp.rows, inp.weights, inp.layer_map,
+                 inp.student.num_layers, inp.student.num_rows, inp.num_sel, inp.student.dim,
+                 tl.float64 if out_dtype == torch.float64 else tl.float32, out_dtype)
+    stacked = isinstance(student, Tensor)
+    tensors = (student,) if stacked else tuple(student)
+    per_layer = AlignmentFunction.apply(plan, stacked, *tensors)
+    return per_layer.mean() if reduction == "mean" else per_layer
+
+
+def _device_of_validated(student) -> bool:
+    first = student if isinstance(student, Tensor) else (student[0] if isinstance(student, (list, tuple)) and student
+                                                         else None)
+    return isinstance(first, Tensor) and first.device.type == "cuda"

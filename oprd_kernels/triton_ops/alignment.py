@@ -101,7 +101,8 @@ class AlignmentFunction(torch.autograd.Function):
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
                 order, slot_rows, slot_start,
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grad, grad.stride(0),
-                plan.num_sel, plan.num_layers, plan.dim, **_flags(plan, table))
+                plan.num_sel, plan.num_layers, plan.dim, BF16_RNE=dtype == torch.bfloat16 and device.type == "cpu",
+                **_flags(plan, table))
         if ctx.stacked:
             return (None, None, grad.view_as(student[0]))
         grads = iter(grad.unbind(0))

@@ -39,6 +39,15 @@ def _load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ALI
 
 
 @triton.jit
+def _bf16_round_nearest_even(x):
+    """fp32 -> bf16 rounding to nearest even, spelled out in integer ops. The GPU's cast already rounds so; the
+    interpreter's truncates, which would double the gradient's rounding error on CPU test runs."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def _inverse_norm(sq, eps_sq):
     return tl.where(sq >= eps_sq, 1.0 / tl.sqrt(tl.maximum(sq, eps_sq)), 0.0)
 
@@ -120,7 +129,7 @@ def alignment_bwd_kernel(
     n_sel, num_layers, dim,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_MAP: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, T_UNIT: tl.constexpr, T_ALIGN: tl.constexpr,
-    ACC: tl.constexpr, TILE_D: tl.constexpr,
+    ACC: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
 ):
     g_index = tl.program_id(0).to(tl.int64)
     slot = tl.program_id(1).to(tl.int64)
@@ -173,4 +182,7 @@ def alignment_bwd_kernel(
                 if LOSS == 1:
                     scale = scale * 2.0 * inv_dim
                 acc += scale * (inv_s * inv_t * t - cos * inv_s * inv_s * s)
-        tl.store(g_row + cols, acc.to(grad.dtype.element_ty), mask=mask)
+        if BF16_RNE:
+            tl.store(g_row + cols, _bf16_round_nearest_even(acc.to(tl.float32)), mask=mask)
+        else:
+            tl.store(g_row + cols, acc.to(grad.dtype.element_ty), mask=mask)

@@ -16,40 +16,7 @@ Loss codes: 0 = mse, 1 = nmse, 2 = cosine. Zero-norm guard: 1/|x| is 0 when |x|^
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _row_start(table, layer, row, seq_len):
-    """Element offset of row `row` of layer `layer` from the table's base, and that layer's stride along D."""
-    entry = table + layer * 4
-    sample = row // seq_len
-    start = tl.load(entry) + sample * tl.load(entry + 1) + (row - sample * seq_len) * tl.load(entry + 2)
-    return start, tl.load(entry + 3)
-
-
-@triton.jit
-def _load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr,
-               ACC: tl.constexpr):
-    if ALIGN > 1:  # the host checked that every row starts on a 16-byte boundary (ALIGN elements)
-        start = tl.multiple_of(start, ALIGN)
-    if UNIT_STRIDE:
-        x = tl.load(base + start + cols, mask=mask, other=0.0)
-    else:
-        x = tl.load(base + start + cols * stride_d, mask=mask, other=0.0)
-    return x.to(ACC)
-
-
-@triton.jit
-def _bf16_round_nearest_even(x):
-    """fp32 -> bf16 rounding to nearest even, spelled out in integer ops. The GPU's cast already rounds so; the
-    interpreter's truncates, which would double the gradient's rounding error on CPU test runs."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _inverse_norm(sq, eps_sq):
-    return tl.where(sq >= eps_sq, 1.0 / tl.sqrt(tl.maximum(sq, eps_sq)), 0.0)
+from oprd_kernels.triton_ops.common import bf16_round_nearest_even, inverse_norm, load_tile, row_starts
 
 
 @triton.jit
@@ -76,8 +43,8 @@ def alignment_fwd_kernel(
         t_layer = tl.load(layer_map + layer)
     else:
         t_layer = layer
-    s_start, s_stride = _row_start(s_table, layer, row, s_seq)
-    t_start, t_stride = _row_start(t_table, t_layer, entry, t_seq)
+    s_start, s_stride = row_starts(s_table, layer, row, s_seq)
+    t_start, t_stride = row_starts(t_table, t_layer, entry, t_seq)
 
     acc_a = tl.zeros([TILE_D], dtype=ACC)  # mse: sum (s - t)^2; else: s.s
     acc_b = tl.zeros([TILE_D], dtype=ACC)  # t.t
@@ -85,8 +52,8 @@ def alignment_fwd_kernel(
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
         mask = cols < dim
-        s = _load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, S_ALIGN, ACC)
-        t = _load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, T_ALIGN, ACC)
+        s = load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, S_ALIGN, ACC)
+        t = load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, T_ALIGN, ACC)
         if LOSS == 0:
             diff = s - t
             acc_a += diff * diff
@@ -105,8 +72,8 @@ def alignment_fwd_kernel(
     else:
         ss = tl.sum(acc_a, axis=0)
         tt = tl.sum(acc_b, axis=0)
-        inv_s = _inverse_norm(ss, eps_sq)
-        inv_t = _inverse_norm(tt, eps_sq)
+        inv_s = inverse_norm(ss, eps_sq)
+        inv_t = inverse_norm(tt, eps_sq)
         cos = tl.sum(acc_c, axis=0) * inv_s * inv_t
         if LOSS == 1:
             loss = (ss * inv_s * inv_s + tt * inv_t * inv_t - 2.0 * cos) * inv_dim
@@ -150,7 +117,7 @@ def alignment_bwd_kernel(
     else:
         t_layer = layer
     limit = tl.where(row >= 0, dim, 0)  # unused slots (fewer distinct rows than entries) touch nothing
-    s_start, s_stride = _row_start(s_table, layer, tl.maximum(row, 0), s_seq)
+    s_start, s_stride = row_starts(s_table, layer, tl.maximum(row, 0), s_seq)
     g_layer = tl.load(grad_out + layer).to(ACC)
     plane = n_sel * num_layers
     g_row = grad + g_index * grad_layer_stride + tl.maximum(row, 0) * dim
@@ -158,15 +125,15 @@ def alignment_bwd_kernel(
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
         mask = cols < limit
-        s = _load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, S_ALIGN, ACC)
+        s = load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, S_ALIGN, ACC)
         acc = tl.zeros([TILE_D], dtype=ACC)
         for j in range(first, last):
             if HAS_ROWS:
                 entry = tl.load(order + j)
             else:
                 entry = j
-            t_start, t_stride = _row_start(t_table, t_layer, entry, t_seq)
-            t = _load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, T_ALIGN, ACC)
+            t_start, t_stride = row_starts(t_table, t_layer, entry, t_seq)
+            t = load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, T_ALIGN, ACC)
             if HAS_WEIGHTS:
                 coef = tl.load(weights + entry).to(ACC) * g_layer
             else:
@@ -183,6 +150,6 @@ def alignment_bwd_kernel(
                     scale = scale * 2.0 * inv_dim
                 acc += scale * (inv_s * inv_t * t - cos * inv_s * inv_s * s)
         if BF16_RNE:
-            tl.store(g_row + cols, _bf16_round_nearest_even(acc.to(tl.float32)), mask=mask)
+            tl.store(g_row + cols, bf16_round_nearest_even(acc.to(tl.float32)), mask=mask)
         else:
             tl.store(g_row + cols, acc.to(grad.dtype.element_ty), mask=mask)

@@ -31,6 +31,16 @@ def describe(x: object) -> str:
     return f"{type(x).__name__} {x!r}" if not isinstance(x, (list, tuple)) else f"{type(x).__name__} of length {len(x)}"
 
 
+def device_of(hidden: object) -> torch.device | None:
+    """Device of a hidden-state argument (a tensor or a sequence of them); None when malformed (validation reports
+    it later)."""
+    if isinstance(hidden, Tensor):
+        return hidden.device
+    if isinstance(hidden, (list, tuple)) and hidden and isinstance(hidden[0], Tensor):
+        return hidden[0].device
+    return None
+
+
 def check_choice(func: str, arg: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise fail(ValueError, func, arg, f"must be one of {list(choices)}", repr(value))

@@ -42,6 +42,7 @@ _IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
     ("bridge_loss", "reference"): Implementation("oprd_kernels.reference", "bridge_loss"),
     ("alignment_loss", "triton"): Implementation("oprd_kernels.triton_ops.alignment", "alignment_loss",
                                                  triton_unavailable),
+    ("bridge_loss", "triton"): Implementation("oprd_kernels.triton_ops.bridge", "bridge_loss", triton_unavailable),
 }
 _WARNED: set[tuple[str, str]] = set()
 

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
-import torch
 from torch import Tensor
 
+from oprd_kernels._validation import device_of
 from oprd_kernels.dispatch import resolve
 
 HiddenStates = Union[Tensor, Sequence[Tensor]]
-
-
-def _device_of(hidden: object) -> torch.device | None:
-    if isinstance(hidden, Tensor):
-        return hidden.device
-    if isinstance(hidden, (list, tuple)) and hidden and isinstance(hidden[0], Tensor):
-        return hidden[0].device
-    return None  # malformed input: the implementation's validation reports it
 
 
 def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor | None = None,
@@ -28,7 +20,7 @@ def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor
 
     backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device).
     """
-    _, impl = resolve("alignment_loss", backend, _device_of(student))
+    _, impl = resolve("alignment_loss", backend, device_of(student))
     return impl(student, teacher, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
                 reduction=reduction)
 
@@ -40,5 +32,5 @@ def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *,
 
     backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device).
     """
-    _, impl = resolve("bridge_loss", backend, _device_of(student))
+    _, impl = resolve("bridge_loss", backend, device_of(student))
     return impl(student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type, reduction=reduction)

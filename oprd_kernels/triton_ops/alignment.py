@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, result_dtype
+from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of, result_dtype
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
 from oprd_kernels.triton_ops.tables import LayerTable, layer_table, row_slots
@@ -54,7 +54,8 @@ def _flags(plan: _Plan, student: LayerTable) -> dict:
                 num_warps=warps)
 
 
-def _student_layers(stacked: bool, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+def student_layers(stacked: bool, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """The per-layer tensors of a student passed to a Function as one stacked [L, N, D] tensor or as L tensors."""
     return tuple(tensors[0].unbind(0)) if stacked else tuple(tensors)
 
 
@@ -67,7 +68,7 @@ class AlignmentFunction(torch.autograd.Function):
         per_row = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=device)
         stats = torch.empty(3, plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=device)
         if plan.num_sel > 0:
-            table = layer_table(_student_layers(stacked, student))
+            table = layer_table(student_layers(stacked, student))
             t = plan.teacher
             alignment_fwd_kernel[(plan.num_layers, plan.num_sel)](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
@@ -82,7 +83,7 @@ class AlignmentFunction(torch.autograd.Function):
         plan: _Plan = ctx.plan
         stats, *student = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
-        layers = _student_layers(ctx.stacked, student)
+        layers = student_layers(ctx.stacked, student)
         wanted = list(range(plan.num_layers)) if ctx.stacked else [i for i, n in enumerate(needs) if n]
         if not wanted:
             return (None, None, *[None] * len(student))
@@ -112,7 +113,8 @@ class AlignmentFunction(torch.autograd.Function):
 def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Tensor | None = None,
                    layer_map: Tensor | None = None, loss_type: str = "mse", reduction: str = "mean") -> Tensor:
     """Fused triton alignment loss; arguments and result as oprd_kernels.reference.alignment_loss."""
-    on_cuda = _device_of_validated(student)
+    device = device_of(student)
+    on_cuda = device is not None and device.type == "cuda"
     inp: AlignmentInputs = check_alignment("alignment_loss", student, teacher, rows, weights, layer_map, loss_type,
                                            reduction, check_values=not on_cuda)
     if on_cuda:
@@ -126,9 +128,3 @@ def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Ten
     tensors = (student,) if stacked else tuple(student)
     per_layer = AlignmentFunction.apply(plan, stacked, *tensors)
     return per_layer.mean() if reduction == "mean" else per_layer
-
-
-def _device_of_validated(student) -> bool:
-    first = student if isinstance(student, Tensor) else (student[0] if isinstance(student, (list, tuple)) and student
-                                                         else None)
-    return isinstance(first, Tensor) and first.device.type == "cuda"

@@ -1,0 +1,123 @@
+"""The triton backend of `bridge_loss`: validation, the autograd Function, the kernel launches.
+
+Semantics are exactly those of oprd_kernels.reference.bridge_loss; no host sync on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from oprd_kernels._validation import assert_values_async, check_bridge, device_of, result_dtype
+from oprd_kernels.reference.rowwise import NORM_EPS
+from oprd_kernels.triton_ops.alignment import LOSS_CODES, student_layers
+from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
+from oprd_kernels.triton_ops.tables import LayerTable, layer_table, row_slots
+
+BLOCK_R = 16  # rows per program (tl.dot needs >= 16)
+MAX_TILE_D = 64
+
+
+@dataclass(frozen=True)
+class _Plan:
+    loss_code: int
+    teacher_z: LayerTable
+    rows: Tensor | None
+    weights: Tensor | None
+    num_layers: int
+    num_rows: int
+    num_sel: int
+    dim: int
+    rank: int
+    acc: tl.dtype
+    out_dtype: torch.dtype
+
+
+def _flags(plan: _Plan, student: LayerTable, proj: Tensor) -> dict:
+    native = student.base.dtype in (torch.bfloat16, torch.float16) and proj.dtype == student.base.dtype \
+        and proj.device.type == "cuda"
+    return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
+                S_UNIT=student.unit_stride_d, S_ALIGN=student.align, NATIVE_DOT=native and plan.acc == tl.float32,
+                ACC=plan.acc, BLOCK_R=BLOCK_R, R_PAD=max(16, triton.next_power_of_2(plan.rank)),
+                TILE_D=max(16, min(triton.next_power_of_2(plan.dim), MAX_TILE_D)), num_warps=4)
+
+
+def _grid(plan: _Plan) -> tuple[int, int]:
+    return plan.num_layers, triton.cdiv(plan.num_sel, BLOCK_R)
+
+
+class BridgeFunction(torch.autograd.Function):
+    """Per-layer Bridge losses [L]; gradients flow to the student tensors and to `proj`."""
+
+    @staticmethod
+    def forward(ctx, plan: _Plan, stacked: bool, proj: Tensor, *student: Tensor) -> Tensor:
+        per_row = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=proj.device)
+        if plan.num_sel > 0:
+            table = layer_table(student_layers(stacked, student))
+            z = plan.teacher_z
+            bridge_fwd_kernel[_grid(plan)](
+                table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
+                proj, *proj.stride(), plan.rows, plan.weights, per_row,
+                plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, **_flags(plan, table, proj))
+        ctx.plan, ctx.stacked = plan, stacked
+        ctx.save_for_backward(proj, *student)
+        return per_row.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_per_layer: Tensor):
+        plan: _Plan = ctx.plan
+        proj, *student = ctx.saved_tensors
+        proj_needs, needs = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
+        layers = student_layers(ctx.stacked, student)
+        if ctx.stacked:
+            wanted = list(range(plan.num_layers)) if needs[0] else []
+        else:
+            wanted = [i for i, n in enumerate(needs) if n]
+        device, dtype = proj.device, layers[0].dtype
+        shape = (len(wanted), plan.num_rows, plan.dim)
+        grad = torch.zeros(shape, dtype=dtype, device=device) if plan.rows is not None or plan.num_sel == 0 \
+            else torch.empty(shape, dtype=dtype, device=device)
+        proj_grad = torch.zeros(proj.shape, dtype=torch.float32 if plan.acc == tl.float32 else torch.float64,
+                                device=device) if proj_needs else None
+        if plan.num_sel > 0 and (wanted or proj_needs):
+            table = layer_table(layers)
+            slots = row_slots(plan.rows) if plan.rows is not None else None
+            order, slot_rows, slot_start = (slots.order, slots.slot_rows, slots.slot_start) if slots else (None,) * 3
+            index = [-1] * plan.num_layers
+            for slot, layer in enumerate(wanted):
+                index[layer] = slot
+            grad_index = torch.tensor(index, dtype=torch.int64).to(device, non_blocking=True)
+            z = plan.teacher_z
+            bridge_bwd_kernel[_grid(plan)](
+                table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
+                proj, *proj.stride(), order, slot_rows, slot_start,
+                plan.weights, grad_per_layer.contiguous(), grad_index, grad, grad.stride(0), proj_grad,
+                plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, PROJ_GRAD=proj_needs,
+                BF16_RNE=dtype == torch.bfloat16 and device.type == "cpu", **_flags(plan, table, proj))
+        proj_out = proj_grad.to(proj.dtype) if proj_needs else None
+        if ctx.stacked:
+            return (None, None, proj_out, grad.view_as(student[0]) if needs[0] else None)
+        grads = iter(grad.unbind(0))
+        return (None, None, proj_out, *[next(grads).view(layer.shape) if n else None for layer, n in zip(layers, needs)])
+
+
+def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None, weights: Tensor | None = None,
+                loss_type: str = "nmse", reduction: str = "mean") -> Tensor:
+    """Fused triton Bridge loss; arguments and result as oprd_kernels.reference.bridge_loss."""
+    device = device_of(student)
+    on_cuda = device is not None and device.type == "cuda"
+    inp = check_bridge("bridge_loss", student, teacher_z, proj, rows, weights, loss_type, reduction,
+                       check_values=not on_cuda)
+    if on_cuda:
+        assert_values_async("bridge_loss", inp.rows, inp.student.num_rows, inp.weights, None, 0)
+    out_dtype = result_dtype(inp.student.dtype, inp.teacher_z.dtype, inp.proj.dtype)
+    plan = _Plan(LOSS_CODES[loss_type], layer_table(inp.teacher_z.tensors), inp.rows, inp.weights,
+                 inp.student.num_layers, inp.student.num_rows, inp.num_sel, inp.student.dim, inp.proj.shape[1],
+                 tl.float64 if out_dtype == torch.float64 else tl.float32, out_dtype)
+    stacked = isinstance(student, Tensor)
+    per_layer = BridgeFunction.apply(plan, stacked, inp.proj, *((student,) if stacked else tuple(student)))
+    return per_layer.mean() if reduction == "mean" else per_layer

@@ -1,0 +1,168 @@
+"""Triton kernels of the OPRD-Bridge loss (semantics: oprd_kernels/reference/bridge.py).
+
+The projection z = P_S h ([r] per row, r <= 64) lives only in registers: a program takes BLOCK_R rows of one layer,
+forms Z = S @ P^T with tl.dot over D tiles, and compares Z with the precomputed teacher rows.
+
+Forward: grid (L, cdiv(N_sel, BLOCK_R)) over cache entries; writes the weighted row losses [L, N_sel].
+Backward: grid (L, cdiv(N_sel, BLOCK_R)) over row slots (tables.row_slots). Pass 1 recomputes Z for the slot's
+student row; the gradients dZ of the slot's entries are summed in registers; pass 2 writes dS = dZ @ P into the
+row of the dense student gradient and, when P_S needs a gradient, adds dZ^T @ S into an fp32 [L, r, D] buffer with
+atomics (Stage 1 only; atomics make its summation order, and so its last bits, vary between runs). Nothing
+[N_sel, r]-sized is written.
+
+Loss codes: 0 = mse, 1 = nmse, 2 = cosine; all over the r-dimensional projected rows.
+"""
+
+import triton
+import triton.language as tl
+
+from oprd_kernels.triton_ops.common import bf16_round_nearest_even, inverse_norm, load_rows, row_starts
+
+
+@triton.jit
+def _project(s_base, s_starts, s_stride, row_mask, p_ptr, p_stride_r, p_stride_d, rank, dim,
+             S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
+             BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr):
+    """Z [BLOCK_R, R_PAD] = S @ P^T for the rows at `s_starts` (masked rows and padded ranks give 0)."""
+    ranks = tl.arange(0, R_PAD)
+    z = tl.zeros([BLOCK_R, R_PAD], dtype=ACC)
+    for d0 in range(0, dim, TILE_D):
+        cols = d0 + tl.arange(0, TILE_D)
+        s = load_rows(s_base, s_starts, s_stride, cols, row_mask[:, None] & (cols[None, :] < dim), S_UNIT, S_ALIGN)
+        p = tl.load(p_ptr + ranks[:, None] * p_stride_r + cols[None, :] * p_stride_d,
+                    mask=(ranks[:, None] < rank) & (cols[None, :] < dim), other=0.0)
+        if NATIVE_DOT:  # bf16/fp16 operands: exact products, fp32 accumulation (GPU only: the interpreter's dot
+            # would multiply the raw 16-bit patterns)
+            z += tl.dot(s, tl.trans(p.to(s.dtype)), out_dtype=ACC)
+        else:
+            z += tl.dot(s.to(ACC), tl.trans(p.to(ACC)), input_precision="ieee", out_dtype=ACC)
+    return z
+
+
+@triton.jit
+def _row_terms(z, zt, inv_rank, eps_sq, LOSS: tl.constexpr):
+    """Per-row loss [BLOCK_R] and the factors of its gradient: dloss/dz = a * z + b * zt."""
+    if LOSS == 0:
+        diff = z - zt
+        return tl.sum(diff * diff, axis=1) * inv_rank, 2.0 * inv_rank, -2.0 * inv_rank
+    zz = tl.sum(z * z, axis=1)
+    tt = tl.sum(zt * zt, axis=1)
+    inv_z = inverse_norm(zz, eps_sq)
+    inv_t = inverse_norm(tt, eps_sq)
+    cos = tl.sum(z * zt, axis=1) * inv_z * inv_t
+    if LOSS == 1:
+        loss = (zz * inv_z * inv_z + tt * inv_t * inv_t - 2.0 * cos) * inv_rank
+        scale = 2.0 * inv_rank
+    else:
+        loss = 1.0 - cos
+        scale = 1.0
+    return loss, scale * cos * inv_z * inv_z, -scale * inv_z * inv_t
+
+
+@triton.jit
+def bridge_fwd_kernel(
+    s_base, s_table, s_seq,
+    z_base, z_table, z_seq,  # teacher_z layer table ([N_sel, r] per layer)
+    proj, p_stride_l, p_stride_r, p_stride_d,
+    rows, weights, row_loss,
+    n_sel, rank, dim, eps_sq,
+    LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
+    S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr,
+):
+    layer = tl.program_id(0).to(tl.int64)
+    entries = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    live = entries < n_sel
+    zero = tl.zeros([], dtype=ACC)
+    if HAS_ROWS:
+        rows_blk = tl.load(rows + entries, mask=live, other=0)
+    else:
+        rows_blk = tl.where(live, entries, 0)
+    s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq)
+    z = _project(s_base, s_starts, s_stride, live, proj + layer * p_stride_l, p_stride_r, p_stride_d, rank, dim,
+                 S_UNIT, S_ALIGN, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
+    ranks = tl.arange(0, R_PAD)
+    z_starts, z_stride = row_starts(z_table, layer, tl.where(live, entries, 0), z_seq)
+    zt = tl.load(z_base + z_starts[:, None] + ranks[None, :] * z_stride,
+                 mask=live[:, None] & (ranks[None, :] < rank), other=0.0).to(ACC)
+    loss, _, _ = _row_terms(z, zt, 1.0 / (rank + zero), eps_sq, LOSS)
+    if HAS_WEIGHTS:
+        w = tl.load(weights + entries, mask=live, other=0.0).to(ACC)
+    else:
+        w = 1.0 / (n_sel + zero)
+    tl.store(row_loss + layer * n_sel + entries, w * loss, mask=live)
+
+
+@triton.jit
+def bridge_bwd_kernel(
+    s_base, s_table, s_seq,
+    z_base, z_table, z_seq,
+    proj, p_stride_l, p_stride_r, p_stride_d,
+    order, slot_rows, slot_start,
+    weights, grad_out, grad_index,  # grad_index: int64 [L], slot of each layer in `grad`, -1 when not wanted
+    grad, grad_layer_stride, proj_grad,  # dense student gradient [L_g, B*S, D]; fp32 [L, r, D] (or unused)
+    n_sel, rank, dim, eps_sq,
+    LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, PROJ_GRAD: tl.constexpr,
+    S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
+):
+    layer = tl.program_id(0).to(tl.int64)
+    slots = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    in_range = slots < n_sel
+    zero = tl.zeros([], dtype=ACC)
+    if HAS_ROWS:
+        rows_blk = tl.load(slot_rows + slots, mask=in_range, other=-1)
+        first = tl.load(slot_start + slots, mask=in_range, other=0)
+        last = tl.load(slot_start + slots + 1, mask=in_range, other=0)
+    else:
+        rows_blk = tl.where(in_range, slots, -1)
+        first = slots
+        last = tl.where(in_range, slots + 1, slots)
+    live = rows_blk >= 0
+    rows_blk = tl.maximum(rows_blk, 0)
+    s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq)
+    p_layer = proj + layer * p_stride_l
+    z = _project(s_base, s_starts, s_stride, live, p_layer, p_stride_r, p_stride_d, rank, dim,
+                 S_UNIT, S_ALIGN, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
+
+    ranks = tl.arange(0, R_PAD)
+    g_layer = tl.load(grad_out + layer).to(ACC)
+    inv_rank = 1.0 / (rank + zero)
+    dz = tl.zeros([BLOCK_R, R_PAD], dtype=ACC)
+    for k in range(0, tl.max(last - first, axis=0)):  # the longest run of repeated rows in this block
+        j = first + k
+        has = live & (j < last)
+        if HAS_ROWS:
+            entries = tl.load(order + j, mask=has, other=0)
+        else:
+            entries = tl.where(has, j, 0)
+        z_starts, z_stride = row_starts(z_table, layer, entries, z_seq)
+        zt = tl.load(z_base + z_starts[:, None] + ranks[None, :] * z_stride,
+                     mask=has[:, None] & (ranks[None, :] < rank), other=0.0).to(ACC)
+        _, a, b = _row_terms(z, zt, inv_rank, eps_sq, LOSS)
+        if HAS_WEIGHTS:
+            w = tl.load(weights + entries, mask=has, other=0.0).to(ACC)
+        else:
+            w = tl.where(has, 1.0 / (n_sel + zero), 0.0)
+        coef = w * g_layer
+        dz += (coef * a)[:, None] * z + (coef * b)[:, None] * zt
+
+    g_slot = tl.load(grad_index + layer)
+    s_live = live & ((rows_blk * 0 + g_slot) >= 0)  # broadcast first: the interpreter rejects vector & scalar masks
+    g_rows = grad + tl.maximum(g_slot, 0) * grad_layer_stride + rows_blk * dim
+    for d0 in range(0, dim, TILE_D):
+        cols = d0 + tl.arange(0, TILE_D)
+        col_ok = cols[None, :] < dim
+        p = tl.load(p_layer + ranks[:, None] * p_stride_r + cols[None, :] * p_stride_d,
+                    mask=(ranks[:, None] < rank) & col_ok, other=0.0).to(ACC)
+        ds = tl.dot(dz, p, input_precision="ieee", out_dtype=ACC)  # [BLOCK_R, TILE_D]
+        g_mask = s_live[:, None] & col_ok
+        if BF16_RNE:
+            tl.store(g_rows[:, None] + cols[None, :], bf16_round_nearest_even(ds.to(tl.float32)), mask=g_mask)
+        else:
+            tl.store(g_rows[:, None] + cols[None, :], ds.to(grad.dtype.element_ty), mask=g_mask)
+        if PROJ_GRAD:
+            s = load_rows(s_base, s_starts, s_stride, cols, live[:, None] & col_ok, S_UNIT, S_ALIGN).to(ACC)
+            dp = tl.dot(tl.trans(dz), s, input_precision="ieee", out_dtype=ACC)  # [R_PAD, TILE_D]
+            tl.atomic_add(proj_grad + layer * rank * dim + ranks[:, None] * dim + cols[None, :], dp,
+                          mask=(ranks[:, None] < rank) & col_ok)

@@ -1,0 +1,198 @@
+"""The triton Bridge loss against the reference: values, student and projector gradients, odd shapes.
+
+Without CUDA the kernels run under TRITON_INTERPRET=1 (conftest.py); the `gpu`-marked test repeats the comparison at
+full size on a CUDA device.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oprd_kernels import reference as ref
+from oprd_kernels.triton_ops import bridge as tri_module
+from oprd_kernels.triton_ops.bridge import bridge_loss as tri
+from oracles import LOSS_TYPES, make_rows, make_weights, randn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def make(gen, *, B=2, S=9, D=37, L=3, r=4, n_sel=23, rows="repeats", weights="random", dtype=torch.float32,
+         proj_grad=True):
+    student = [randn(gen, B, S, D, dtype=dtype).to(DEVICE).requires_grad_() for _ in range(L)]
+    rr = make_rows(gen, rows, B * S, n_sel)
+    n = B * S if rr is None else rr.shape[0]
+    proj = (randn(gen, L, r, D, dtype=torch.float64) / D ** 0.5).to(dtype).to(DEVICE).requires_grad_(proj_grad)
+    teacher_z = randn(gen, L, n, r, dtype=dtype).to(DEVICE)
+    w = make_weights(gen, weights, n)
+    w = None if w is None else w.to(torch.float32 if dtype != torch.float64 else dtype).to(DEVICE)
+    return student, teacher_z, proj, None if rr is None else rr.to(DEVICE), w
+
+
+def values_and_grads(fn, student, teacher_z, proj, grad_scale=None, **kw):
+    leaves = [s.detach().clone().requires_grad_(s.requires_grad) for s in student]
+    p = proj.detach().clone().requires_grad_(proj.requires_grad)
+    out = fn(leaves, teacher_z, p, **kw)
+    inputs = [x for x in [*leaves, p] if x.requires_grad]
+    grads = torch.autograd.grad(out, inputs, torch.ones_like(out) if grad_scale is None else grad_scale)
+    return out.detach(), grads
+
+
+def assert_matches(student, teacher_z, proj, tol, grad_scale=None, grad_atol=None, **kw):
+    got, got_g = values_and_grads(tri, student, teacher_z, proj, grad_scale, **kw)
+    want, want_g = values_and_grads(ref.bridge_loss, student, teacher_z, proj, grad_scale, **kw)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    assert len(got_g) == len(want_g)
+    for g, w in zip(got_g, want_g):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        atol = tol * max(1.0, float(w.abs().max())) if grad_atol is None else grad_atol
+        torch.testing.assert_close(g, w, rtol=tol, atol=atol)
+
+
+CASES = {
+    "L1-all-rows-r1": dict(L=1, r=1, rows=None, weights=None, S=5),
+    "L3-repeats-across-blocks-r4": dict(L=3, r=4, n_sel=40),  # 40 entries: three blocks of 16
+    "L5-perm-sparse-r20": dict(L=5, r=20, rows="perm", weights="sparse", n_sel=11, D=23),
+    "L2-r64-odd-D": dict(L=2, r=64, D=97, n_sel=9),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference(gen, case, loss_type, dtype):
+    student, teacher_z, proj, rows, weights = make(gen, dtype=dtype, **CASES[case])
+    tol = 2e-5 if dtype == torch.float32 else 1e-11
+    # At r = 1 a normalised row is +-1, so nmse and cosine have a zero gradient: both sides hold rounding noise.
+    grad_atol = 1e-4 if CASES[case]["r"] == 1 and loss_type != "mse" else None
+    assert_matches(student, teacher_z, proj, tol, grad_atol=grad_atol, rows=rows, weights=weights,
+                   loss_type=loss_type, reduction="none")
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_several_tiles_and_per_layer_incoming_gradient(gen, monkeypatch, loss_type):
+    monkeypatch.setattr(tri_module, "MAX_TILE_D", 16)
+    student, teacher_z, proj, rows, weights = make(gen, D=70, r=5, n_sel=19)
+    scale = torch.tensor([1.5, -0.25, 4.0], device=DEVICE)
+    assert_matches(student, teacher_z, proj, 2e-5, grad_scale=scale, rows=rows, weights=weights,
+                   loss_type=loss_type, reduction="none")
+
+
+def test_mean_reduction_and_frozen_projector(gen):
+    student, teacher_z, proj, rows, weights = make(gen, proj_grad=False)
+    for loss_type in LOSS_TYPES:
+        assert_matches(student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type=loss_type)
+
+
+def test_projector_alone_requires_grad(gen):
+    """Stage 1: the backbone is frozen, only P_S learns."""
+    student, teacher_z, proj, rows, weights = make(gen)
+    student = [s.detach() for s in student]
+    assert_matches(student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type="mse")
+
+
+def test_stacked_student_list_teacher_and_some_layers_frozen(gen):
+    L, N, D, r = 3, 12, 19, 6
+    stacked = randn(gen, L, N, D, dtype=torch.float32).to(DEVICE).requires_grad_()
+    proj = randn(gen, L, r, D, dtype=torch.float32).to(DEVICE).requires_grad_()
+    rows = make_rows(gen, "repeats", N, 10).to(DEVICE)
+    teacher_z = [randn(gen, 10, r, dtype=torch.float32).to(DEVICE) for _ in range(L)]
+    got = tri(stacked, teacher_z, proj, rows=rows)
+    want = ref.bridge_loss(stacked, teacher_z, proj, rows=rows)
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-6)
+    for g, w in zip(torch.autograd.grad(got, [stacked, proj]), torch.autograd.grad(want, [stacked, proj])):
+        torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-6)
+    as_list = [stacked[i].detach().requires_grad_(i != 1) for i in range(L)]
+    got = tri(as_list, teacher_z, proj, rows=rows, loss_type="cosine")
+    want = ref.bridge_loss(as_list, teacher_z, proj, rows=rows, loss_type="cosine")
+    inputs = [as_list[0], as_list[2], proj]
+    for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-6)
+
+
+def test_non_contiguous_student_and_projector(gen):
+    B, S, D, L, r = 2, 6, 17, 2, 3
+    student = [randn(gen, S, B, 2 * D, dtype=torch.float32).to(DEVICE).transpose(0, 1)[..., ::2].requires_grad_()
+               for _ in range(L)]
+    proj = randn(gen, L, D, r, dtype=torch.float32).to(DEVICE).transpose(1, 2).requires_grad_()
+    rows = make_rows(gen, "perm", B * S, 9).to(DEVICE)
+    teacher_z = randn(gen, L, 9, r, dtype=torch.float32).to(DEVICE)
+    assert not student[0].is_contiguous() and not proj.is_contiguous()
+    for loss_type in LOSS_TYPES:
+        assert_matches(student, teacher_z, proj, 2e-5, rows=rows, loss_type=loss_type)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_empty_row_set(gen, loss_type):
+    student, teacher_z, proj, _, _ = make(gen)
+    rows = torch.empty(0, dtype=torch.int64, device=DEVICE)
+    out = tri(student, teacher_z[:, :0], proj, rows=rows, loss_type=loss_type)
+    assert out.item() == 0.0
+    grads = torch.autograd.grad(out, [*student, proj])
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+@pytest.mark.parametrize("loss_type", ["nmse", "cosine"])
+def test_zero_norm_projected_rows(gen, loss_type):
+    student, teacher_z, proj, rows, weights = make(gen, L=2, rows="perm", n_sel=8)
+    with torch.no_grad():
+        student[0].view(-1, student[0].shape[-1])[rows[0]] = 0  # projects to z = 0
+        teacher_z[1, 2] = 0
+    assert_matches(student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type=loss_type)
+    _, grads = values_and_grads(tri, student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(grads[0].view(-1, grads[0].shape[-1])[rows[0]], torch.zeros(grads[0].shape[-1]))
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_bf16_error_is_no_worse_than_the_reference(gen, loss_type):
+    student, teacher_z, proj, rows, weights = make(gen, dtype=torch.bfloat16, r=8, n_sel=20)
+    kw = dict(rows=rows, weights=weights, loss_type=loss_type, reduction="none")
+    truth, truth_g = values_and_grads(ref.bridge_loss, [s.double() for s in student], teacher_z.double(),
+                                      proj.double(), **kw)
+    got, got_g = values_and_grads(tri, student, teacher_z, proj, **kw)
+    base, base_g = values_and_grads(ref.bridge_loss, student, teacher_z, proj, **kw)
+    assert got.dtype == torch.float32
+    assert (got.double() - truth).abs().max() <= (base.double() - truth).abs().max() + 1e-6 * truth.abs().max()
+    for g, b, t in zip(got_g, base_g, truth_g):
+        assert g.dtype == torch.bfloat16
+        err, base_err = (g.double() - t).norm(), (b.double() - t).norm()
+        assert err <= base_err * 1.05 + 1e-6 * t.norm(), (err, base_err)
+
+
+def test_autocast_does_not_change_the_result(gen):
+    student, teacher_z, proj, rows, weights = make(gen)
+    plain = tri(student, teacher_z, proj, rows=rows, weights=weights)
+    with torch.autocast(device_type=DEVICE, dtype=torch.bfloat16):
+        cast = tri(student, teacher_z, proj, rows=rows, weights=weights)
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, plain, rtol=0, atol=0)
+
+
+def test_validation_errors_are_the_reference_ones(gen):
+    student, teacher_z, proj, rows, _ = make(gen)
+    with pytest.raises(ValueError, match="bridge_loss: `rows` must index"):
+        tri(student, teacher_z, proj, rows=rows - 100)
+    with pytest.raises(ValueError, match=r"bridge_loss: `proj` must have shape"):
+        tri(student, teacher_z, proj[:, :2], rows=rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("rank", [4, 8, 64])
+def test_gpu_full_size_bf16(gen, loss_type, rank):
+    L, D, B, S, k = 28, 1536, 2, 4096, 2000
+    student = [randn(gen, B, S, D, dtype=torch.bfloat16).cuda().requires_grad_() for _ in range(L)]
+    rows = torch.cat([torch.arange(b * S + S - k, b * S + S) for b in range(B)]).cuda()
+    proj = (torch.randn(L, rank, D, device="cuda") / D ** 0.5).bfloat16().requires_grad_()
+    teacher_z = torch.randn(L, rows.numel(), rank, device="cuda")
+    kw = dict(rows=rows, loss_type=loss_type, reduction="none")
+    truth, truth_g = values_and_grads(ref.bridge_loss, [s.double() for s in student], teacher_z.double(),
+                                      proj.double(), **kw)
+    got, got_g = values_and_grads(tri, student, teacher_z, proj, **kw)
+    base, base_g = values_and_grads(ref.bridge_loss, student, teacher_z, proj, **kw)
+    assert (got.double() - truth).abs().max() <= (base.double() - truth).abs().max() + 1e-6 * truth.abs().max()
+    for g, b, t in zip(got_g, base_g, truth_g):
+        assert (g.double() - t).norm() <= (b.double() - t).norm() * 1.05 + 1e-6 * t.norm()

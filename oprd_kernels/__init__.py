@@ -8,10 +8,13 @@ from oprd_kernels import reference
 from oprd_kernels._build import build_info
 from oprd_kernels.dispatch import BACKENDS, backend_status
 from oprd_kernels.functional import alignment_loss, bridge_loss
+from oprd_kernels.modules import AlignmentLoss, BridgeLoss
 from oprd_kernels.reference import NORM_EPS, cosine_similarity, project_teacher
 
 __version__ = "0.1.0"
 __all__ = [
+    "AlignmentLoss",
+    "BridgeLoss",
     "BACKENDS",
     "NORM_EPS",
     "alignment_loss",

@@ -2,13 +2,17 @@
 must be set before triton is first imported, hence here."""
 
 import os
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the runners are scripts, not a package
 
 
 @pytest.fixture

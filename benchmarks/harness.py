@@ -1,0 +1,111 @@
+"""Measurement helpers shared by the benchmark runners: timing percentiles, delta-peak memory, copy bandwidth, the
+environment of a result row, and writing rows.
+
+Time: on CUDA `triton.testing.do_bench` (CUDA events, warm-up, many repeats) asked for p20/p50/p80; on CPU the wall
+time of repeated calls after warm-up calls.
+Memory (delta-peak, as the paper measures it: peak allocated during the region minus allocated at its start): on CUDA
+from the caching allocator's statistics; on CPU from the PyTorch profiler's allocator events (profile_memory=True),
+whose running sum over the region is the bytes held by tensors, temporaries inside ops included. Run separately from
+the timing, since the profiler slows the code down.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p20: float
+    p50: float
+    p80: float
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, reps: int = 10) -> Percentiles:
+    """p20/p50/p80 of fn's run time in milliseconds."""
+    if device.type == "cuda":
+        import triton.testing
+
+        p20, p50, p80 = triton.testing.do_bench(fn, warmup=25, rep=max(reps * 10, 100), quantiles=[0.2, 0.5, 0.8])
+        return Percentiles(p20, p50, p80)
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    if len(samples) == 1:
+        return Percentiles(samples[0], samples[0], samples[0])
+    q = statistics.quantiles(samples, n=10, method="inclusive")
+    return Percentiles(q[1], statistics.median(samples), q[7])
+
+
+def delta_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated while fn runs, minus the bytes allocated when it starts (fn's result is dropped)."""
+    if device.type == "cuda":
+        _sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read plus bytes written."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=2, reps=5).p50
+    return 2 * nbytes / (ms * 1e-3)
+
+
+def environment(device: torch.device) -> dict:
+    """Where and with what a result was measured."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": device.type, "device_name": name, "torch": torch.__version__, "triton": triton_version,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append result rows to a JSON-lines file (created with its folder when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def percentiles_dict(p: Percentiles) -> dict:
+    return asdict(p)

@@ -8,8 +8,6 @@ device (tables.row_slots).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
-
 import torch
 import triton
 import triton.language as tl
@@ -18,7 +16,9 @@ from torch import Tensor
 from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of, result_dtype
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
-from oprd_kernels.triton_ops.tables import LayerTable, layer_table, row_slots
+from oprd_kernels.triton_ops.student_grads import (as_input_gradients, dense_gradient, slot_arrays,
+                                                   student_layers, wanted_layers)
+from oprd_kernels.triton_ops.tables import LayerTable, layer_table
 
 LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
 MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)
@@ -54,11 +54,6 @@ def _flags(plan: _Plan, student: LayerTable) -> dict:
                 num_warps=warps)
 
 
-def student_layers(stacked: bool, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
-    """The per-layer tensors of a student passed to a Function as one stacked [L, N, D] tensor or as L tensors."""
-    return tuple(tensors[0].unbind(0)) if stacked else tuple(tensors)
-
-
 class AlignmentFunction(torch.autograd.Function):
     """Per-layer alignment losses [L]; gradients flow to the student tensors only."""
 
@@ -84,30 +79,21 @@ class AlignmentFunction(torch.autograd.Function):
         stats, *student = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         layers = student_layers(ctx.stacked, student)
-        wanted = list(range(plan.num_layers)) if ctx.stacked else [i for i, n in enumerate(needs) if n]
+        wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
         if not wanted:
             return (None, None, *[None] * len(student))
-        device, dtype = layers[0].device, layers[0].dtype
-        shape = (len(wanted), plan.num_rows, plan.dim)
-        # Rows that no entry selects get a zero gradient; without `rows` every row is written.
-        grad = torch.zeros(shape, dtype=dtype, device=device) if plan.rows is not None or plan.num_sel == 0 \
-            else torch.empty(shape, dtype=dtype, device=device)
+        grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
         if plan.num_sel > 0:
             table = layer_table(layers)
-            slots = row_slots(plan.rows) if plan.rows is not None else None
-            order, slot_rows, slot_start = (slots.order, slots.slot_rows, slots.slot_start) if slots else (None,) * 3
-            t = plan.teacher
+            device = grad.device
             grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
+            t = plan.teacher
             alignment_bwd_kernel[(len(wanted), plan.num_sel)](
-                table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
-                order, slot_rows, slot_start,
+                table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, *slot_arrays(plan.rows),
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grad, grad.stride(0),
-                plan.num_sel, plan.num_layers, plan.dim, BF16_RNE=dtype == torch.bfloat16 and device.type == "cpu",
-                **_flags(plan, table))
-        if ctx.stacked:
-            return (None, None, grad.view_as(student[0]))
-        grads = iter(grad.unbind(0))
-        return (None, None, *[next(grads).view(layer.shape) if n else None for layer, n in zip(layers, needs)])
+                plan.num_sel, plan.num_layers, plan.dim,
+                BF16_RNE=grad.dtype == torch.bfloat16 and device.type == "cpu", **_flags(plan, table))
+        return (None, None, *as_input_gradients(grad, ctx.stacked, student, needs))
 
 
 def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Tensor | None = None,

@@ -14,9 +14,11 @@ from torch import Tensor
 
 from oprd_kernels._validation import assert_values_async, check_bridge, device_of, result_dtype
 from oprd_kernels.reference.rowwise import NORM_EPS
-from oprd_kernels.triton_ops.alignment import LOSS_CODES, student_layers
+from oprd_kernels.triton_ops.alignment import LOSS_CODES
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
-from oprd_kernels.triton_ops.tables import LayerTable, layer_table, row_slots
+from oprd_kernels.triton_ops.student_grads import (as_input_gradients, dense_gradient, slot_arrays,
+                                                   student_layers, wanted_layers)
+from oprd_kernels.triton_ops.tables import LayerTable, layer_table
 
 BLOCK_R = 16  # rows per program (tl.dot needs >= 16)
 MAX_TILE_D = 64
@@ -73,36 +75,25 @@ class BridgeFunction(torch.autograd.Function):
         proj, *student = ctx.saved_tensors
         proj_needs, needs = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
         layers = student_layers(ctx.stacked, student)
-        if ctx.stacked:
-            wanted = list(range(plan.num_layers)) if needs[0] else []
-        else:
-            wanted = [i for i, n in enumerate(needs) if n]
-        device, dtype = proj.device, layers[0].dtype
-        shape = (len(wanted), plan.num_rows, plan.dim)
-        grad = torch.zeros(shape, dtype=dtype, device=device) if plan.rows is not None or plan.num_sel == 0 \
-            else torch.empty(shape, dtype=dtype, device=device)
-        proj_grad = torch.zeros(proj.shape, dtype=torch.float32 if plan.acc == tl.float32 else torch.float64,
-                                device=device) if proj_needs else None
+        wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
+        grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+        acc_dtype = torch.float32 if plan.acc == tl.float32 else torch.float64
+        proj_grad = torch.zeros(proj.shape, dtype=acc_dtype, device=proj.device) if proj_needs else None
         if plan.num_sel > 0 and (wanted or proj_needs):
             table = layer_table(layers)
-            slots = row_slots(plan.rows) if plan.rows is not None else None
-            order, slot_rows, slot_start = (slots.order, slots.slot_rows, slots.slot_start) if slots else (None,) * 3
             index = [-1] * plan.num_layers
             for slot, layer in enumerate(wanted):
                 index[layer] = slot
-            grad_index = torch.tensor(index, dtype=torch.int64).to(device, non_blocking=True)
+            grad_index = torch.tensor(index, dtype=torch.int64).to(proj.device, non_blocking=True)
             z = plan.teacher_z
             bridge_bwd_kernel[_grid(plan)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
-                proj, *proj.stride(), order, slot_rows, slot_start,
+                proj, *proj.stride(), *slot_arrays(plan.rows),
                 plan.weights, grad_per_layer.contiguous(), grad_index, grad, grad.stride(0), proj_grad,
                 plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, PROJ_GRAD=proj_needs,
-                BF16_RNE=dtype == torch.bfloat16 and device.type == "cpu", **_flags(plan, table, proj))
+                BF16_RNE=grad.dtype == torch.bfloat16 and proj.device.type == "cpu", **_flags(plan, table, proj))
         proj_out = proj_grad.to(proj.dtype) if proj_needs else None
-        if ctx.stacked:
-            return (None, None, proj_out, grad.view_as(student[0]) if needs[0] else None)
-        grads = iter(grad.unbind(0))
-        return (None, None, proj_out, *[next(grads).view(layer.shape) if n else None for layer, n in zip(layers, needs)])
+        return (None, None, proj_out, *as_input_gradients(grad, ctx.stacked, student, needs))
 
 
 def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None, weights: Tensor | None = None,

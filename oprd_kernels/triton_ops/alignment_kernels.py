@@ -43,8 +43,8 @@ def alignment_fwd_kernel(
         t_layer = tl.load(layer_map + layer)
     else:
         t_layer = layer
-    s_start, s_stride = row_starts(s_table, layer, row, s_seq)
-    t_start, t_stride = row_starts(t_table, t_layer, entry, t_seq)
+    s_start, s_stride = row_starts(s_table, layer, row, s_seq, S_ALIGN)
+    t_start, t_stride = row_starts(t_table, t_layer, entry, t_seq, T_ALIGN)
 
     acc_a = tl.zeros([TILE_D], dtype=ACC)  # mse: sum (s - t)^2; else: s.s
     acc_b = tl.zeros([TILE_D], dtype=ACC)  # t.t
@@ -52,8 +52,8 @@ def alignment_fwd_kernel(
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
         mask = cols < dim
-        s = load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, S_ALIGN, ACC)
-        t = load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, T_ALIGN, ACC)
+        s = load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, ACC)
+        t = load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, ACC)
         if LOSS == 0:
             diff = s - t
             acc_a += diff * diff
@@ -117,7 +117,7 @@ def alignment_bwd_kernel(
     else:
         t_layer = layer
     limit = tl.where(row >= 0, dim, 0)  # unused slots (fewer distinct rows than entries) touch nothing
-    s_start, s_stride = row_starts(s_table, layer, tl.maximum(row, 0), s_seq)
+    s_start, s_stride = row_starts(s_table, layer, tl.maximum(row, 0), s_seq, S_ALIGN)
     g_layer = tl.load(grad_out + layer).to(ACC)
     plane = n_sel * num_layers
     g_row = grad + g_index * grad_layer_stride + tl.maximum(row, 0) * dim
@@ -125,15 +125,15 @@ def alignment_bwd_kernel(
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
         mask = cols < limit
-        s = load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, S_ALIGN, ACC)
+        s = load_tile(s_base, s_start, s_stride, cols, mask, S_UNIT, ACC)
         acc = tl.zeros([TILE_D], dtype=ACC)
         for j in range(first, last):
             if HAS_ROWS:
                 entry = tl.load(order + j)
             else:
                 entry = j
-            t_start, t_stride = row_starts(t_table, t_layer, entry, t_seq)
-            t = load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, T_ALIGN, ACC)
+            t_start, t_stride = row_starts(t_table, t_layer, entry, t_seq, T_ALIGN)
+            t = load_tile(t_base, t_start, t_stride, cols, mask, T_UNIT, ACC)
             if HAS_WEIGHTS:
                 coef = tl.load(weights + entry).to(ACC) * g_layer
             else:

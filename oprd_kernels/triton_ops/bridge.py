@@ -43,7 +43,8 @@ def _flags(plan: _Plan, student: LayerTable, proj: Tensor) -> dict:
     native = student.base.dtype in (torch.bfloat16, torch.float16) and proj.dtype == student.base.dtype \
         and proj.device.type == "cuda"
     return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
-                S_UNIT=student.unit_stride_d, S_ALIGN=student.align, NATIVE_DOT=native and plan.acc == tl.float32,
+                S_UNIT=student.unit_stride_d, S_ALIGN=student.align, P_UNIT=proj.stride(2) == 1,
+                NATIVE_DOT=native and plan.acc == tl.float32,
                 ACC=plan.acc, BLOCK_R=BLOCK_R, R_PAD=max(16, triton.next_power_of_2(plan.rank)),
                 TILE_D=max(16, min(triton.next_power_of_2(plan.dim), MAX_TILE_D)), num_warps=4)
 

@@ -20,17 +20,25 @@ from oprd_kernels.triton_ops.common import bf16_round_nearest_even, inverse_norm
 
 
 @triton.jit
+def _load_proj(p_ptr, ranks, cols, p_stride_r, p_stride_d, mask, P_UNIT: tl.constexpr):
+    """A [R_PAD, TILE_D] tile of one layer's projector."""
+    if P_UNIT:
+        return tl.load(p_ptr + ranks[:, None] * p_stride_r + cols[None, :], mask=mask, other=0.0)
+    return tl.load(p_ptr + ranks[:, None] * p_stride_r + cols[None, :] * p_stride_d, mask=mask, other=0.0)
+
+
+@triton.jit
 def _project(s_base, s_starts, s_stride, row_mask, p_ptr, p_stride_r, p_stride_d, rank, dim,
-             S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
+             S_UNIT: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
              BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr):
     """Z [BLOCK_R, R_PAD] = S @ P^T for the rows at `s_starts` (masked rows and padded ranks give 0)."""
     ranks = tl.arange(0, R_PAD)
     z = tl.zeros([BLOCK_R, R_PAD], dtype=ACC)
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
-        s = load_rows(s_base, s_starts, s_stride, cols, row_mask[:, None] & (cols[None, :] < dim), S_UNIT, S_ALIGN)
-        p = tl.load(p_ptr + ranks[:, None] * p_stride_r + cols[None, :] * p_stride_d,
-                    mask=(ranks[:, None] < rank) & (cols[None, :] < dim), other=0.0)
+        s = load_rows(s_base, s_starts, s_stride, cols, row_mask[:, None] & (cols[None, :] < dim), S_UNIT)
+        p = _load_proj(p_ptr, ranks, cols, p_stride_r, p_stride_d, (ranks[:, None] < rank) & (cols[None, :] < dim),
+                       P_UNIT)
         if NATIVE_DOT:  # bf16/fp16 operands: exact products, fp32 accumulation (GPU only: the interpreter's dot
             # would multiply the raw 16-bit patterns)
             z += tl.dot(s, tl.trans(p.to(s.dtype)), out_dtype=ACC)
@@ -67,7 +75,8 @@ def bridge_fwd_kernel(
     rows, weights, row_loss,
     n_sel, rank, dim, eps_sq,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
-    S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
+    S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr,
 ):
     layer = tl.program_id(0).to(tl.int64)
@@ -78,11 +87,11 @@ def bridge_fwd_kernel(
         rows_blk = tl.load(rows + entries, mask=live, other=0)
     else:
         rows_blk = tl.where(live, entries, 0)
-    s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq)
+    s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq, S_ALIGN)
     z = _project(s_base, s_starts, s_stride, live, proj + layer * p_stride_l, p_stride_r, p_stride_d, rank, dim,
-                 S_UNIT, S_ALIGN, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
+                 S_UNIT, P_UNIT, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
     ranks = tl.arange(0, R_PAD)
-    z_starts, z_stride = row_starts(z_table, layer, tl.where(live, entries, 0), z_seq)
+    z_starts, z_stride = row_starts(z_table, layer, tl.where(live, entries, 0), z_seq, 1)
     zt = tl.load(z_base + z_starts[:, None] + ranks[None, :] * z_stride,
                  mask=live[:, None] & (ranks[None, :] < rank), other=0.0).to(ACC)
     loss, _, _ = _row_terms(z, zt, 1.0 / (rank + zero), eps_sq, LOSS)
@@ -103,7 +112,8 @@ def bridge_bwd_kernel(
     grad, grad_layer_stride, proj_grad,  # dense student gradient [L_g, B*S, D]; fp32 [L, r, D] (or unused)
     n_sel, rank, dim, eps_sq,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, PROJ_GRAD: tl.constexpr,
-    S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
+    S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
 ):
     layer = tl.program_id(0).to(tl.int64)
@@ -120,10 +130,10 @@ def bridge_bwd_kernel(
         last = tl.where(in_range, slots + 1, slots)
     live = rows_blk >= 0
     rows_blk = tl.maximum(rows_blk, 0)
-    s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq)
+    s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq, S_ALIGN)
     p_layer = proj + layer * p_stride_l
     z = _project(s_base, s_starts, s_stride, live, p_layer, p_stride_r, p_stride_d, rank, dim,
-                 S_UNIT, S_ALIGN, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
+                 S_UNIT, P_UNIT, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
 
     ranks = tl.arange(0, R_PAD)
     g_layer = tl.load(grad_out + layer).to(ACC)
@@ -136,7 +146,7 @@ def bridge_bwd_kernel(
             entries = tl.load(order + j, mask=has, other=0)
         else:
             entries = tl.where(has, j, 0)
-        z_starts, z_stride = row_starts(z_table, layer, entries, z_seq)
+        z_starts, z_stride = row_starts(z_table, layer, entries, z_seq, 1)
         zt = tl.load(z_base + z_starts[:, None] + ranks[None, :] * z_stride,
                      mask=has[:, None] & (ranks[None, :] < rank), other=0.0).to(ACC)
         _, a, b = _row_terms(z, zt, inv_rank, eps_sq, LOSS)
@@ -153,8 +163,8 @@ def bridge_bwd_kernel(
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
         col_ok = cols[None, :] < dim
-        p = tl.load(p_layer + ranks[:, None] * p_stride_r + cols[None, :] * p_stride_d,
-                    mask=(ranks[:, None] < rank) & col_ok, other=0.0).to(ACC)
+        p = _load_proj(p_layer, ranks, cols, p_stride_r, p_stride_d, (ranks[:, None] < rank) & col_ok,
+                       P_UNIT).to(ACC)
         ds = tl.dot(dz, p, input_precision="ieee", out_dtype=ACC)  # [BLOCK_R, TILE_D]
         g_mask = s_live[:, None] & col_ok
         if BF16_RNE:
@@ -162,7 +172,7 @@ def bridge_bwd_kernel(
         else:
             tl.store(g_rows[:, None] + cols[None, :], ds.to(grad.dtype.element_ty), mask=g_mask)
         if PROJ_GRAD:
-            s = load_rows(s_base, s_starts, s_stride, cols, live[:, None] & col_ok, S_UNIT, S_ALIGN).to(ACC)
+            s = load_rows(s_base, s_starts, s_stride, cols, live[:, None] & col_ok, S_UNIT).to(ACC)
             dp = tl.dot(tl.trans(dz), s, input_precision="ieee", out_dtype=ACC)  # [R_PAD, TILE_D]
             tl.atomic_add(proj_grad + layer * rank * dim + ranks[:, None] * dim + cols[None, :], dp,
                           mask=(ranks[:, None] < rank) & col_ok)

@@ -1,15 +1,17 @@
 """Small @triton.jit helpers shared by the loss kernels: addressing rows through a layer table, loading tiles in
-the accumulation dtype, the zero-norm guard, and bf16 rounding."""
+the accumulation dtype, the zero-norm guard, and bf16 rounding.
+
+Row starts are made visibly aligned by arithmetic, `(start // ALIGN) * ALIGN`, an identity once the host has
+checked the alignment. The compiler's alignment analysis sees through that even across helper calls, where a
+`tl.multiple_of` hint on a helper's result is lost on Triton 3.6. benchmarks/compile_report.py showed it: 2-byte
+loads with the hint, 16-byte loads with the arithmetic, on 3.6 and 3.9."""
 
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr,
-               ACC: tl.constexpr):
-    if ALIGN > 1:  # the host checked that every row starts on a 16-byte boundary (ALIGN elements)
-        start = tl.multiple_of(start, ALIGN)
+def load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     if UNIT_STRIDE:
         x = tl.load(base + start + cols, mask=mask, other=0.0)
     else:
@@ -32,20 +34,20 @@ def inverse_norm(sq, eps_sq):
 
 
 @triton.jit
-def row_starts(table, layer, rows, seq_len):
+def row_starts(table, layer, rows, seq_len, ALIGN: tl.constexpr):
     """Element offsets from the table's base of row(s) `rows` of layer `layer` (a scalar or a [BLOCK] vector), and
-    that layer's stride along D."""
+    that layer's stride along D. ALIGN > 1 promises that every offset is a multiple of ALIGN."""
     entry = table + layer * 4
     sample = rows // seq_len
     starts = tl.load(entry) + sample * tl.load(entry + 1) + (rows - sample * seq_len) * tl.load(entry + 2)
+    if ALIGN > 1:  # every row starts on a 16-byte boundary (checked on the host): say so, to vectorise the loads
+        starts = (starts // ALIGN) * ALIGN
     return starts, tl.load(entry + 3)
 
 
 @triton.jit
-def load_rows(base, starts, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr):
+def load_rows(base, starts, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr):
     """A [BLOCK, TILE] tile of rows starting at `starts`, in the stored dtype (masked entries read as 0)."""
-    if ALIGN > 1:
-        starts = tl.multiple_of(starts, ALIGN)
     if UNIT_STRIDE:
         return tl.load(base + starts[:, None] + cols[None, :], mask=mask, other=0.0)
     return tl.load(base + starts[:, None] + cols[None, :] * stride_d, mask=mask, other=0.0)

@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="append result rows (JSON lines) here")
     parser.add_argument("--cases", default=None, help="comma-separated case names to run (default: all)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds: start no new case after this (the GPU check has a fixed lease)")
     args = parser.parse_args(argv)
     torch._logging.set_logs(dynamo=logging.ERROR)  # the reference's validation reads values: expected graph breaks
     device = torch.device(args.device)
@@ -184,20 +187,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = harness.environment(device)
     copy_bw = harness.copy_bandwidth(device, 1 << 20 if args.smoke else 1 << 30)
     rows: list[dict] = []
+    started = time.monotonic()
     for i, case in enumerate(cases):
+        if args.time_budget is not None and time.monotonic() - started > args.time_budget:
+            print(f"time budget spent: skipping case {case.name}", flush=True)
+            continue
         inp = make_inputs(case, device, torch.bfloat16)
         # torch.compile of the 28-layer reference takes minutes: only for the first case, and not for the smoke run.
         compile_ok = not args.no_compile and not args.smoke and i == 0
         for op, loss_types in (("alignment_loss", ("mse", "nmse")), ("bridge_loss", ("nmse",))):
             for loss_type in loss_types:
                 for backend in backends_for(device, args.smoke, compile_ok and loss_type == loss_types[0]):
-                    rows += [{**r, **env, "copy_bandwidth": copy_bw}
-                             for r in measure(case, op, loss_type, backend, inp, device, reps)]
+                    new = [{**r, **env, "copy_bandwidth": copy_bw}
+                           for r in measure(case, op, loss_type, backend, inp, device, reps)]
+                    if args.out:  # written as we go: a run cut short keeps what it measured
+                        harness.append_rows(args.out, new)
+                    full = next(r["p50"] for r in new if r["phase"] == "full" and r["metric"] == "time")
+                    print(f"{case.name} {op} {loss_type} {backend}: full {full:.3f} ms", flush=True)
+                    rows += new
         del inp
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if args.out:
-        harness.append_rows(args.out, rows)
     print(summarise(rows, copy_bw))
     return rows
 

@@ -22,5 +22,5 @@ timeout 200 $py -m pytest -q -x -p no:cacheprovider tests/test_triton_alignment.
   tests/test_validation.py 2>&1 | tee "$out/gpu_tests.log" | tail -8
 
 echo "== kernel benchmark"
-timeout 260 $py benchmarks/bench_kernels.py --device cuda --out "$out/kernels.jsonl" 2>&1 \
-  | grep -v -E "^USDT|CPUAllocator" | tee "$out/bench.log" | tail -16
+timeout 270 $py benchmarks/bench_kernels.py --device cuda --time-budget 150 --out "$out/kernels.jsonl" 2>&1 \
+  | grep -v -E "^USDT|CPUAllocator" | tee "$out/bench.log" | tail -24

@@ -51,7 +51,8 @@ def check_float_tensor(func: str, arg: str, x: object) -> Tensor:
     if not isinstance(x, Tensor):
         raise fail(TypeError, func, arg, "must be a torch.Tensor", describe(x))
     if x.dtype not in FLOAT_DTYPES:
-        raise fail(TypeError, func, arg, "must have a floating dtype (float16, bfloat16, float32, float64)", describe(x))
+        raise fail(TypeError, func, arg, "must have a floating dtype (float16, bfloat16, float32, float64)",
+                   describe(x))
     return x
 
 
@@ -122,12 +123,14 @@ def check_rows(func: str, rows: object, num_rows: int, device: torch.device, *, 
     if check_values and rows.numel() > 0:
         lo, hi = int(rows.min()), int(rows.max())
         if lo < 0 or hi >= num_rows:
-            raise fail(ValueError, func, "rows", f"must index the {num_rows} flattened student rows (0..{num_rows - 1})",
+            raise fail(ValueError, func, "rows",
+                       f"must index the {num_rows} flattened student rows (0..{num_rows - 1})",
                        f"values in [{lo}, {hi}]")
     return rows
 
 
-def check_weights(func: str, weights: object, num_sel: int, device: torch.device, *, check_values: bool) -> Tensor | None:
+def check_weights(func: str, weights: object, num_sel: int, device: torch.device,
+                  *, check_values: bool) -> Tensor | None:
     """`weights`: None or a [N_sel] floating tensor of finite, non-negative per-row weights."""
     if weights is None:
         return None

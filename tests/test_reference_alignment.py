@@ -21,7 +21,8 @@ from oracles import F64, LOSS_TYPES, make_rows, make_weights, oracle_cosine, ora
 # ----------------------------------------------------------------------------------------------------- the oracle
 
 def oracle_alignment(student, teacher, rows=None, weights=None, layer_map=None, loss_type="mse") -> torch.Tensor:
-    """Per-layer values [L] (float64): for each layer l, sum over selected rows r of w_r * loss(s_l[rows[r]], t[map[l]][r])."""
+    """Per-layer values [L] (float64): for each layer l, sum over selected rows r of
+    w_r * loss(s_l[rows[r]], t[map[l]][r])."""
     per_layer = []
     for l, layer in enumerate(student_layer_list(student)):
         flat = layer.detach().double().reshape(-1, layer.shape[-1])
@@ -110,7 +111,8 @@ def test_default_loss_type_is_mse_and_default_weights_are_token_mean(gen):
     student, teacher, rows, _, _ = make_case(gen, CASES["L5-perm-subset"])
     n_sel = rows.shape[0]
     default = ref.alignment_loss(student, teacher, rows=rows)
-    torch.testing.assert_close(default, ref.alignment_loss(student, teacher, rows=rows, loss_type="mse"), rtol=0, atol=0)
+    explicit = ref.alignment_loss(student, teacher, rows=rows, loss_type="mse")
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
     uniform = torch.full((n_sel,), 1.0 / n_sel, dtype=F64)
     torch.testing.assert_close(default, ref.alignment_loss(student, teacher, rows=rows, weights=uniform),
                                rtol=1e-12, atol=0)

@@ -166,7 +166,8 @@ def test_end_to_end_with_project_teacher_and_eq11_pairing(gen):
 
 
 def test_proj_and_student_gradients_closed_form_for_mse(gen):
-    """dL/dP_l = (1/L) sum_r w_r 2 (z_s - z_t) h^T / r and dL/dh_l[i] = (1/L) sum_{rows[r]=i} w_r 2 P^T (z_s - z_t) / r."""
+    """dL/dP_l = (1/L) sum_r w_r 2 (z_s - z_t) h^T / r and
+    dL/dh_l[i] = (1/L) sum_{rows[r]=i} w_r 2 P^T (z_s - z_t) / r."""
     B, S, D, L, r = 2, 5, 7, 3, 4
     student = [randn(gen, B, S, D).requires_grad_() for _ in range(L)]
     rows = torch.tensor([3, 9, 3, 0, 7, 3], dtype=torch.int64)

@@ -6,8 +6,9 @@ Common inputs (logits already aligned with the tokens: position t of the logits 
     mask: None (all positions) or a bool/0-1 tensor of shape [N] or [B, T] marking response tokens; whatever sits
         at masked positions (padding ids such as -100, non-finite logits) is ignored.
 All three losses are token-means over the mask: sum_t m_t * loss_t / sum_t m_t (0 when the mask is empty). They are
-computed in float32 (float64 when either logits tensor is float64) and return a scalar of that dtype. Every one of them materialises
-[N, V] log-probabilities: they are the faithful, memory-hungry baselines the fused losses are measured against.
+computed in float32 (float64 when either logits tensor is float64) and return a scalar of that dtype. Every one
+of them materialises [N, V] log-probabilities: they are the faithful, memory-hungry baselines the fused losses are
+measured against.
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def layer_table(layers: Sequence[Tensor]) -> LayerTable:
     for t in layers:
         delta = t.data_ptr() - base.data_ptr()
         if delta % size:
-            raise ValueError(f"layer_table: tensor at {t.data_ptr():#x} is not element-aligned with {base.data_ptr():#x}")
+            raise ValueError(f"layer_table: tensor at {t.data_ptr():#x} is not element-aligned with "
+                             f"{base.data_ptr():#x}")
         if t.dim() == 2:
             stride_b, stride_s, stride_d = 0, t.stride(0), t.stride(1)
         else:

@@ -2,7 +2,7 @@
 
 Semantics are exactly those of oprd_kernels.reference.alignment_loss. No host sync on CUDA: value checks run as
 asynchronous device asserts, the incoming gradient is read by the kernel, and repeated rows are grouped on the
-device (tables.row_slots).
+device (_tables.row_slots).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch import Tensor
 from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of, result_dtype
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
-from oprd_kernels.triton_ops.student_grads import (as_input_gradients, dense_gradient, slot_arrays,
+from oprd_kernels._student_grads import (as_input_gradients, dense_gradient, slot_arrays,
                                                    student_layers, wanted_layers)
-from oprd_kernels.triton_ops.tables import LayerTable, layer_table
+from oprd_kernels._tables import LayerTable, layer_table
 
 LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
 MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)

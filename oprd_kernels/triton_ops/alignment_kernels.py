@@ -4,7 +4,7 @@ Forward: grid (L, N_sel), one selected row of one layer per program. It reads th
 and its teacher cache row once, in D tiles, accumulating in ACC (fp32; fp64 for fp64 inputs), and writes the
 weighted row loss plus, for nmse/cosine, three per-row scalars (1/|s|, 1/|t|, cos) that the backward reuses.
 
-Backward: grid (layers needing a gradient, N_sel slots). A slot is one distinct student row (tables.row_slots); its
+Backward: grid (layers needing a gradient, N_sel slots). A slot is one distinct student row (_tables.row_slots); its
 program re-reads that row and the teacher rows of its entries, sums their gradients in registers and writes the
 row of the dense gradient once. No atomics, deterministic. The gradient is recomputed rather than kept from the
 forward: the same bytes move either way (forward 2 reads + backward 2 reads + 1 write, against forward 2 reads +
@@ -90,7 +90,7 @@ def alignment_fwd_kernel(
 def alignment_bwd_kernel(
     s_base, s_table, s_seq,
     t_base, t_table, t_seq,
-    order, slot_rows, slot_start,  # tables.RowSlots (unused without rows)
+    order, slot_rows, slot_start,  # _tables.RowSlots (unused without rows)
     weights, layer_map, grad_layers, stats, grad_out,
     grad, grad_layer_stride,  # out: dense gradient [L_g, B*S, D], contiguous
     n_sel, num_layers, dim,

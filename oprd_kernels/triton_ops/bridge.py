@@ -16,9 +16,9 @@ from oprd_kernels._validation import assert_values_async, check_bridge, device_o
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment import LOSS_CODES
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
-from oprd_kernels.triton_ops.student_grads import (as_input_gradients, dense_gradient, slot_arrays,
+from oprd_kernels._student_grads import (as_input_gradients, dense_gradient, slot_arrays,
                                                    student_layers, wanted_layers)
-from oprd_kernels.triton_ops.tables import LayerTable, layer_table
+from oprd_kernels._tables import LayerTable, layer_table
 
 BLOCK_R = 16  # rows per program (tl.dot needs >= 16)
 MAX_TILE_D = 64

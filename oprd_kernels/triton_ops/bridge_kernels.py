@@ -4,7 +4,7 @@ The projection z = P_S h ([r] per row, r <= 64) lives only in registers: a progr
 forms Z = S @ P^T with tl.dot over D tiles, and compares Z with the precomputed teacher rows.
 
 Forward: grid (L, cdiv(N_sel, BLOCK_R)) over cache entries; writes the weighted row losses [L, N_sel].
-Backward: grid (L, cdiv(N_sel, BLOCK_R)) over row slots (tables.row_slots). Pass 1 recomputes Z for the slot's
+Backward: grid (L, cdiv(N_sel, BLOCK_R)) over row slots (_tables.row_slots). Pass 1 recomputes Z for the slot's
 student row; the gradients dZ of the slot's entries are summed in registers; pass 2 writes dS = dZ @ P into the
 row of the dense student gradient and, when P_S needs a gradient, adds dZ^T @ S into an fp32 [L, r, D] buffer with
 atomics (Stage 1 only; atomics make its summation order, and so its last bits, vary between runs). Nothing

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from oprd_kernels.triton_ops.tables import row_slots
+from oprd_kernels._tables import row_slots
 
 
 def student_layers(stacked: bool, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:

@@ -1,10 +1,56 @@
-// The oprd_kernels._C Python module: binds the C++ entry points. No torch headers anywhere in csrc/.
+// The oprd_kernels._C Python module: binds the C++ entry points. No torch headers anywhere in csrc/: the Python
+// wrappers (oprd_kernels/cpu_ops/) validate the tensors and pass addresses, sizes, strides and dtype codes.
 #include <pybind11/pybind11.h>
 
+#include "alignment.h"
+#include "bridge.h"
 #include "build_info.h"
+
+namespace py = pybind11;
+
+#define OPRD_FIELD(cls, name) .def_readwrite(#name, &cls::name)
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "oprd C++ kernels (CPU; CUDA C++ when built with OPRD_WITH_CUDA=1)";
-  m.def("build_info", &oprd::build_info,
-        "Compiler, OpenMP, CUDA and SIMD facts of this build, as a dict.");
+  m.def("build_info", &oprd::build_info, "Compiler, OpenMP, CUDA and SIMD facts of this build, as a dict.");
+
+  py::class_<oprd::AlignmentArgs>(m, "AlignmentArgs", "Arguments of alignment_run (see csrc/alignment.h).")
+      .def(py::init<>())
+      OPRD_FIELD(oprd::AlignmentArgs, s_base) OPRD_FIELD(oprd::AlignmentArgs, s_table)
+      OPRD_FIELD(oprd::AlignmentArgs, s_seq) OPRD_FIELD(oprd::AlignmentArgs, s_dtype)
+      OPRD_FIELD(oprd::AlignmentArgs, t_base) OPRD_FIELD(oprd::AlignmentArgs, t_table)
+      OPRD_FIELD(oprd::AlignmentArgs, t_seq) OPRD_FIELD(oprd::AlignmentArgs, t_dtype)
+      OPRD_FIELD(oprd::AlignmentArgs, num_layers) OPRD_FIELD(oprd::AlignmentArgs, num_rows)
+      OPRD_FIELD(oprd::AlignmentArgs, num_sel) OPRD_FIELD(oprd::AlignmentArgs, dim)
+      OPRD_FIELD(oprd::AlignmentArgs, order) OPRD_FIELD(oprd::AlignmentArgs, slot_rows)
+      OPRD_FIELD(oprd::AlignmentArgs, slot_start) OPRD_FIELD(oprd::AlignmentArgs, weights)
+      OPRD_FIELD(oprd::AlignmentArgs, w_dtype) OPRD_FIELD(oprd::AlignmentArgs, layer_map)
+      OPRD_FIELD(oprd::AlignmentArgs, loss_type) OPRD_FIELD(oprd::AlignmentArgs, fp64)
+      OPRD_FIELD(oprd::AlignmentArgs, row_loss) OPRD_FIELD(oprd::AlignmentArgs, per_layer)
+      OPRD_FIELD(oprd::AlignmentArgs, grad) OPRD_FIELD(oprd::AlignmentArgs, grad_dtype)
+      OPRD_FIELD(oprd::AlignmentArgs, grad_index) OPRD_FIELD(oprd::AlignmentArgs, layer_scale);
+  m.def("alignment_run", &oprd::alignment_run, py::arg("args"), py::call_guard<py::gil_scoped_release>(),
+        "Fused alignment loss (and gradient when args.grad is set) over CPU memory.");
+
+  py::class_<oprd::BridgeArgs>(m, "BridgeArgs", "Arguments of bridge_run (see csrc/bridge.h).")
+      .def(py::init<>())
+      OPRD_FIELD(oprd::BridgeArgs, s_base) OPRD_FIELD(oprd::BridgeArgs, s_table)
+      OPRD_FIELD(oprd::BridgeArgs, s_seq) OPRD_FIELD(oprd::BridgeArgs, s_dtype)
+      OPRD_FIELD(oprd::BridgeArgs, z_base) OPRD_FIELD(oprd::BridgeArgs, z_table)
+      OPRD_FIELD(oprd::BridgeArgs, z_seq) OPRD_FIELD(oprd::BridgeArgs, z_dtype)
+      OPRD_FIELD(oprd::BridgeArgs, proj) OPRD_FIELD(oprd::BridgeArgs, p_dtype)
+      OPRD_FIELD(oprd::BridgeArgs, p_stride_l) OPRD_FIELD(oprd::BridgeArgs, p_stride_r)
+      OPRD_FIELD(oprd::BridgeArgs, p_stride_d) OPRD_FIELD(oprd::BridgeArgs, num_layers)
+      OPRD_FIELD(oprd::BridgeArgs, num_rows) OPRD_FIELD(oprd::BridgeArgs, num_sel)
+      OPRD_FIELD(oprd::BridgeArgs, dim) OPRD_FIELD(oprd::BridgeArgs, rank)
+      OPRD_FIELD(oprd::BridgeArgs, order) OPRD_FIELD(oprd::BridgeArgs, slot_rows)
+      OPRD_FIELD(oprd::BridgeArgs, slot_start) OPRD_FIELD(oprd::BridgeArgs, weights)
+      OPRD_FIELD(oprd::BridgeArgs, w_dtype) OPRD_FIELD(oprd::BridgeArgs, loss_type)
+      OPRD_FIELD(oprd::BridgeArgs, fp64) OPRD_FIELD(oprd::BridgeArgs, row_loss)
+      OPRD_FIELD(oprd::BridgeArgs, per_layer) OPRD_FIELD(oprd::BridgeArgs, grad)
+      OPRD_FIELD(oprd::BridgeArgs, grad_dtype) OPRD_FIELD(oprd::BridgeArgs, grad_index)
+      OPRD_FIELD(oprd::BridgeArgs, layer_scale) OPRD_FIELD(oprd::BridgeArgs, proj_grad)
+      OPRD_FIELD(oprd::BridgeArgs, dz);
+  m.def("bridge_run", &oprd::bridge_run, py::arg("args"), py::call_guard<py::gil_scoped_release>(),
+        "Fused Bridge loss (and gradients when asked) over CPU memory.");
 }

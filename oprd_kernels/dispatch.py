@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from oprd_kernels._validation import fail
+from oprd_kernels.cpu_ops import unavailable_reason as cpu_unavailable
 from oprd_kernels.triton_ops import unavailable_reason as triton_unavailable
 
 BACKENDS = ("reference", "triton", "cpu")
@@ -43,6 +44,8 @@ _IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
     ("alignment_loss", "triton"): Implementation("oprd_kernels.triton_ops.alignment", "alignment_loss",
                                                  triton_unavailable),
     ("bridge_loss", "triton"): Implementation("oprd_kernels.triton_ops.bridge", "bridge_loss", triton_unavailable),
+    ("alignment_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.alignment", "alignment_loss", cpu_unavailable),
+    ("bridge_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.bridge", "bridge_loss", cpu_unavailable),
 }
 _WARNED: set[tuple[str, str]] = set()
 

@@ -4,6 +4,7 @@ must be set before triton is first imported, hence here."""
 import os
 import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # t
 def gen(request) -> torch.Generator:
     """A generator seeded from the test id: fresh inputs per test and per parametrisation, reproducible."""
     return torch.Generator().manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@dataclass(frozen=True)
+class FastBackend:
+    """A fast backend under test, called through the public entry points, and the device its tensors live on."""
+
+    name: str
+    device: str
+
+    def alignment_loss(self, *args, **kwargs):
+        import oprd_kernels
+
+        return oprd_kernels.alignment_loss(*args, backend=self.name, **kwargs)
+
+    def bridge_loss(self, *args, **kwargs):
+        import oprd_kernels
+
+        return oprd_kernels.bridge_loss(*args, backend=self.name, **kwargs)
+
+
+@pytest.fixture(params=["triton", "cpu"])
+def be(request) -> FastBackend:
+    """Each fast backend in turn: triton on CUDA (the interpreter on CPU tensors without CUDA), the C++ cpu backend."""
+    if request.param == "triton":
+        return FastBackend("triton", "cuda" if torch.cuda.is_available() else "cpu")
+    return FastBackend("cpu", "cpu")

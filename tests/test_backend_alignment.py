@@ -1,7 +1,8 @@
-"""The triton alignment loss against the reference: values and gradients, every loss type, odd shapes.
+"""The fast backends' alignment loss against the reference: every test runs for `triton` and for the C++ `cpu` backend
+(the `be` fixture in conftest.py). Values and gradients, every loss type, odd shapes.
 
-Without CUDA the kernels run under TRITON_INTERPRET=1 (set in conftest.py) on small CPU tensors; the `gpu`-marked
-tests at the end repeat the comparison at the paper's sizes on a CUDA device.
+Without CUDA the triton kernels run under TRITON_INTERPRET=1 (set in conftest.py) on small CPU tensors; the
+`gpu`-marked tests at the end repeat the comparison for triton at full size on a CUDA device.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from oprd_kernels.triton_ops import alignment as tri_module
 from oprd_kernels.triton_ops.alignment import alignment_loss as tri
 from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
 
 @pytest.fixture
 def small_tiles(monkeypatch):
@@ -23,19 +22,19 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(tri_module, "MAX_TILE_D", 16)
 
 
-def make(gen, *, B=2, S=5, D=13, L=3, L_t=None, n_sel=7, rows="repeats", weights="random", dtype=torch.float32,
+def make(gen, be, *, B=2, S=5, D=13, L=3, L_t=None, n_sel=7, rows="repeats", weights="random", dtype=torch.float32,
          teacher_dtype=None):
     L_t = L if L_t is None else L_t
-    student = [randn(gen, B, S, D, dtype=dtype).to(DEVICE).requires_grad_() for _ in range(L)]
+    student = [randn(gen, B, S, D, dtype=dtype).to(be.device).requires_grad_() for _ in range(L)]
     r = make_rows(gen, rows, B * S, n_sel)
     n = B * S if r is None else r.shape[0]
-    teacher = randn(gen, L_t, n, D, dtype=teacher_dtype or dtype).to(DEVICE)
+    teacher = randn(gen, L_t, n, D, dtype=teacher_dtype or dtype).to(be.device)
     w = make_weights(gen, weights, n)
-    w = None if w is None else w.to(torch.float32 if dtype != torch.float64 else dtype).to(DEVICE)
+    w = None if w is None else w.to(torch.float32 if dtype != torch.float64 else dtype).to(be.device)
     layer_map = None
     if L_t != L:
-        layer_map = torch.randint(0, L_t, (L,), generator=gen).to(DEVICE)
-    return student, teacher, None if r is None else r.to(DEVICE), w, layer_map
+        layer_map = torch.randint(0, L_t, (L,), generator=gen).to(be.device)
+    return student, teacher, None if r is None else r.to(be.device), w, layer_map
 
 
 def values_and_grads(fn, student, teacher, grad_scale=None, **kw):
@@ -47,8 +46,8 @@ def values_and_grads(fn, student, teacher, grad_scale=None, **kw):
     return out.detach(), grads
 
 
-def assert_matches(student, teacher, tol, grad_scale=None, **kw):
-    got, got_g = values_and_grads(tri, student, teacher, grad_scale, **kw)
+def assert_matches(be, student, teacher, tol, grad_scale=None, **kw):
+    got, got_g = values_and_grads(be.alignment_loss, student, teacher, grad_scale, **kw)
     want, want_g = values_and_grads(ref.alignment_loss, student, teacher, grad_scale, **kw)
     assert got.dtype == want.dtype and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
@@ -70,35 +69,35 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_reference(gen, case, loss_type, dtype):
-    student, teacher, rows, weights, layer_map = make(gen, dtype=dtype, **CASES[case])
+def test_matches_reference(be, gen, case, loss_type, dtype):
+    student, teacher, rows, weights, layer_map = make(gen, be, dtype=dtype, **CASES[case])
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for reduction in ("none", "mean"):
-        assert_matches(student, teacher, tol, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
+        assert_matches(be, student, teacher, tol, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
                        reduction=reduction)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_several_tiles_per_row(gen, small_tiles, loss_type):
-    student, teacher, rows, weights, layer_map = make(gen, D=50, L=2, L_t=3, n_sel=9)
-    assert_matches(student, teacher, 1e-5, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type)
+def test_several_tiles_per_row(be, gen, small_tiles, loss_type):
+    student, teacher, rows, weights, layer_map = make(gen, be, D=50, L=2, L_t=3, n_sel=9)
+    assert_matches(be, student, teacher, 1e-5, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_incoming_gradient_is_applied_per_layer(gen, loss_type):
-    student, teacher, rows, weights, _ = make(gen, L=3, n_sel=6)
-    scale = torch.tensor([0.5, -2.0, 3.25], device=DEVICE)
-    assert_matches(student, teacher, 1e-5, grad_scale=scale, rows=rows, weights=weights, loss_type=loss_type,
+def test_incoming_gradient_is_applied_per_layer(be, gen, loss_type):
+    student, teacher, rows, weights, _ = make(gen, be, L=3, n_sel=6)
+    scale = torch.tensor([0.5, -2.0, 3.25], device=be.device)
+    assert_matches(be, student, teacher, 1e-5, grad_scale=scale, rows=rows, weights=weights, loss_type=loss_type,
                    reduction="none")
 
 
-def test_stacked_student_and_list_teacher(gen):
+def test_stacked_student_and_list_teacher(be, gen):
     L, N, D = 3, 10, 21
-    student = randn(gen, L, N, D, dtype=torch.float32).to(DEVICE).requires_grad_()
-    rows = make_rows(gen, "repeats", N, 8).to(DEVICE)
-    teacher = [randn(gen, 8, D, dtype=torch.float32).to(DEVICE) for _ in range(L)]
+    student = randn(gen, L, N, D, dtype=torch.float32).to(be.device).requires_grad_()
+    rows = make_rows(gen, "repeats", N, 8).to(be.device)
+    teacher = [randn(gen, 8, D, dtype=torch.float32).to(be.device) for _ in range(L)]
     for loss_type in LOSS_TYPES:
-        got = tri(student, teacher, rows=rows, loss_type=loss_type)
+        got = be.alignment_loss(student, teacher, rows=rows, loss_type=loss_type)
         want = ref.alignment_loss(student, teacher, rows=rows, loss_type=loss_type)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         (g,) = torch.autograd.grad(got, student)
@@ -108,30 +107,30 @@ def test_stacked_student_and_list_teacher(gen):
 
 
 @pytest.mark.parametrize("view", ["transposed", "strided-d", "strided-s", "mixed"])
-def test_non_contiguous_student_views_are_read_in_place(gen, view):
+def test_non_contiguous_student_views_are_read_in_place(be, gen, view):
     B, S, D, L = 3, 4, 11, 3
-    bases = [randn(gen, S, B, 2 * D, dtype=torch.float32).to(DEVICE) for _ in range(L)]
+    bases = [randn(gen, S, B, 2 * D, dtype=torch.float32).to(be.device) for _ in range(L)]
     if view == "transposed":
         student = [b[..., :D].transpose(0, 1) for b in bases]
     elif view == "strided-d":
         student = [b.transpose(0, 1)[..., ::2] for b in bases]
     elif view == "strided-s":
-        student = [randn(gen, B, 2 * S, D, dtype=torch.float32).to(DEVICE)[:, ::2] for _ in range(L)]
+        student = [randn(gen, B, 2 * S, D, dtype=torch.float32).to(be.device)[:, ::2] for _ in range(L)]
     else:
-        student = [bases[0][..., :D].transpose(0, 1), randn(gen, B, S, D, dtype=torch.float32).to(DEVICE),
+        student = [bases[0][..., :D].transpose(0, 1), randn(gen, B, S, D, dtype=torch.float32).to(be.device),
                    bases[2].transpose(0, 1)[..., 1::2]]
     student = [s.requires_grad_() if s.is_leaf else s.detach().requires_grad_() for s in student]
     assert not any(s.is_contiguous() for s in student[:1])
-    rows = make_rows(gen, "perm", B * S, 7).to(DEVICE)
-    teacher = randn(gen, L, 7, D, dtype=torch.float32).to(DEVICE)
+    rows = make_rows(gen, "perm", B * S, 7).to(be.device)
+    teacher = randn(gen, L, 7, D, dtype=torch.float32).to(be.device)
     for loss_type in LOSS_TYPES:
-        assert_matches(student, teacher, 1e-5, rows=rows, loss_type=loss_type)
+        assert_matches(be, student, teacher, 1e-5, rows=rows, loss_type=loss_type)
 
 
-def test_only_some_layers_require_grad(gen):
-    student, teacher, rows, weights, _ = make(gen, L=4)
+def test_only_some_layers_require_grad(be, gen):
+    student, teacher, rows, weights, _ = make(gen, be, L=4)
     student = [s.detach().requires_grad_(i in (1, 3)) for i, s in enumerate(student)]
-    out = tri(student, teacher, rows=rows, weights=weights, loss_type="nmse")
+    out = be.alignment_loss(student, teacher, rows=rows, weights=weights, loss_type="nmse")
     grads = torch.autograd.grad(out, [student[1], student[3]])
     want = torch.autograd.grad(ref.alignment_loss(student, teacher, rows=rows, weights=weights, loss_type="nmse"),
                                [student[1], student[3]])
@@ -139,36 +138,36 @@ def test_only_some_layers_require_grad(gen):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
-def test_teacher_and_weights_receive_no_gradient(gen):
-    student, teacher, rows, weights, _ = make(gen)
+def test_teacher_and_weights_receive_no_gradient(be, gen):
+    student, teacher, rows, weights, _ = make(gen, be)
     teacher.requires_grad_()
     weights.requires_grad_()
-    tri(student, teacher, rows=rows, weights=weights, loss_type="cosine").backward()
+    be.alignment_loss(student, teacher, rows=rows, weights=weights, loss_type="cosine").backward()
     assert teacher.grad is None and weights.grad is None
     assert all(s.grad is not None for s in student)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_empty_row_set(gen, loss_type):
-    student, teacher, _, _, _ = make(gen, rows="perm", n_sel=0)
-    rows = torch.empty(0, dtype=torch.int64, device=DEVICE)
+def test_empty_row_set(be, gen, loss_type):
+    student, teacher, _, _, _ = make(gen, be, rows="perm", n_sel=0)
+    rows = torch.empty(0, dtype=torch.int64, device=be.device)
     teacher = teacher[:, :0]
-    out = tri(student, teacher, rows=rows, loss_type=loss_type)
+    out = be.alignment_loss(student, teacher, rows=rows, loss_type=loss_type)
     assert out.item() == 0.0
     grads = torch.autograd.grad(out, student)
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
 @pytest.mark.parametrize("loss_type", ["nmse", "cosine"])
-def test_zero_norm_rows(gen, loss_type):
-    student, teacher, rows, weights, _ = make(gen, L=2, rows="perm", n_sel=6)
+def test_zero_norm_rows(be, gen, loss_type):
+    student, teacher, rows, weights, _ = make(gen, be, L=2, rows="perm", n_sel=6)
     with torch.no_grad():
         student[0].view(-1, student[0].shape[-1])[rows[0]] = 0  # a selected zero student row
         teacher[1, 2] = 0  # a zero teacher row
         teacher[0, 3] = 0
         student[0].view(-1, student[0].shape[-1])[rows[3]] = 0  # both zero
-    assert_matches(student, teacher, 1e-5, rows=rows, weights=weights, loss_type=loss_type)
-    got, grads = values_and_grads(tri, student, teacher, rows=rows, weights=weights, loss_type=loss_type)
+    assert_matches(be, student, teacher, 1e-5, rows=rows, weights=weights, loss_type=loss_type)
+    got, grads = values_and_grads(be.alignment_loss, student, teacher, rows=rows, weights=weights, loss_type=loss_type)
     assert torch.isfinite(got).all() and all(torch.isfinite(g).all() for g in grads)
     zero_row = grads[0].view(-1, grads[0].shape[-1])[rows[0]]
     assert torch.equal(zero_row, torch.zeros_like(zero_row))
@@ -176,14 +175,14 @@ def test_zero_norm_rows(gen, loss_type):
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("teacher_dtype", [torch.bfloat16, torch.float32])
-def test_bf16_error_is_no_worse_than_the_reference(gen, loss_type, teacher_dtype):
+def test_bf16_error_is_no_worse_than_the_reference(be, gen, loss_type, teacher_dtype):
     """DESIGN.md's rule: against an fp64 ground truth, the backend's bf16 error is at most the reference's own bf16
     error plus a small tolerance, for the loss and for every gradient."""
-    student, teacher, rows, weights, layer_map = make(gen, L=3, L_t=2, D=37, n_sel=9, dtype=torch.bfloat16,
+    student, teacher, rows, weights, layer_map = make(gen, be, L=3, L_t=2, D=37, n_sel=9, dtype=torch.bfloat16,
                                                       teacher_dtype=teacher_dtype)
     kw = dict(rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type, reduction="none")
     truth, truth_g = values_and_grads(ref.alignment_loss, [s.double() for s in student], teacher.double(), **kw)
-    got, got_g = values_and_grads(tri, student, teacher, **kw)
+    got, got_g = values_and_grads(be.alignment_loss, student, teacher, **kw)
     base, base_g = values_and_grads(ref.alignment_loss, student, teacher, **kw)
     assert got.dtype == torch.float32
     assert (got.double() - truth).abs().max() <= (base.double() - truth).abs().max() + 1e-6 * truth.abs().max()
@@ -193,30 +192,30 @@ def test_bf16_error_is_no_worse_than_the_reference(gen, loss_type, teacher_dtype
         assert err <= base_err * 1.05 + 1e-6 * t.norm(), (err, base_err)
 
 
-def test_autocast_does_not_change_the_result(gen):
-    student, teacher, rows, weights, _ = make(gen, D=24)
-    plain = tri(student, teacher, rows=rows, weights=weights, loss_type="nmse")
-    with torch.autocast(device_type=DEVICE, dtype=torch.bfloat16):
-        cast = tri(student, teacher, rows=rows, weights=weights, loss_type="nmse")
+def test_autocast_does_not_change_the_result(be, gen):
+    student, teacher, rows, weights, _ = make(gen, be, D=24)
+    plain = be.alignment_loss(student, teacher, rows=rows, weights=weights, loss_type="nmse")
+    with torch.autocast(device_type=be.device, dtype=torch.bfloat16):
+        cast = be.alignment_loss(student, teacher, rows=rows, weights=weights, loss_type="nmse")
     assert cast.dtype == torch.float32
     torch.testing.assert_close(cast, plain, rtol=0, atol=0)
 
 
-def test_deterministic_with_repeated_rows(gen):
-    student, teacher, rows, weights, _ = make(gen, n_sel=12)
+def test_deterministic_with_repeated_rows(be, gen):
+    student, teacher, rows, weights, _ = make(gen, be, n_sel=12)
     rows[:6] = rows[0]  # a long run of one row
-    first = values_and_grads(tri, student, teacher, rows=rows, weights=weights, loss_type="cosine")
-    second = values_and_grads(tri, student, teacher, rows=rows, weights=weights, loss_type="cosine")
+    first = values_and_grads(be.alignment_loss, student, teacher, rows=rows, weights=weights, loss_type="cosine")
+    second = values_and_grads(be.alignment_loss, student, teacher, rows=rows, weights=weights, loss_type="cosine")
     assert torch.equal(first[0], second[0])
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
 
 
-def test_validation_errors_are_the_reference_ones(gen):
-    student, teacher, rows, _, _ = make(gen)
+def test_validation_errors_are_the_reference_ones(be, gen):
+    student, teacher, rows, _, _ = make(gen, be)
     with pytest.raises(ValueError, match="alignment_loss: `rows` must index"):
-        tri(student, teacher, rows=rows + 100)
+        be.alignment_loss(student, teacher, rows=rows + 100)
     with pytest.raises(ValueError, match="alignment_loss: `loss_type` must be one of"):
-        tri(student, teacher, rows=rows, loss_type="l2")
+        be.alignment_loss(student, teacher, rows=rows, loss_type="l2")
 
 
 # ------------------------------------------------------------------------------------ GPU: the paper's sizes

@@ -1,7 +1,8 @@
-"""The triton Bridge loss against the reference: values, student and projector gradients, odd shapes.
+"""The fast backends' Bridge loss against the reference: every test runs for `triton` and for the C++ `cpu` backend
+(the `be` fixture in conftest.py). Values and gradients, every loss type, odd shapes.
 
-Without CUDA the kernels run under TRITON_INTERPRET=1 (conftest.py); the `gpu`-marked test repeats the comparison at
-full size on a CUDA device.
+Without CUDA the triton kernels run under TRITON_INTERPRET=1 (set in conftest.py) on small CPU tensors; the
+`gpu`-marked tests at the end repeat the comparison for triton at full size on a CUDA device.
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ from oprd_kernels.triton_ops import bridge as tri_module
 from oprd_kernels.triton_ops.bridge import bridge_loss as tri
 from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def make(gen, *, B=2, S=9, D=37, L=3, r=4, n_sel=23, rows="repeats", weights="random", dtype=torch.float32,
+def make(gen, be, *, B=2, S=9, D=37, L=3, r=4, n_sel=23, rows="repeats", weights="random", dtype=torch.float32,
          proj_grad=True):
-    student = [randn(gen, B, S, D, dtype=dtype).to(DEVICE).requires_grad_() for _ in range(L)]
+    student = [randn(gen, B, S, D, dtype=dtype).to(be.device).requires_grad_() for _ in range(L)]
     rr = make_rows(gen, rows, B * S, n_sel)
     n = B * S if rr is None else rr.shape[0]
-    proj = (randn(gen, L, r, D, dtype=torch.float64) / D ** 0.5).to(dtype).to(DEVICE).requires_grad_(proj_grad)
-    teacher_z = randn(gen, L, n, r, dtype=dtype).to(DEVICE)
+    proj = (randn(gen, L, r, D, dtype=torch.float64) / D ** 0.5).to(dtype).to(be.device).requires_grad_(proj_grad)
+    teacher_z = randn(gen, L, n, r, dtype=dtype).to(be.device)
     w = make_weights(gen, weights, n)
-    w = None if w is None else w.to(torch.float32 if dtype != torch.float64 else dtype).to(DEVICE)
-    return student, teacher_z, proj, None if rr is None else rr.to(DEVICE), w
+    w = None if w is None else w.to(torch.float32 if dtype != torch.float64 else dtype).to(be.device)
+    return student, teacher_z, proj, None if rr is None else rr.to(be.device), w
 
 
 def values_and_grads(fn, student, teacher_z, proj, grad_scale=None, **kw):
@@ -38,8 +37,8 @@ def values_and_grads(fn, student, teacher_z, proj, grad_scale=None, **kw):
     return out.detach(), grads
 
 
-def assert_matches(student, teacher_z, proj, tol, grad_scale=None, grad_atol=None, **kw):
-    got, got_g = values_and_grads(tri, student, teacher_z, proj, grad_scale, **kw)
+def assert_matches(be, student, teacher_z, proj, tol, grad_scale=None, grad_atol=None, **kw):
+    got, got_g = values_and_grads(be.bridge_loss, student, teacher_z, proj, grad_scale, **kw)
     want, want_g = values_and_grads(ref.bridge_loss, student, teacher_z, proj, grad_scale, **kw)
     assert got.dtype == want.dtype and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
@@ -61,98 +60,99 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_reference(gen, case, loss_type, dtype):
-    student, teacher_z, proj, rows, weights = make(gen, dtype=dtype, **CASES[case])
+def test_matches_reference(be, gen, case, loss_type, dtype):
+    student, teacher_z, proj, rows, weights = make(gen, be, dtype=dtype, **CASES[case])
     tol = 2e-5 if dtype == torch.float32 else 1e-11
     # At r = 1 a normalised row is +-1, so nmse and cosine have a zero gradient: both sides hold rounding noise.
     grad_atol = 1e-4 if CASES[case]["r"] == 1 and loss_type != "mse" else None
-    assert_matches(student, teacher_z, proj, tol, grad_atol=grad_atol, rows=rows, weights=weights,
+    assert_matches(be, student, teacher_z, proj, tol, grad_atol=grad_atol, rows=rows, weights=weights,
                    loss_type=loss_type, reduction="none")
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_several_tiles_and_per_layer_incoming_gradient(gen, monkeypatch, loss_type):
+def test_several_tiles_and_per_layer_incoming_gradient(be, gen, monkeypatch, loss_type):
     monkeypatch.setattr(tri_module, "MAX_TILE_D", 16)
-    student, teacher_z, proj, rows, weights = make(gen, D=70, r=5, n_sel=19)
-    scale = torch.tensor([1.5, -0.25, 4.0], device=DEVICE)
-    assert_matches(student, teacher_z, proj, 2e-5, grad_scale=scale, rows=rows, weights=weights,
+    student, teacher_z, proj, rows, weights = make(gen, be, D=70, r=5, n_sel=19)
+    scale = torch.tensor([1.5, -0.25, 4.0], device=be.device)
+    assert_matches(be, student, teacher_z, proj, 2e-5, grad_scale=scale, rows=rows, weights=weights,
                    loss_type=loss_type, reduction="none")
 
 
-def test_mean_reduction_and_frozen_projector(gen):
-    student, teacher_z, proj, rows, weights = make(gen, proj_grad=False)
+def test_mean_reduction_and_frozen_projector(be, gen):
+    student, teacher_z, proj, rows, weights = make(gen, be, proj_grad=False)
     for loss_type in LOSS_TYPES:
-        assert_matches(student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type=loss_type)
+        assert_matches(be, student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type=loss_type)
 
 
-def test_projector_alone_requires_grad(gen):
+def test_projector_alone_requires_grad(be, gen):
     """Stage 1: the backbone is frozen, only P_S learns."""
-    student, teacher_z, proj, rows, weights = make(gen)
+    student, teacher_z, proj, rows, weights = make(gen, be)
     student = [s.detach() for s in student]
-    assert_matches(student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type="mse")
+    assert_matches(be, student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type="mse")
 
 
-def test_stacked_student_list_teacher_and_some_layers_frozen(gen):
+def test_stacked_student_list_teacher_and_some_layers_frozen(be, gen):
     L, N, D, r = 3, 12, 19, 6
-    stacked = randn(gen, L, N, D, dtype=torch.float32).to(DEVICE).requires_grad_()
-    proj = randn(gen, L, r, D, dtype=torch.float32).to(DEVICE).requires_grad_()
-    rows = make_rows(gen, "repeats", N, 10).to(DEVICE)
-    teacher_z = [randn(gen, 10, r, dtype=torch.float32).to(DEVICE) for _ in range(L)]
-    got = tri(stacked, teacher_z, proj, rows=rows)
+    stacked = randn(gen, L, N, D, dtype=torch.float32).to(be.device).requires_grad_()
+    proj = randn(gen, L, r, D, dtype=torch.float32).to(be.device).requires_grad_()
+    rows = make_rows(gen, "repeats", N, 10).to(be.device)
+    teacher_z = [randn(gen, 10, r, dtype=torch.float32).to(be.device) for _ in range(L)]
+    got = be.bridge_loss(stacked, teacher_z, proj, rows=rows)
     want = ref.bridge_loss(stacked, teacher_z, proj, rows=rows)
     torch.testing.assert_close(got, want, rtol=2e-5, atol=1e-6)
     for g, w in zip(torch.autograd.grad(got, [stacked, proj]), torch.autograd.grad(want, [stacked, proj])):
         torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-6)
     as_list = [stacked[i].detach().requires_grad_(i != 1) for i in range(L)]
-    got = tri(as_list, teacher_z, proj, rows=rows, loss_type="cosine")
+    got = be.bridge_loss(as_list, teacher_z, proj, rows=rows, loss_type="cosine")
     want = ref.bridge_loss(as_list, teacher_z, proj, rows=rows, loss_type="cosine")
     inputs = [as_list[0], as_list[2], proj]
     for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
         torch.testing.assert_close(g, w, rtol=2e-5, atol=1e-6)
 
 
-def test_non_contiguous_student_and_projector(gen):
+def test_non_contiguous_student_and_projector(be, gen):
     B, S, D, L, r = 2, 6, 17, 2, 3
-    student = [randn(gen, S, B, 2 * D, dtype=torch.float32).to(DEVICE).transpose(0, 1)[..., ::2].requires_grad_()
+    student = [randn(gen, S, B, 2 * D, dtype=torch.float32).to(be.device).transpose(0, 1)[..., ::2].requires_grad_()
                for _ in range(L)]
-    proj = randn(gen, L, D, r, dtype=torch.float32).to(DEVICE).transpose(1, 2).requires_grad_()
-    rows = make_rows(gen, "perm", B * S, 9).to(DEVICE)
-    teacher_z = randn(gen, L, 9, r, dtype=torch.float32).to(DEVICE)
+    proj = randn(gen, L, D, r, dtype=torch.float32).to(be.device).transpose(1, 2).requires_grad_()
+    rows = make_rows(gen, "perm", B * S, 9).to(be.device)
+    teacher_z = randn(gen, L, 9, r, dtype=torch.float32).to(be.device)
     assert not student[0].is_contiguous() and not proj.is_contiguous()
     for loss_type in LOSS_TYPES:
-        assert_matches(student, teacher_z, proj, 2e-5, rows=rows, loss_type=loss_type)
+        assert_matches(be, student, teacher_z, proj, 2e-5, rows=rows, loss_type=loss_type)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_empty_row_set(gen, loss_type):
-    student, teacher_z, proj, _, _ = make(gen)
-    rows = torch.empty(0, dtype=torch.int64, device=DEVICE)
-    out = tri(student, teacher_z[:, :0], proj, rows=rows, loss_type=loss_type)
+def test_empty_row_set(be, gen, loss_type):
+    student, teacher_z, proj, _, _ = make(gen, be)
+    rows = torch.empty(0, dtype=torch.int64, device=be.device)
+    out = be.bridge_loss(student, teacher_z[:, :0], proj, rows=rows, loss_type=loss_type)
     assert out.item() == 0.0
     grads = torch.autograd.grad(out, [*student, proj])
     assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
 
 
 @pytest.mark.parametrize("loss_type", ["nmse", "cosine"])
-def test_zero_norm_projected_rows(gen, loss_type):
-    student, teacher_z, proj, rows, weights = make(gen, L=2, rows="perm", n_sel=8)
+def test_zero_norm_projected_rows(be, gen, loss_type):
+    student, teacher_z, proj, rows, weights = make(gen, be, L=2, rows="perm", n_sel=8)
     with torch.no_grad():
         student[0].view(-1, student[0].shape[-1])[rows[0]] = 0  # projects to z = 0
         teacher_z[1, 2] = 0
-    assert_matches(student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type=loss_type)
-    _, grads = values_and_grads(tri, student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type)
+    assert_matches(be, student, teacher_z, proj, 2e-5, rows=rows, weights=weights, loss_type=loss_type)
+    _, grads = values_and_grads(be.bridge_loss, student, teacher_z, proj, rows=rows, weights=weights,
+                                loss_type=loss_type)
     assert all(torch.isfinite(g).all() for g in grads)
     zero_row = grads[0].view(-1, grads[0].shape[-1])[rows[0]]
     assert torch.equal(zero_row, torch.zeros_like(zero_row))
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_bf16_error_is_no_worse_than_the_reference(gen, loss_type):
-    student, teacher_z, proj, rows, weights = make(gen, dtype=torch.bfloat16, r=8, n_sel=20)
+def test_bf16_error_is_no_worse_than_the_reference(be, gen, loss_type):
+    student, teacher_z, proj, rows, weights = make(gen, be, dtype=torch.bfloat16, r=8, n_sel=20)
     kw = dict(rows=rows, weights=weights, loss_type=loss_type, reduction="none")
     truth, truth_g = values_and_grads(ref.bridge_loss, [s.double() for s in student], teacher_z.double(),
                                       proj.double(), **kw)
-    got, got_g = values_and_grads(tri, student, teacher_z, proj, **kw)
+    got, got_g = values_and_grads(be.bridge_loss, student, teacher_z, proj, **kw)
     base, base_g = values_and_grads(ref.bridge_loss, student, teacher_z, proj, **kw)
     assert got.dtype == torch.float32
     assert (got.double() - truth).abs().max() <= (base.double() - truth).abs().max() + 1e-6 * truth.abs().max()
@@ -162,21 +162,21 @@ def test_bf16_error_is_no_worse_than_the_reference(gen, loss_type):
         assert err <= base_err * 1.05 + 1e-6 * t.norm(), (err, base_err)
 
 
-def test_autocast_does_not_change_the_result(gen):
-    student, teacher_z, proj, rows, weights = make(gen)
-    plain = tri(student, teacher_z, proj, rows=rows, weights=weights)
-    with torch.autocast(device_type=DEVICE, dtype=torch.bfloat16):
-        cast = tri(student, teacher_z, proj, rows=rows, weights=weights)
+def test_autocast_does_not_change_the_result(be, gen):
+    student, teacher_z, proj, rows, weights = make(gen, be)
+    plain = be.bridge_loss(student, teacher_z, proj, rows=rows, weights=weights)
+    with torch.autocast(device_type=be.device, dtype=torch.bfloat16):
+        cast = be.bridge_loss(student, teacher_z, proj, rows=rows, weights=weights)
     assert cast.dtype == torch.float32
     torch.testing.assert_close(cast, plain, rtol=0, atol=0)
 
 
-def test_validation_errors_are_the_reference_ones(gen):
-    student, teacher_z, proj, rows, _ = make(gen)
+def test_validation_errors_are_the_reference_ones(be, gen):
+    student, teacher_z, proj, rows, _ = make(gen, be)
     with pytest.raises(ValueError, match="bridge_loss: `rows` must index"):
-        tri(student, teacher_z, proj, rows=rows - 100)
+        be.bridge_loss(student, teacher_z, proj, rows=rows - 100)
     with pytest.raises(ValueError, match=r"bridge_loss: `proj` must have shape"):
-        tri(student, teacher_z, proj[:, :2], rows=rows)
+        be.bridge_loss(student, teacher_z, proj[:, :2], rows=rows)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,36 @@
+// The fused multi-layer alignment loss on CPU tensors (semantics: oprd_kernels/reference/alignment.py).
+#pragma once
+
+#include <cstdint>
+
+namespace oprd {
+
+// Everything one call needs, as raw addresses, sizes and dtype codes (filled by oprd_kernels/cpu_ops/_args.py).
+// Address 0 means "absent".
+struct AlignmentArgs {
+  uintptr_t s_base = 0, s_table = 0;  // student layer table, see rows.h
+  int64_t s_seq = 1;
+  int s_dtype = 0;
+  uintptr_t t_base = 0, t_table = 0;  // teacher cache layer table
+  int64_t t_seq = 1;
+  int t_dtype = 0;
+  int64_t num_layers = 0, num_rows = 0, num_sel = 0, dim = 0;
+  uintptr_t order = 0, slot_rows = 0, slot_start = 0;  // row slots; all 0 without `rows`
+  uintptr_t weights = 0;  // [N_sel] or 0 for 1/N_sel
+  int w_dtype = 0;
+  uintptr_t layer_map = 0;  // int64 [L] or 0 for identity
+  int loss_type = 0;        // row_terms.h LossType
+  bool fp64 = false;        // accumulate (and write row_loss, per_layer, layer_scale) in double, else float
+  uintptr_t row_loss = 0;   // out: [L, N_sel] weighted row losses (required)
+  uintptr_t per_layer = 0;  // out: [L] sums over rows, in entry order (required)
+  uintptr_t grad = 0;       // out: dense gradient [L_g, B*S, D] (grad_dtype), or 0 for no gradient
+  int grad_dtype = 0;
+  uintptr_t grad_index = 0;   // int64 [L]: slice of `grad` per layer, -1 for none
+  uintptr_t layer_scale = 0;  // [L] gradient scale per layer, or 0 for 1
+};
+
+// Runs the loss and, when args.grad is set, the gradient. Parallel over (layer, slot) with OpenMP; every result is
+// independent of the thread count (per-row values are summed in a fixed order afterwards).
+void alignment_run(const AlignmentArgs& args);
+
+}  // namespace oprd

@@ -1,0 +1,36 @@
+// The fused OPRD-Bridge loss on CPU tensors (semantics: oprd_kernels/reference/bridge.py).
+#pragma once
+
+#include <cstdint>
+
+namespace oprd {
+
+struct BridgeArgs {
+  uintptr_t s_base = 0, s_table = 0;  // student layer table
+  int64_t s_seq = 1;
+  int s_dtype = 0;
+  uintptr_t z_base = 0, z_table = 0;  // teacher_z layer table ([N_sel, r] per layer)
+  int64_t z_seq = 1;
+  int z_dtype = 0;
+  uintptr_t proj = 0;  // [L, r, D] with strides
+  int p_dtype = 0;
+  int64_t p_stride_l = 0, p_stride_r = 0, p_stride_d = 0;
+  int64_t num_layers = 0, num_rows = 0, num_sel = 0, dim = 0, rank = 0;
+  uintptr_t order = 0, slot_rows = 0, slot_start = 0;
+  uintptr_t weights = 0;
+  int w_dtype = 0;
+  int loss_type = 0;
+  bool fp64 = false;
+  uintptr_t row_loss = 0, per_layer = 0;  // out, as in AlignmentArgs
+  uintptr_t grad = 0;                     // out: dense student gradient [L_g, B*S, D] or 0
+  int grad_dtype = 0;
+  uintptr_t grad_index = 0, layer_scale = 0;
+  uintptr_t proj_grad = 0;  // out: [L, r, D] (Acc) or 0
+  uintptr_t dz = 0;         // scratch [L, N_sel, r] (Acc), required with proj_grad
+};
+
+// Loss and, when asked, the gradients. Z = P_S h lives in a few registers per row; the projector gradient is summed
+// over rows in slot order by one task per (layer, column block): the same bits for any thread count.
+void bridge_run(const BridgeArgs& args);
+
+}  // namespace oprd

@@ -1,0 +1,40 @@
+"""Filling the C++ argument structs (csrc/alignment.h, csrc/bridge.h) from tensors: addresses, sizes, dtype codes."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from oprd_kernels._tables import LayerTable
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
+
+
+def address(t: Tensor | None) -> int:
+    """Data address of a tensor the kernels read as a plain array (so it must be contiguous), or 0 when absent."""
+    if t is None:
+        return 0
+    if not t.is_contiguous():
+        raise ValueError("internal: the C++ kernels index this array contiguously")
+    return t.data_ptr()
+
+
+def set_table(args, prefix: str, table: LayerTable) -> None:
+    """The `<prefix>_base/_table/_seq/_dtype` fields from a layer table."""
+    setattr(args, f"{prefix}_base", table.base.data_ptr())
+    setattr(args, f"{prefix}_table", address(table.table))
+    setattr(args, f"{prefix}_seq", table.seq_len)
+    setattr(args, f"{prefix}_dtype", DTYPE_CODES[table.base.dtype])
+
+
+def set_slots(args, order: Tensor | None, slot_rows: Tensor | None, slot_start: Tensor | None) -> None:
+    args.order, args.slot_rows, args.slot_start = address(order), address(slot_rows), address(slot_start)
+
+
+def set_weights(args, weights: Tensor | None) -> Tensor | None:
+    """Weights as a contiguous vector (a small copy only for a strided [N_sel] view); returned to keep it alive."""
+    if weights is not None:
+        weights = weights.contiguous()
+        args.w_dtype = DTYPE_CODES[weights.dtype]
+    args.weights = address(weights)
+    return weights

@@ -1,0 +1,121 @@
+"""The cpu backend of `alignment_loss`: validation, the autograd Function, the calls into oprd_kernels._C.
+
+Semantics are exactly those of oprd_kernels.reference.alignment_loss. By default the gradient is computed in the
+forward pass, in the same sweep that reads each selected student row and teacher row once, for an incoming
+gradient of 1. The backward then only hands it over. When the incoming gradient is not 1 (a weighted objective,
+say), the backward sweeps again with the right scale. Chosen by measurement: docs/kernels.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from oprd_kernels import _build
+from oprd_kernels._student_grads import as_input_gradients, dense_gradient, slot_arrays, student_layers, wanted_layers
+from oprd_kernels._tables import LayerTable, layer_table
+from oprd_kernels._validation import check_alignment, result_dtype
+from oprd_kernels.cpu_ops._args import DTYPE_CODES, address, set_slots, set_table, set_weights
+
+LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
+GRADIENT_IN_FORWARD = True  # False: compute the gradient only in backward (kept for the benchmark's comparison)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a sweep needs besides the student tensors (which go through autograd)."""
+
+    loss_code: int
+    teacher: LayerTable
+    rows: Tensor | None
+    weights: Tensor | None
+    layer_map: Tensor | None
+    num_layers: int
+    num_rows: int
+    num_sel: int
+    dim: int
+    out_dtype: torch.dtype
+    mean: bool
+
+    def base_scale(self) -> float:
+        """d(result)/d(per-layer value): 1/L for the mean over layers, 1 for per-layer results."""
+        return 1.0 / self.num_layers if self.mean else 1.0
+
+
+def sweep(plan: Plan, layers: tuple[Tensor, ...], grad: Tensor | None = None, wanted: list[int] = (),
+          layer_scale: Tensor | None = None) -> Tensor:
+    """One pass of the C++ kernel: the per-layer losses [L], and the gradient rows into `grad` when given."""
+    ext = _build.load_extension()
+    args = ext.AlignmentArgs()
+    student = layer_table(layers)
+    set_table(args, "s", student)
+    set_table(args, "t", plan.teacher)
+    args.num_layers, args.num_rows, args.num_sel, args.dim = plan.num_layers, plan.num_rows, plan.num_sel, plan.dim
+    slots = slot_arrays(plan.rows)
+    set_slots(args, *slots)
+    weights = set_weights(args, plan.weights)
+    args.layer_map = address(plan.layer_map)
+    args.loss_type, args.fp64 = plan.loss_code, plan.out_dtype == torch.float64
+    row_loss = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype)
+    per_layer = torch.empty(plan.num_layers, dtype=plan.out_dtype)
+    args.row_loss, args.per_layer = address(row_loss), address(per_layer)
+    index = None
+    if grad is not None:
+        index = torch.full((plan.num_layers,), -1, dtype=torch.int64)
+        index[list(wanted)] = torch.arange(len(wanted))
+        args.grad, args.grad_dtype, args.grad_index = address(grad), DTYPE_CODES[grad.dtype], address(index)
+        args.layer_scale = address(layer_scale)
+    ext.alignment_run(args)
+    del student, slots, weights, index  # the kernel read their memory: they had to live until it returned
+    return per_layer
+
+
+class CpuAlignmentFunction(torch.autograd.Function):
+    """The reduced loss (scalar for "mean", [L] for "none"); gradients flow to the student tensors only."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, stacked: bool, *student: Tensor) -> Tensor:
+        layers = student_layers(stacked, student)
+        wanted = wanted_layers(stacked, ctx.needs_input_grad[2:], plan.num_layers)
+        grad = None
+        if wanted and GRADIENT_IN_FORWARD and plan.num_sel > 0:
+            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+            scale = torch.full((plan.num_layers,), plan.base_scale(), dtype=plan.out_dtype)
+            per_layer = sweep(plan, layers, grad, wanted, scale)
+        else:
+            per_layer = sweep(plan, layers) if plan.num_sel > 0 else torch.zeros(plan.num_layers,
+                                                                                 dtype=plan.out_dtype)
+        ctx.plan, ctx.stacked, ctx.grad = plan, stacked, grad
+        ctx.save_for_backward(*student)
+        return per_layer.mean() if plan.mean else per_layer
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        plan: Plan = ctx.plan
+        student = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]
+        wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
+        grad, ctx.grad = ctx.grad, None
+        factors = grad_out.expand(plan.num_layers).to(plan.out_dtype)
+        if grad is None or not bool((factors == 1).all()):
+            layers = student_layers(ctx.stacked, student)
+            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+            if plan.num_sel > 0:
+                sweep(plan, layers, grad, wanted, (factors * plan.base_scale()).contiguous())
+        return (None, None, *as_input_gradients(grad, ctx.stacked, student, needs))
+
+
+def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Tensor | None = None,
+                   layer_map: Tensor | None = None, loss_type: str = "mse", reduction: str = "mean") -> Tensor:
+    """Fused C++ alignment loss; arguments and result as oprd_kernels.reference.alignment_loss."""
+    inp = check_alignment("alignment_loss", student, teacher, rows, weights, layer_map, loss_type, reduction)
+    if inp.student.device.type != "cpu":
+        raise ValueError(f"alignment_loss: the cpu backend needs CPU tensors; got device {inp.student.device}")
+    plan = Plan(LOSS_CODES[loss_type], layer_table(inp.teacher.tensors), inp.rows, inp.weights,
+                None if inp.layer_map is None else inp.layer_map.contiguous(), inp.student.num_layers,
+                inp.student.num_rows, inp.num_sel, inp.student.dim, result_dtype(inp.student.dtype, inp.teacher.dtype),
+                reduction == "mean")
+    stacked = isinstance(student, Tensor)
+    return CpuAlignmentFunction.apply(plan, stacked, *((student,) if stacked else tuple(student)))

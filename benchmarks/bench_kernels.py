@@ -2,7 +2,7 @@
 process, forward / backward / forward+backward, with delta-peak memory and bandwidth against a measured copy.
 
     python benchmarks/bench_kernels.py --device cuda --out results/kernels.jsonl     # the paper's shapes (GPU)
-    python benchmarks/bench_kernels.py --device cpu                                    # scaled shapes, no triton
+    python benchmarks/bench_kernels.py --device cpu --out results/kernels_cpu.jsonl    # C++ cpu backend, no triton
     TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --device cpu --smoke         # tiny, checks the plumbing
 
 Bytes of the floor for forward+backward: the selected student rows and the teacher cache read once, the dense
@@ -27,6 +27,9 @@ import harness  # noqa: E402
 
 import oprd_kernels  # noqa: E402
 from oprd_kernels import reference  # noqa: E402
+from oprd_kernels.cpu_ops import alignment as cpu_alignment  # noqa: E402
+
+CPU_GRAD_IN_BACKWARD = "cpu-bwd"  # label: the cpu backend computing its gradient in backward instead of forward
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Case:
     seq: int
     selected: int  # last-k rows per sample
     rank: int = 8  # Bridge projection rank
+    dtype: str = "bfloat16"
 
 
 GPU_CASES = [
@@ -45,7 +49,12 @@ GPU_CASES = [
     Case("paper-16k-rows", 28, 1536, 2, 16384, 8192),
     Case("wide-36x4096", 36, 4096, 2, 16384, 2000),
 ]
-CPU_CASES = [Case("cpu-8x1536", 8, 1536, 2, 2048, 512)]
+CPU_CASES = [  # issue 4's shapes: N_sel = 2 x 2048 = 4096 of 2 x 4096 rows, D = 1536
+    Case("cpu-L8-fp32", 8, 1536, 2, 4096, 2048, dtype="float32"),
+    Case("cpu-L8-bf16", 8, 1536, 2, 4096, 2048),
+    Case("cpu-L28-fp32", 28, 1536, 2, 4096, 2048, dtype="float32"),
+    Case("cpu-L28-bf16", 28, 1536, 2, 4096, 2048),
+]
 SMOKE_CASES = [Case("smoke", 2, 48, 2, 16, 5, rank=4)]
 
 
@@ -68,7 +77,8 @@ class Inputs:
         return n * s.shape[-1] * s.element_size() + cache.numel() * cache.element_size() + self.gradient_bytes()
 
 
-def make_inputs(case: Case, device: torch.device, dtype: torch.dtype) -> Inputs:
+def make_inputs(case: Case, device: torch.device) -> Inputs:
+    dtype = getattr(torch, case.dtype)
     gen = torch.Generator(device=device).manual_seed(0)
     student = [torch.randn(case.batch, case.seq, case.dim, device=device, dtype=dtype, generator=gen)
                .requires_grad_() for _ in range(case.layers)]
@@ -96,6 +106,14 @@ def loss_fn(op: str, backend: str, loss_type: str) -> Callable[[Inputs], torch.T
     if backend == "compiled":
         compiled = torch.compile(ref, dynamic=False)
         return lambda inp: run(inp, compiled)
+    if backend == CPU_GRAD_IN_BACKWARD:  # the cpu backend with its other gradient schedule, for the comparison
+        def in_backward(*a, **k):
+            cpu_alignment.GRADIENT_IN_FORWARD = False
+            try:
+                return fast(*a, backend="cpu", **k)
+            finally:
+                cpu_alignment.GRADIENT_IN_FORWARD = True
+        return lambda inp: run(inp, in_backward)
     return lambda inp: run(inp, lambda *a, **k: fast(*a, backend=backend, **k))
 
 
@@ -129,9 +147,11 @@ def backends_for(device: torch.device, smoke: bool, compile_ok: bool) -> list[st
         names.append("compiled")
     if device.type == "cuda" or (smoke and os.environ.get("TRITON_INTERPRET") == "1"):
         names.insert(0, "triton")
+    if device.type == "cpu":
+        names[:0] = ["cpu", CPU_GRAD_IN_BACKWARD]
     for name in names:  # never let a fallback pass for a fast path
-        if name in ("triton", "cpu"):
-            status = oprd_kernels.backend_status(device)[name]
+        if name in ("triton", "cpu", CPU_GRAD_IN_BACKWARD):
+            status = oprd_kernels.backend_status(device)["cpu" if name == CPU_GRAD_IN_BACKWARD else name]
             missing = {op: why for op, why in status.items() if why != "available"}
             if missing:
                 raise SystemExit(f"backend {name!r} cannot run here: {missing}")
@@ -192,7 +212,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.time_budget is not None and time.monotonic() - started > args.time_budget:
             print(f"time budget spent: skipping case {case.name}", flush=True)
             continue
-        inp = make_inputs(case, device, torch.bfloat16)
+        inp = make_inputs(case, device)
         # torch.compile of the 28-layer reference takes minutes: only for the first case, and not for the smoke run.
         compile_ok = not args.no_compile and not args.smoke and i == 0
         for op, loss_types in (("alignment_loss", ("mse", "nmse")), ("bridge_loss", ("nmse",))):

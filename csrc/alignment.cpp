@@ -1,6 +1,7 @@
 #include "alignment.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "row_terms.h"
@@ -11,56 +12,98 @@ namespace oprd {
 namespace {
 
 template <typename Acc>
-void run(const AlignmentArgs& a) {
-  const LayerTable student{reinterpret_cast<const char*>(a.s_base), reinterpret_cast<const int64_t*>(a.s_table),
-                           a.s_seq, a.s_dtype};
-  const LayerTable teacher{reinterpret_cast<const char*>(a.t_base), reinterpret_cast<const int64_t*>(a.t_table),
-                           a.t_seq, a.t_dtype};
-  const Slots slots{reinterpret_cast<const int64_t*>(a.order), reinterpret_cast<const int64_t*>(a.slot_rows),
-                    reinterpret_cast<const int64_t*>(a.slot_start)};
-  const int64_t* layer_map = reinterpret_cast<const int64_t*>(a.layer_map);
-  const int64_t* grad_index = reinterpret_cast<const int64_t*>(a.grad_index);
-  const Acc* layer_scale = reinterpret_cast<const Acc*>(a.layer_scale);
-  Acc* row_loss = reinterpret_cast<Acc*>(a.row_loss);
-  char* grad = reinterpret_cast<char*>(a.grad);
-  const int64_t L = a.num_layers, n_sel = a.num_sel, dim = a.dim;
-  const int64_t grad_row_bytes = dim * element_size(a.grad_dtype);
-  const Acc inv_n = Acc(1) / static_cast<Acc>(std::max<int64_t>(n_sel, 1));
+class Alignment {
+ public:
+  explicit Alignment(const AlignmentArgs& a)
+      : a_(a),
+        student_{reinterpret_cast<const char*>(a.s_base), reinterpret_cast<const int64_t*>(a.s_table), a.s_seq,
+                 a.s_dtype},
+        teacher_{reinterpret_cast<const char*>(a.t_base), reinterpret_cast<const int64_t*>(a.t_table), a.t_seq,
+                 a.t_dtype},
+        slots_{reinterpret_cast<const int64_t*>(a.order), reinterpret_cast<const int64_t*>(a.slot_rows),
+               reinterpret_cast<const int64_t*>(a.slot_start)},
+        layer_map_(reinterpret_cast<const int64_t*>(a.layer_map)),
+        layer_scale_(reinterpret_cast<const Acc*>(a.layer_scale)),
+        row_loss_(reinterpret_cast<Acc*>(a.row_loss)),
+        inv_n_(Acc(1) / static_cast<Acc>(std::max<int64_t>(a.num_sel, 1))) {}
 
-#pragma omp parallel
-  {
-    std::vector<Acc> s(dim), t(dim), g(dim);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < L * n_sel; ++task) {
-      const int64_t layer = task / n_sel, slot = task % n_sel;
-      const int64_t row = slots.row(slot);
-      if (row < 0) continue;  // fewer distinct rows than entries
-      const int64_t slice = grad != nullptr ? grad_index[layer] : -1;
-      const int64_t t_layer = layer_map != nullptr ? layer_map[layer] : layer;
-      const Acc scale = layer_scale != nullptr ? layer_scale[layer] : Acc(1);
-      load_row(student.row(layer, row), student.dtype, student.stride_d(layer), dim, s.data());
-      if (slice >= 0) std::fill(g.begin(), g.end(), Acc(0));
-      for (int64_t j = slots.begin(slot); j < slots.end(slot); ++j) {
-        const int64_t entry = slots.entry(j);
-        load_row(teacher.row(t_layer, entry), teacher.dtype, teacher.stride_d(t_layer), dim, t.data());
-        const Acc w = a.weights != 0 ? load_scalar<Acc>(a.weights, a.w_dtype, entry) : inv_n;
-        const RowTerms<Acc> terms = row_terms(s.data(), t.data(), dim, a.loss_type);
-        row_loss[layer * n_sel + entry] = w * terms.loss;
-        if (slice >= 0) add_row_gradient(g.data(), s.data(), t.data(), dim, w * scale, terms);
-      }
-      if (slice >= 0) store_row(grad + (slice * a.num_rows + row) * grad_row_bytes, a.grad_dtype, dim, g.data());
+  // Loss of every entry of `slot` in `layer`; with `g` (a scratch row) also their summed gradient, left in g.
+  void slot(int64_t layer, int64_t slot, Acc* s, Acc* t, Acc* g) const {
+    const int64_t dim = a_.dim, row = slots_.row(slot);
+    const int64_t t_layer = layer_map_ != nullptr ? layer_map_[layer] : layer;
+    const Acc scale = layer_scale_ != nullptr ? layer_scale_[layer] : Acc(1);
+    load_row(student_.row(layer, row), student_.dtype, student_.stride_d(layer), dim, s);
+    if (g != nullptr) std::fill(g, g + dim, Acc(0));
+    for (int64_t j = slots_.begin(slot); j < slots_.end(slot); ++j) {
+      const int64_t entry = slots_.entry(j);
+      load_row(teacher_.row(t_layer, entry), teacher_.dtype, teacher_.stride_d(t_layer), dim, t);
+      const Acc w = a_.weights != 0 ? load_scalar<Acc>(a_.weights, a_.w_dtype, entry) : inv_n_;
+      const RowTerms<Acc> terms = row_terms(s, t, dim, a_.loss_type);
+      row_loss_[layer * a_.num_sel + entry] = w * terms.loss;
+      if (g != nullptr) add_row_gradient(g, s, t, dim, w * scale, terms);
     }
   }
-  sum_rows_per_layer(row_loss, L, n_sel, reinterpret_cast<Acc*>(a.per_layer));
-}
+
+  void run() const {
+    const int64_t L = a_.num_layers, n_sel = a_.num_sel, rows = a_.num_rows, dim = a_.dim;
+    const int64_t* grad_index = reinterpret_cast<const int64_t*>(a_.grad_index);
+    char* grad = reinterpret_cast<char*>(a_.grad);
+    const int64_t row_bytes = dim * element_size(a_.grad_dtype);
+    // Layers without a gradient: one task per (layer, slot). Layers with one: one task per row of the dense
+    // gradient, in memory order, so every page of it is first written once, by the thread that fills it: the
+    // selected rows with their gradient, the others with zeros (the Python side allocates it uninitialised).
+    std::vector<int64_t> loss_only, dense;
+    for (int64_t l = 0; l < L; ++l) (grad != nullptr && grad_index[l] >= 0 ? dense : loss_only).push_back(l);
+    std::vector<int64_t> slot_of_row;
+    if (!dense.empty()) {
+      slot_of_row.assign(static_cast<size_t>(rows), -1);
+      for (int64_t u = 0; u < n_sel; ++u) {
+        if (slots_.row(u) >= 0) slot_of_row[slots_.row(u)] = u;
+      }
+    }
+    const int64_t n_loss_only = static_cast<int64_t>(loss_only.size()) * n_sel;
+    const int64_t n_dense = static_cast<int64_t>(dense.size()) * rows;
+#pragma omp parallel
+    {
+      std::vector<Acc> s(dim), t(dim), g(dim);
+#pragma omp for schedule(static) nowait
+      for (int64_t task = 0; task < n_loss_only; ++task) {
+        const int64_t u = task % n_sel;
+        if (slots_.row(u) >= 0) slot(loss_only[task / n_sel], u, s.data(), t.data(), nullptr);
+      }
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < n_dense; ++task) {
+        const int64_t layer = dense[task / rows], row = task % rows;
+        char* out = grad + (grad_index[layer] * rows + row) * row_bytes;
+        const int64_t u = slot_of_row[row];
+        if (u < 0) {
+          std::memset(out, 0, static_cast<size_t>(row_bytes));
+        } else {
+          slot(layer, u, s.data(), t.data(), g.data());
+          store_row(out, a_.grad_dtype, dim, g.data());
+        }
+      }
+    }
+    sum_rows_per_layer(row_loss_, L, n_sel, reinterpret_cast<Acc*>(a_.per_layer));
+  }
+
+ private:
+  const AlignmentArgs& a_;
+  LayerTable student_, teacher_;
+  Slots slots_;
+  const int64_t* layer_map_;
+  const Acc* layer_scale_;
+  Acc* row_loss_;
+  Acc inv_n_;
+};
 
 }  // namespace
 
 void alignment_run(const AlignmentArgs& args) {
   if (args.fp64) {
-    run<double>(args);
+    Alignment<double>(args).run();
   } else {
-    run<float>(args);
+    Alignment<float>(args).run();
   }
 }
 

@@ -1,6 +1,7 @@
 #include "bridge.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "row_terms.h"
@@ -13,81 +14,116 @@ namespace {
 constexpr int64_t kColumnBlock = 256;  // columns of the projector gradient per task
 
 template <typename Acc>
-void run(const BridgeArgs& a) {
-  const LayerTable student{reinterpret_cast<const char*>(a.s_base), reinterpret_cast<const int64_t*>(a.s_table),
-                           a.s_seq, a.s_dtype};
-  const LayerTable teacher_z{reinterpret_cast<const char*>(a.z_base), reinterpret_cast<const int64_t*>(a.z_table),
-                             a.z_seq, a.z_dtype};
-  const Slots slots{reinterpret_cast<const int64_t*>(a.order), reinterpret_cast<const int64_t*>(a.slot_rows),
-                    reinterpret_cast<const int64_t*>(a.slot_start)};
-  const int64_t* grad_index = reinterpret_cast<const int64_t*>(a.grad_index);
-  const Acc* layer_scale = reinterpret_cast<const Acc*>(a.layer_scale);
-  Acc* row_loss = reinterpret_cast<Acc*>(a.row_loss);
-  Acc* dz_all = reinterpret_cast<Acc*>(a.dz);
-  char* grad = reinterpret_cast<char*>(a.grad);
-  const int64_t L = a.num_layers, n_sel = a.num_sel, dim = a.dim, rank = a.rank;
-  const int64_t grad_row_bytes = dim * element_size(a.grad_dtype);
-  const int64_t p_size = element_size(a.p_dtype);
-  const Acc inv_n = Acc(1) / static_cast<Acc>(std::max<int64_t>(n_sel, 1));
-
-  // The projectors in Acc, contiguous [L, r, D]: read once per row from cache instead of converted per row.
-  std::vector<Acc> proj(static_cast<size_t>(L * rank * dim));
+class Bridge {
+ public:
+  explicit Bridge(const BridgeArgs& a)
+      : a_(a),
+        student_{reinterpret_cast<const char*>(a.s_base), reinterpret_cast<const int64_t*>(a.s_table), a.s_seq,
+                 a.s_dtype},
+        teacher_z_{reinterpret_cast<const char*>(a.z_base), reinterpret_cast<const int64_t*>(a.z_table), a.z_seq,
+                   a.z_dtype},
+        slots_{reinterpret_cast<const int64_t*>(a.order), reinterpret_cast<const int64_t*>(a.slot_rows),
+               reinterpret_cast<const int64_t*>(a.slot_start)},
+        layer_scale_(reinterpret_cast<const Acc*>(a.layer_scale)),
+        row_loss_(reinterpret_cast<Acc*>(a.row_loss)),
+        dz_all_(reinterpret_cast<Acc*>(a.dz)),
+        inv_n_(Acc(1) / static_cast<Acc>(std::max<int64_t>(a.num_sel, 1))),
+        proj_(static_cast<size_t>(a.num_layers * a.rank * a.dim)) {
+    // The projectors in Acc, contiguous [L, r, D]: converted once, then read from cache for every row.
+    const int64_t p_size = element_size(a.p_dtype);
 #pragma omp parallel for schedule(static)
-  for (int64_t lk = 0; lk < L * rank; ++lk) {
-    const int64_t l = lk / rank, k = lk % rank;
-    const char* src = reinterpret_cast<const char*>(a.proj) + (l * a.p_stride_l + k * a.p_stride_r) * p_size;
-    load_row(src, a.p_dtype, a.p_stride_d, dim, proj.data() + lk * dim);
+    for (int64_t lk = 0; lk < a.num_layers * a.rank; ++lk) {
+      const int64_t l = lk / a.rank, k = lk % a.rank;
+      const char* src = reinterpret_cast<const char*>(a.proj) + (l * a.p_stride_l + k * a.p_stride_r) * p_size;
+      load_row(src, a.p_dtype, a.p_stride_d, a.dim, proj_.data() + lk * a.dim);
+    }
   }
 
-#pragma omp parallel
-  {
-    std::vector<Acc> s(dim), g(dim), z(rank), zt(rank), dz(rank);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < L * n_sel; ++task) {
-      const int64_t layer = task / n_sel, slot = task % n_sel;
-      const int64_t row = slots.row(slot);
-      Acc* dz_out = dz_all != nullptr ? dz_all + task * rank : nullptr;
-      if (row < 0) {
-        if (dz_out != nullptr) std::fill(dz_out, dz_out + rank, Acc(0));
-        continue;
-      }
-      const Acc* p = proj.data() + layer * rank * dim;
-      load_row(student.row(layer, row), student.dtype, student.stride_d(layer), dim, s.data());
-      for (int64_t k = 0; k < rank; ++k) {
-        Acc acc = 0;
-        const Acc* pk = p + k * dim;
+  // Loss of every entry of `slot` in `layer`, their summed dL/dz (kept for the projector gradient when asked), and
+  // with `g` the student row's gradient P^T dz, left in g.
+  void slot(int64_t layer, int64_t slot, Acc* s, Acc* z, Acc* zt, Acc* dz, Acc* g) const {
+    const int64_t dim = a_.dim, rank = a_.rank;
+    const Acc* p = proj_.data() + layer * rank * dim;
+    load_row(student_.row(layer, slots_.row(slot)), student_.dtype, student_.stride_d(layer), dim, s);
+    for (int64_t k = 0; k < rank; ++k) {
+      Acc acc = 0;
+      const Acc* pk = p + k * dim;
 #pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < dim; ++d) acc += pk[d] * s[d];
-        z[k] = acc;
-      }
-      std::fill(dz.begin(), dz.end(), Acc(0));
-      const Acc scale = layer_scale != nullptr ? layer_scale[layer] : Acc(1);
-      for (int64_t j = slots.begin(slot); j < slots.end(slot); ++j) {
-        const int64_t entry = slots.entry(j);
-        load_row(teacher_z.row(layer, entry), teacher_z.dtype, teacher_z.stride_d(layer), rank, zt.data());
-        const Acc w = a.weights != 0 ? load_scalar<Acc>(a.weights, a.w_dtype, entry) : inv_n;
-        const RowTerms<Acc> terms = row_terms(z.data(), zt.data(), rank, a.loss_type);
-        row_loss[layer * n_sel + entry] = w * terms.loss;
-        add_row_gradient(dz.data(), z.data(), zt.data(), rank, w * scale, terms);
-      }
-      if (dz_out != nullptr) std::copy(dz.begin(), dz.end(), dz_out);
-      const int64_t slice = grad != nullptr ? grad_index[layer] : -1;
-      if (slice >= 0) {  // dS = P^T dZ
-        std::fill(g.begin(), g.end(), Acc(0));
-        for (int64_t k = 0; k < rank; ++k) {
-          const Acc c = dz[k];
-          const Acc* pk = p + k * dim;
+      for (int64_t d = 0; d < dim; ++d) acc += pk[d] * s[d];
+      z[k] = acc;
+    }
+    std::fill(dz, dz + rank, Acc(0));
+    const Acc scale = layer_scale_ != nullptr ? layer_scale_[layer] : Acc(1);
+    for (int64_t j = slots_.begin(slot); j < slots_.end(slot); ++j) {
+      const int64_t entry = slots_.entry(j);
+      load_row(teacher_z_.row(layer, entry), teacher_z_.dtype, teacher_z_.stride_d(layer), rank, zt);
+      const Acc w = a_.weights != 0 ? load_scalar<Acc>(a_.weights, a_.w_dtype, entry) : inv_n_;
+      const RowTerms<Acc> terms = row_terms(z, zt, rank, a_.loss_type);
+      row_loss_[layer * a_.num_sel + entry] = w * terms.loss;
+      add_row_gradient(dz, z, zt, rank, w * scale, terms);
+    }
+    if (dz_all_ != nullptr) std::copy(dz, dz + rank, dz_all_ + (layer * a_.num_sel + slot) * rank);
+    if (g != nullptr) {  // dS = P^T dZ
+      std::fill(g, g + dim, Acc(0));
+      for (int64_t k = 0; k < rank; ++k) {
+        const Acc c = dz[k];
+        const Acc* pk = p + k * dim;
 #pragma omp simd
-          for (int64_t d = 0; d < dim; ++d) g[d] += c * pk[d];
-        }
-        store_row(grad + (slice * a.num_rows + row) * grad_row_bytes, a.grad_dtype, dim, g.data());
+        for (int64_t d = 0; d < dim; ++d) g[d] += c * pk[d];
       }
     }
   }
 
-  if (a.proj_grad != 0) {  // dP[l] = sum over slots of dZ_u s_u^T, in slot order
-    Acc* proj_grad = reinterpret_cast<Acc*>(a.proj_grad);
+  void run() const {
+    const int64_t L = a_.num_layers, n_sel = a_.num_sel, rows = a_.num_rows, dim = a_.dim, rank = a_.rank;
+    const int64_t* grad_index = reinterpret_cast<const int64_t*>(a_.grad_index);
+    char* grad = reinterpret_cast<char*>(a_.grad);
+    const int64_t row_bytes = dim * element_size(a_.grad_dtype);
+    // As in alignment.cpp: layers with a student gradient are swept row by row over the dense gradient (selected
+    // rows get their gradient, the others zeros); the other layers slot by slot.
+    std::vector<int64_t> by_slot, dense;
+    for (int64_t l = 0; l < L; ++l) (grad != nullptr && grad_index[l] >= 0 ? dense : by_slot).push_back(l);
+    std::vector<int64_t> slot_of_row;
+    if (!dense.empty()) {
+      slot_of_row.assign(static_cast<size_t>(rows), -1);
+      for (int64_t u = 0; u < n_sel; ++u) {
+        if (slots_.row(u) >= 0) slot_of_row[slots_.row(u)] = u;
+      }
+    }
+    const int64_t n_by_slot = static_cast<int64_t>(by_slot.size()) * n_sel;
+    const int64_t n_dense = static_cast<int64_t>(dense.size()) * rows;
+#pragma omp parallel
+    {
+      std::vector<Acc> s(dim), g(dim), z(rank), zt(rank), dz(rank);
+#pragma omp for schedule(static) nowait
+      for (int64_t task = 0; task < n_by_slot; ++task) {
+        const int64_t u = task % n_sel;
+        if (slots_.row(u) >= 0) slot(by_slot[task / n_sel], u, s.data(), z.data(), zt.data(), dz.data(), nullptr);
+      }
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < n_dense; ++task) {
+        const int64_t layer = dense[task / rows], row = task % rows;
+        char* out = grad + (grad_index[layer] * rows + row) * row_bytes;
+        const int64_t u = slot_of_row[row];
+        if (u < 0) {
+          std::memset(out, 0, static_cast<size_t>(row_bytes));
+        } else {
+          slot(layer, u, s.data(), z.data(), zt.data(), dz.data(), g.data());
+          store_row(out, a_.grad_dtype, dim, g.data());
+        }
+      }
+    }
+    if (a_.proj_grad != 0) project_gradient();
+    sum_rows_per_layer(row_loss_, L, n_sel, reinterpret_cast<Acc*>(a_.per_layer));
+  }
+
+ private:
+  // dP[l] = sum over slots, in slot order, of dZ_u s_u^T: one task per (layer, column block).
+  void project_gradient() const {
+    const int64_t L = a_.num_layers, n_sel = a_.num_sel, dim = a_.dim, rank = a_.rank;
+    Acc* proj_grad = reinterpret_cast<Acc*>(a_.proj_grad);
     const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
+    const int64_t s_size = element_size(student_.dtype);
 #pragma omp parallel
     {
       std::vector<Acc> s(kColumnBlock);
@@ -95,15 +131,14 @@ void run(const BridgeArgs& a) {
       for (int64_t task = 0; task < L * blocks; ++task) {
         const int64_t layer = task / blocks, d0 = (task % blocks) * kColumnBlock;
         const int64_t width = std::min(kColumnBlock, dim - d0);
+        const int64_t stride_d = student_.stride_d(layer);
         Acc* out = proj_grad + layer * rank * dim + d0;
         for (int64_t k = 0; k < rank; ++k) std::fill(out + k * dim, out + k * dim + width, Acc(0));
-        const int64_t stride_d = student.stride_d(layer);
-        const int64_t s_size = element_size(student.dtype);
-        for (int64_t slot = 0; slot < n_sel; ++slot) {
-          const int64_t row = slots.row(slot);
+        for (int64_t u = 0; u < n_sel; ++u) {
+          const int64_t row = slots_.row(u);
           if (row < 0) continue;
-          load_row(student.row(layer, row) + d0 * stride_d * s_size, student.dtype, stride_d, width, s.data());
-          const Acc* dz = dz_all + (layer * n_sel + slot) * rank;
+          load_row(student_.row(layer, row) + d0 * stride_d * s_size, student_.dtype, stride_d, width, s.data());
+          const Acc* dz = dz_all_ + (layer * n_sel + u) * rank;
           for (int64_t k = 0; k < rank; ++k) {
             const Acc c = dz[k];
             Acc* o = out + k * dim;
@@ -114,16 +149,24 @@ void run(const BridgeArgs& a) {
       }
     }
   }
-  sum_rows_per_layer(row_loss, L, n_sel, reinterpret_cast<Acc*>(a.per_layer));
-}
+
+  const BridgeArgs& a_;
+  LayerTable student_, teacher_z_;
+  Slots slots_;
+  const Acc* layer_scale_;
+  Acc* row_loss_;
+  Acc* dz_all_;
+  Acc inv_n_;
+  std::vector<Acc> proj_;
+};
 
 }  // namespace
 
 void bridge_run(const BridgeArgs& args) {
   if (args.fp64) {
-    run<double>(args);
+    Bridge<double>(args).run();
   } else {
-    run<float>(args);
+    Bridge<float>(args).run();
   }
 }
 

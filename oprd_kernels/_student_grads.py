@@ -23,11 +23,12 @@ def wanted_layers(stacked: bool, needs: Sequence[bool], num_layers: int) -> list
     return [i for i, n in enumerate(needs) if n]
 
 
-def dense_gradient(num_wanted: int, num_rows: int, dim: int, like: Tensor, rows: Tensor | None) -> Tensor:
-    """[L_g, B*S, D] in the student's dtype. Zero-filled when `rows` selects a subset (the unselected rows' gradient
-    is 0); left uninitialised without `rows`, where the kernels write every row."""
+def dense_gradient(num_wanted: int, num_rows: int, dim: int, like: Tensor, rows: Tensor | None,
+                   kernel_writes_every_row: bool = False) -> Tensor:
+    """[L_g, B*S, D] in the student's dtype. Left uninitialised when the kernel writes every row (no `rows`, or a
+    kernel that zeroes the unselected rows itself); zero-filled otherwise, since unselected rows have gradient 0."""
     shape = (num_wanted, num_rows, dim)
-    if rows is not None or num_rows == 0:
+    if (rows is not None or num_rows == 0) and not kernel_writes_every_row:
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
     return torch.empty(shape, dtype=like.dtype, device=like.device)
 

@@ -15,7 +15,7 @@ def test_kernel_benchmark_smoke_run_writes_complete_rows(tmp_path, capsys):
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == json.loads(json.dumps(rows))
     backends = {r["backend"] for r in rows}
-    assert backends == {"triton", "reference"}
+    assert backends == {"triton", "cpu", "cpu-bwd", "reference"}
     ops = {(r["op"], r["loss_type"]) for r in rows}
     assert ops == {("alignment_loss", "mse"), ("alignment_loss", "nmse"), ("bridge_loss", "nmse")}
     for r in rows:

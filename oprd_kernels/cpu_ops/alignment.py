@@ -81,7 +81,8 @@ class CpuAlignmentFunction(torch.autograd.Function):
         wanted = wanted_layers(stacked, ctx.needs_input_grad[2:], plan.num_layers)
         grad = None
         if wanted and GRADIENT_IN_FORWARD and plan.num_sel > 0:
-            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
+                                  kernel_writes_every_row=True)
             scale = torch.full((plan.num_layers,), plan.base_scale(), dtype=plan.out_dtype)
             per_layer = sweep(plan, layers, grad, wanted, scale)
         else:
@@ -101,7 +102,8 @@ class CpuAlignmentFunction(torch.autograd.Function):
         factors = grad_out.expand(plan.num_layers).to(plan.out_dtype)
         if grad is None or not bool((factors == 1).all()):
             layers = student_layers(ctx.stacked, student)
-            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
+                                  kernel_writes_every_row=plan.num_sel > 0)
             if plan.num_sel > 0:
                 sweep(plan, layers, grad, wanted, (factors * plan.base_scale()).contiguous())
         return (None, None, *as_input_gradients(grad, ctx.stacked, student, needs))

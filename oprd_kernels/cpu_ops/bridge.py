@@ -88,7 +88,8 @@ class CpuBridgeFunction(torch.autograd.Function):
     @staticmethod
     def _gradients(ctx, plan: Plan, layers, proj: Tensor, factors: Tensor) -> Gradients:
         wanted = wanted_layers(ctx.stacked, ctx.needs_input_grad[3:], plan.num_layers)
-        student = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows) if wanted else None
+        student = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
+                                 kernel_writes_every_row=plan.num_sel > 0) if wanted else None
         proj_grad = torch.zeros(proj.shape, dtype=plan.out_dtype) if ctx.needs_input_grad[2] else None
         return Gradients((factors * plan.base_scale()).to(plan.out_dtype).contiguous(), student, tuple(wanted),
                          proj_grad)

@@ -1,5 +1,7 @@
 #include "build_info.h"
 
+#include "kernels.h"
+
 #include <string>
 
 #ifdef _OPENMP
@@ -91,6 +93,13 @@ py::dict build_info() {
   d["openmp"] = openmp_info();
   d["cuda"] = cuda_info();
   d["simd"] = simd_info();
+  d["kernel_isa"] = kernel_isa();
+  py::list variants;
+  variants.append("base");
+#ifdef OPRD_HAVE_AVX2
+  variants.append("avx2");
+#endif
+  d["kernel_variants"] = variants;
   d["pybind11"] = OPRD_PYBIND11_VERSION;
   d["pointer_bits"] = static_cast<int>(sizeof(void*) * 8);
   return d;

@@ -2,9 +2,8 @@
 // wrappers (oprd_kernels/cpu_ops/) validate the tensors and pass addresses, sizes, strides and dtype codes.
 #include <pybind11/pybind11.h>
 
-#include "alignment.h"
-#include "bridge.h"
 #include "build_info.h"
+#include "kernels.h"
 
 namespace py = pybind11;
 
@@ -13,6 +12,7 @@ namespace py = pybind11;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "oprd C++ kernels (CPU; CUDA C++ when built with OPRD_WITH_CUDA=1)";
   m.def("build_info", &oprd::build_info, "Compiler, OpenMP, CUDA and SIMD facts of this build, as a dict.");
+  m.def("kernel_isa", &oprd::kernel_isa, "The instruction-set variant of the CPU kernels this processor runs.");
 
   py::class_<oprd::AlignmentArgs>(m, "AlignmentArgs", "Arguments of alignment_run (see csrc/alignment.h).")
       .def(py::init<>())

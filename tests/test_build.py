@@ -28,6 +28,7 @@ def test_build_info_reports_compiler_openmp_and_cuda_facts():
     assert cuda["compiled"] <= cuda["requested"]  # never compiled unless asked for
     assert (cuda["runtime_version"] > 0) == cuda["compiled"]
     assert info["pointer_bits"] == 64
+    assert info["kernel_isa"] in info["kernel_variants"] and "base" in info["kernel_variants"]
 
 
 def test_python_dash_m_prints_the_build_facts_as_json():

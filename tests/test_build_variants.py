@@ -36,6 +36,7 @@ def build(tmp_path: Path, **options: str) -> dict:
 def test_build_without_openmp_reports_serial(tmp_path):
     info = build(tmp_path, OPRD_WITH_OPENMP="OFF")
     assert info["openmp"] == {"enabled": False, "version": 0, "max_threads": 1}
+    assert "base" in info["kernel_variants"]
     assert info["cuda"]["compiled"] is False and info["cuda"]["requested"] is False
 
 

@@ -58,6 +58,42 @@ def test_results_are_bitwise_identical_for_any_thread_count():
     assert one == two == again
 
 
+CHECK_SCRIPT = """
+import torch
+from oprd_kernels import _C, reference
+from oprd_kernels.cpu_ops.alignment import alignment_loss
+from oprd_kernels.cpu_ops.bridge import bridge_loss
+g = torch.Generator().manual_seed(1)
+student = [torch.randn(2, 20, 53, generator=g).requires_grad_() for _ in range(3)]
+rows = torch.randint(0, 40, (25,), generator=g)
+teacher = torch.randn(3, 25, 53, generator=g)
+proj = torch.randn(3, 5, 53, generator=g).requires_grad_()
+z = torch.randn(3, 25, 5, generator=g)
+worst = 0.0
+for loss_type in ("mse", "nmse", "cosine"):
+    for fast, ref, args in ((alignment_loss, reference.alignment_loss, (student, teacher)),
+                            (bridge_loss, reference.bridge_loss, (student, z, proj))):
+        inputs = student + ([proj] if fast is bridge_loss else [])
+        a, b = fast(*args, rows=rows, loss_type=loss_type), ref(*args, rows=rows, loss_type=loss_type)
+        for x, y in zip((a, *torch.autograd.grad(a, inputs)), (b, *torch.autograd.grad(b, inputs))):
+            worst = max(worst, float((x - y).abs().max() / y.abs().max().clamp_min(1e-6)))
+print(_C.kernel_isa(), worst)
+"""
+
+
+@pytest.mark.parametrize("isa", ["base", "default"])
+def test_every_instruction_set_variant_matches_the_reference(isa):
+    env = {k: v for k, v in os.environ.items() if k != "OPRD_CPU_ISA"}
+    if isa == "base":
+        env["OPRD_CPU_ISA"] = "base"
+    out = subprocess.run([sys.executable, "-c", CHECK_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    chosen, worst = out.stdout.split()
+    variants = oprd_kernels.build_info()["kernel_variants"]
+    assert chosen == ("base" if isa == "base" else oprd_kernels.build_info()["kernel_isa"]) and chosen in variants
+    assert float(worst) < 1e-5
+
+
 def _digest(tensors) -> str:
     h = hashlib.sha256()
     for t in tensors:

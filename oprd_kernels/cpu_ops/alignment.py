@@ -38,6 +38,8 @@ class Plan:
     dim: int
     out_dtype: torch.dtype
     mean: bool
+    gradient_in_forward: bool  # GRADIENT_IN_FORWARD, and grad mode was on at the call (custom Functions run their
+    # forward with grad mode off, so the Function itself cannot tell a no_grad call)
 
     def base_scale(self) -> float:
         """d(result)/d(per-layer value): 1/L for the mean over layers, 1 for per-layer results."""
@@ -80,7 +82,7 @@ class CpuAlignmentFunction(torch.autograd.Function):
         layers = student_layers(stacked, student)
         wanted = wanted_layers(stacked, ctx.needs_input_grad[2:], plan.num_layers)
         grad = None
-        if wanted and GRADIENT_IN_FORWARD and plan.num_sel > 0:
+        if wanted and plan.gradient_in_forward and plan.num_sel > 0:
             grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
                                   kernel_writes_every_row=True)
             scale = torch.full((plan.num_layers,), plan.base_scale(), dtype=plan.out_dtype)
@@ -118,6 +120,6 @@ def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Ten
     plan = Plan(LOSS_CODES[loss_type], layer_table(inp.teacher.tensors), inp.rows, inp.weights,
                 None if inp.layer_map is None else inp.layer_map.contiguous(), inp.student.num_layers,
                 inp.student.num_rows, inp.num_sel, inp.student.dim, result_dtype(inp.student.dtype, inp.teacher.dtype),
-                reduction == "mean")
+                reduction == "mean", GRADIENT_IN_FORWARD and torch.is_grad_enabled())
     stacked = isinstance(student, Tensor)
     return CpuAlignmentFunction.apply(plan, stacked, *((student,) if stacked else tuple(student)))

@@ -33,6 +33,7 @@ class Plan:
     rank: int
     out_dtype: torch.dtype
     mean: bool
+    gradient_in_forward: bool  # as in alignment.Plan
 
     def base_scale(self) -> float:
         return 1.0 / self.num_layers if self.mean else 1.0
@@ -99,7 +100,7 @@ class CpuBridgeFunction(torch.autograd.Function):
         ctx.stacked = stacked
         layers = student_layers(stacked, student)
         grads = None
-        if any(ctx.needs_input_grad[2:]) and _alignment.GRADIENT_IN_FORWARD and plan.num_sel > 0:
+        if any(ctx.needs_input_grad[2:]) and plan.gradient_in_forward and plan.num_sel > 0:
             grads = CpuBridgeFunction._gradients(ctx, plan, layers, proj, torch.ones(plan.num_layers))
         per_layer = sweep(plan, layers, proj, grads) if plan.num_sel > 0 else \
             torch.zeros(plan.num_layers, dtype=plan.out_dtype)
@@ -133,6 +134,6 @@ def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None,
     out_dtype = result_dtype(inp.student.dtype, inp.teacher_z.dtype, inp.proj.dtype)
     plan = Plan(_alignment.LOSS_CODES[loss_type], layer_table(inp.teacher_z.tensors), inp.rows, inp.weights,
                 inp.student.num_layers, inp.student.num_rows, inp.num_sel, inp.student.dim, inp.proj.shape[1],
-                out_dtype, reduction == "mean")
+                out_dtype, reduction == "mean", _alignment.GRADIENT_IN_FORWARD and torch.is_grad_enabled())
     stacked = isinstance(student, Tensor)
     return CpuBridgeFunction.apply(plan, stacked, inp.proj, *((student,) if stacked else tuple(student)))

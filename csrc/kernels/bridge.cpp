@@ -1,4 +1,5 @@
-#include "bridge.h"
+#include "bridge_args.h"
+#include "kernels.h"
 
 #include <algorithm>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "scalars.h"
 
 namespace oprd {
+namespace OPRD_ISA {
 namespace {
 
 constexpr int64_t kColumnBlock = 256;  // columns of the projector gradient per task
@@ -170,4 +172,5 @@ void bridge_run(const BridgeArgs& args) {
   }
 }
 
+}  // namespace OPRD_ISA
 }  // namespace oprd

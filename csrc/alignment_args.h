@@ -1,4 +1,4 @@
-// The fused multi-layer alignment loss on CPU tensors (semantics: oprd_kernels/reference/alignment.py).
+// Arguments of the fused multi-layer alignment loss on CPU tensors (semantics: oprd_kernels/reference/alignment.py).
 #pragma once
 
 #include <cstdint>
@@ -28,9 +28,5 @@ struct AlignmentArgs {
   uintptr_t grad_index = 0;   // int64 [L]: slice of `grad` per layer, -1 for none
   uintptr_t layer_scale = 0;  // [L] gradient scale per layer, or 0 for 1
 };
-
-// Runs the loss and, when args.grad is set, the gradient. Parallel over (layer, slot) with OpenMP; every result is
-// independent of the thread count (per-row values are summed in a fixed order afterwards).
-void alignment_run(const AlignmentArgs& args);
 
 }  // namespace oprd

@@ -10,6 +10,7 @@
 #include <cstring>
 
 namespace oprd {
+namespace OPRD_ISA {
 
 // Dtype codes shared with the Python wrappers (oprd_kernels/cpu_ops/_args.py).
 enum Dtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
@@ -123,4 +124,5 @@ struct Slots {
   int64_t entry(int64_t j) const { return identity() ? j : order[j]; }
 };
 
+}  // namespace OPRD_ISA
 }  // namespace oprd

@@ -3,6 +3,7 @@
 #include <cmath>
 
 namespace oprd {
+namespace OPRD_ISA {
 
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -41,4 +42,5 @@ uint16_t float_to_half(float f) {
   return static_cast<uint16_t>(sign | (rebased >> 13));
 }
 
+}  // namespace OPRD_ISA
 }  // namespace oprd

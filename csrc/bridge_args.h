@@ -1,4 +1,4 @@
-// The fused OPRD-Bridge loss on CPU tensors (semantics: oprd_kernels/reference/bridge.py).
+// Arguments of the fused OPRD-Bridge loss on CPU tensors (semantics: oprd_kernels/reference/bridge.py).
 #pragma once
 
 #include <cstdint>
@@ -28,9 +28,5 @@ struct BridgeArgs {
   uintptr_t proj_grad = 0;  // out: [L, r, D] (Acc) or 0
   uintptr_t dz = 0;         // scratch [L, N_sel, r] (Acc), required with proj_grad
 };
-
-// Loss and, when asked, the gradients. Z = P_S h lives in a few registers per row; the projector gradient is summed
-// over rows in slot order by one task per (layer, column block): the same bits for any thread count.
-void bridge_run(const BridgeArgs& args);
 
 }  // namespace oprd

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 namespace oprd {
+namespace OPRD_ISA {
 
 enum LossType : int { kMse = 0, kNmse = 1, kCosine = 2 };
 
@@ -59,4 +60,5 @@ inline void add_row_gradient(Acc* g, const Acc* s, const Acc* t, int64_t n, Acc 
   for (int64_t i = 0; i < n; ++i) g[i] += ca * s[i] + cb * t[i];
 }
 
+}  // namespace OPRD_ISA
 }  // namespace oprd

@@ -1,4 +1,5 @@
-#include "alignment.h"
+#include "alignment_args.h"
+#include "kernels.h"
 
 #include <algorithm>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "scalars.h"
 
 namespace oprd {
+namespace OPRD_ISA {
 namespace {
 
 template <typename Acc>
@@ -107,4 +109,5 @@ void alignment_run(const AlignmentArgs& args) {
   }
 }
 
+}  // namespace OPRD_ISA
 }  // namespace oprd

@@ -6,6 +6,7 @@
 #include "rows.h"
 
 namespace oprd {
+namespace OPRD_ISA {
 
 template <typename Acc>
 inline Acc load_scalar(uintptr_t base, int dtype, int64_t index) {
@@ -24,4 +25,5 @@ void sum_rows_per_layer(const Acc* rows, int64_t num_layers, int64_t n, Acc* per
   }
 }
 
+}  // namespace OPRD_ISA
 }  // namespace oprd

@@ -35,19 +35,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, reps: int = 10) -> Percentiles:
-    """p20/p50/p80 of fn's run time in milliseconds."""
+def time_ms(fn: Callable, device: torch.device, *, warmup: int = 3, reps: int = 10,
+            setup: Callable[[], object] | None = None) -> Percentiles:
+    """p20/p50/p80 of fn's run time in milliseconds. With `setup` (CPU only), each timed call is fn(setup()) and
+    setup's own time is left out: how a backward pass is timed on a fresh forward's graph."""
     if device.type == "cuda":
         import triton.testing
 
+        if setup is not None:
+            raise ValueError("time_ms: `setup` is supported on CPU only (do_bench times whole calls)")
         p20, p50, p80 = triton.testing.do_bench(fn, warmup=25, rep=max(reps * 10, 100), quantiles=[0.2, 0.5, 0.8])
         return Percentiles(p20, p50, p80)
+    call = (lambda: fn(setup())) if setup is not None else fn
     for _ in range(warmup):
-        fn()
+        call()
     samples = []
     for _ in range(reps):
+        arg = setup() if setup is not None else None
         start = time.perf_counter()
-        fn()
+        fn(arg) if setup is not None else fn()
         samples.append((time.perf_counter() - start) * 1e3)
     if len(samples) == 1:
         return Percentiles(samples[0], samples[0], samples[0])

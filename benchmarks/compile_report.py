@@ -27,11 +27,11 @@ from triton.compiler import ASTSource
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
 
-INT_ARGS = {"s_seq", "t_seq", "z_seq", "n_sel", "dim", "num_layers", "rank", "grad_layer_stride", "p_stride_l",
+INT_ARGS = {"s_seq", "t_seq", "z_seq", "n_sel", "dim", "num_layers", "rank", "p_stride_l",
             "p_stride_r", "p_stride_d"}
 # Integers Triton would see as multiples of 16 at the paper's shapes (D = 1536, S = 16384, N_sel = 4000), which it
 # specialises on at run time, as it does 16-byte-aligned pointers.
-DIVISIBLE_INTS = {"s_seq", "dim", "grad_layer_stride", "n_sel", "p_stride_l", "p_stride_r"}
+DIVISIBLE_INTS = {"s_seq", "dim", "n_sel", "p_stride_l", "p_stride_r"}
 FLOAT_ARGS = {"eps_sq"}
 
 
@@ -96,9 +96,10 @@ def variants(quick: bool = False) -> list[Variant]:
                            stats="fp32")
             out.append(Variant(f"alignment_fwd/{dtype}/loss{loss}", alignment_fwd_kernel, fwd_ptr, flags, 8))
             bwd_ptr = dict(s_base=dtype, s_table="i64", t_base=dtype, t_table="i64", order="i64", slot_rows="i64",
-                           slot_start="i64", grad_layers="i64", stats="fp32", grad_out="fp32", grad=dtype)
+                           slot_start="i64", grad_layers="i64", stats="fp32", grad_out="fp32", grad=dtype,
+                           grad_offsets="i64")
             out.append(Variant(f"alignment_bwd/{dtype}/loss{loss}", alignment_bwd_kernel, bwd_ptr,
-                               {**flags, "BF16_RNE": False}, 8))
+                               {**flags, "BF16_RNE": False, "G_ALIGN": align}, 8))
     for r_pad in ((16,) if quick else (16, 64)):
         flags = dict(LOSS=1, HAS_ROWS=True, HAS_WEIGHTS=False, S_UNIT=True, S_ALIGN=8, P_UNIT=True, NATIVE_DOT=True,
                      ACC=tl.float32, BLOCK_R=16, R_PAD=r_pad, TILE_D=64)
@@ -107,9 +108,10 @@ def variants(quick: bool = False) -> list[Variant]:
                            flags, 4))
         for proj_grad in ((True,) if quick else (False, True)):
             bwd = {**ptr, "order": "i64", "slot_rows": "i64", "slot_start": "i64", "grad_out": "fp32",
-                   "grad_index": "i64", "grad": "bf16", "proj_grad": "fp32" if proj_grad else None}
+                   "grad_index": "i64", "grad": "bf16", "grad_offsets": "i64",
+                   "proj_grad": "fp32" if proj_grad else None}
             out.append(Variant(f"bridge_bwd/bf16/r{r_pad}/proj_grad={proj_grad}", bridge_bwd_kernel, bwd,
-                               {**flags, "PROJ_GRAD": proj_grad, "BF16_RNE": False}, 4))
+                               {**flags, "PROJ_GRAD": proj_grad, "BF16_RNE": False, "G_ALIGN": 8}, 4))
     return out
 
 

@@ -23,9 +23,9 @@ struct AlignmentArgs {
   bool fp64 = false;        // accumulate (and write row_loss, per_layer, layer_scale) in double, else float
   uintptr_t row_loss = 0;   // out: [L, N_sel] weighted row losses (required)
   uintptr_t per_layer = 0;  // out: [L] sums over rows, in entry order (required)
-  uintptr_t grad = 0;       // out: dense gradient [L_g, B*S, D] (grad_dtype), or 0 for no gradient
+  uintptr_t grad_table = 0;  // int64 [L_g]: addresses of the dense gradients [B*S, D] (grad_dtype); 0: no gradient
   int grad_dtype = 0;
-  uintptr_t grad_index = 0;   // int64 [L]: slice of `grad` per layer, -1 for none
+  uintptr_t grad_index = 0;   // int64 [L]: entry of grad_table per layer, -1 for none
   uintptr_t layer_scale = 0;  // [L] gradient scale per layer, or 0 for 1
 };
 

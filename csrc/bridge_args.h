@@ -22,7 +22,7 @@ struct BridgeArgs {
   int loss_type = 0;
   bool fp64 = false;
   uintptr_t row_loss = 0, per_layer = 0;  // out, as in AlignmentArgs
-  uintptr_t grad = 0;                     // out: dense student gradient [L_g, B*S, D] or 0
+  uintptr_t grad_table = 0;               // out: int64 [L_g] addresses of dense gradients [B*S, D], or 0
   int grad_dtype = 0;
   uintptr_t grad_index = 0, layer_scale = 0;
   uintptr_t proj_grad = 0;  // out: [L, r, D] (Acc) or 0

@@ -27,7 +27,7 @@ PYBIND11_MODULE(_C, m) {
       OPRD_FIELD(oprd::AlignmentArgs, w_dtype) OPRD_FIELD(oprd::AlignmentArgs, layer_map)
       OPRD_FIELD(oprd::AlignmentArgs, loss_type) OPRD_FIELD(oprd::AlignmentArgs, fp64)
       OPRD_FIELD(oprd::AlignmentArgs, row_loss) OPRD_FIELD(oprd::AlignmentArgs, per_layer)
-      OPRD_FIELD(oprd::AlignmentArgs, grad) OPRD_FIELD(oprd::AlignmentArgs, grad_dtype)
+      OPRD_FIELD(oprd::AlignmentArgs, grad_table) OPRD_FIELD(oprd::AlignmentArgs, grad_dtype)
       OPRD_FIELD(oprd::AlignmentArgs, grad_index) OPRD_FIELD(oprd::AlignmentArgs, layer_scale);
   m.def("alignment_run", &oprd::alignment_run, py::arg("args"), py::call_guard<py::gil_scoped_release>(),
         "Fused alignment loss (and gradient when args.grad is set) over CPU memory.");
@@ -47,7 +47,7 @@ PYBIND11_MODULE(_C, m) {
       OPRD_FIELD(oprd::BridgeArgs, slot_start) OPRD_FIELD(oprd::BridgeArgs, weights)
       OPRD_FIELD(oprd::BridgeArgs, w_dtype) OPRD_FIELD(oprd::BridgeArgs, loss_type)
       OPRD_FIELD(oprd::BridgeArgs, fp64) OPRD_FIELD(oprd::BridgeArgs, row_loss)
-      OPRD_FIELD(oprd::BridgeArgs, per_layer) OPRD_FIELD(oprd::BridgeArgs, grad)
+      OPRD_FIELD(oprd::BridgeArgs, per_layer) OPRD_FIELD(oprd::BridgeArgs, grad_table)
       OPRD_FIELD(oprd::BridgeArgs, grad_dtype) OPRD_FIELD(oprd::BridgeArgs, grad_index)
       OPRD_FIELD(oprd::BridgeArgs, layer_scale) OPRD_FIELD(oprd::BridgeArgs, proj_grad)
       OPRD_FIELD(oprd::BridgeArgs, dz);

@@ -3,6 +3,7 @@ kernels write into, and handing its slices back to autograd in the shapes the in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -23,14 +24,45 @@ def wanted_layers(stacked: bool, needs: Sequence[bool], num_layers: int) -> list
     return [i for i, n in enumerate(needs) if n]
 
 
-def dense_gradient(num_wanted: int, num_rows: int, dim: int, like: Tensor, rows: Tensor | None,
-                   kernel_writes_every_row: bool = False) -> Tensor:
-    """[L_g, B*S, D] in the student's dtype. Left uninitialised when the kernel writes every row (no `rows`, or a
-    kernel that zeroes the unselected rows itself); zero-filled otherwise, since unselected rows have gradient 0."""
-    shape = (num_wanted, num_rows, dim)
-    if (rows is not None or num_rows == 0) and not kernel_writes_every_row:
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    return torch.empty(shape, dtype=like.dtype, device=like.device)
+@dataclass
+class DenseGradients:
+    """The dense gradients the kernels write: one [B*S, D] tensor per wanted layer, allocated separately so that
+    autograd can free each as soon as backprop has used it (one [L, B*S, D] block would live until the last layer's
+    gradient is consumed). A stacked [L, N, D] student gets one block, since autograd wants one gradient for it.
+
+    offsets: int64 [L_g] on the device, element offsets of each tensor from tensors[0] (the kernels' base pointer);
+    align: the largest of 8, 4, 2, 1 elements dividing every row start (lets GPU stores vectorise)."""
+
+    tensors: list[Tensor]
+    offsets: Tensor
+    align: int
+    whole: Tensor | None = None
+
+    def base(self, fallback: Tensor) -> Tensor:
+        """The kernels' base pointer: the first gradient, or any tensor when no layer wants one (never written)."""
+        return self.tensors[0] if self.tensors else fallback
+
+
+def dense_gradients(num_wanted: int, num_rows: int, dim: int, like: Tensor, rows: Tensor | None, *,
+                    stacked: bool = False, kernel_writes_every_row: bool = False) -> DenseGradients:
+    """Per-layer [B*S, D] gradients in the student's dtype. Left uninitialised when the kernel writes every row (no
+    `rows`, or a kernel that zeroes the unselected rows itself); zero-filled otherwise (unselected rows get 0)."""
+    zero = (rows is not None or num_rows == 0) and not kernel_writes_every_row
+    make = torch.zeros if zero else torch.empty
+    if stacked:
+        whole = make((num_wanted, num_rows, dim), dtype=like.dtype, device=like.device)
+        tensors = list(whole.unbind(0))
+    else:
+        whole = None
+        tensors = [make((num_rows, dim), dtype=like.dtype, device=like.device) for _ in range(num_wanted)]
+    size = like.element_size()
+    starts = [(t.data_ptr() - tensors[0].data_ptr()) // size for t in tensors] if tensors else []
+    align = 8
+    while align > 1 and any(s % align or (t.data_ptr() % (align * size)) or dim % align
+                            for s, t in zip(starts, tensors)):
+        align //= 2
+    offsets = torch.tensor(starts or [0], dtype=torch.int64).to(like.device, non_blocking=True)
+    return DenseGradients(tensors, offsets, align, whole)
 
 
 def slot_arrays(rows: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
@@ -41,9 +73,10 @@ def slot_arrays(rows: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tens
     return slots.order, slots.slot_rows, slots.slot_start
 
 
-def as_input_gradients(grad: Tensor, stacked: bool, student: Sequence[Tensor], needs: Sequence[bool]) -> list:
-    """The slices of `grad` as autograd expects them: one per student input, None where none was asked for."""
+def as_input_gradients(grads: DenseGradients, stacked: bool, student: Sequence[Tensor],
+                       needs: Sequence[bool]) -> list:
+    """The gradients as autograd expects them: one per student input, None where none was asked for."""
     if stacked:
-        return [grad.view_as(student[0]) if needs[0] else None]
-    layers = iter(grad.unbind(0))
+        return [grads.whole.view_as(student[0]) if needs[0] else None]
+    layers = iter(grads.tensors)
     return [next(layers).view(t.shape) if n else None for t, n in zip(student, needs)]

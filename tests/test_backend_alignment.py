@@ -138,6 +138,15 @@ def test_only_some_layers_require_grad(be, gen):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
+def test_each_layer_gets_its_own_gradient_allocation(be, gen):
+    """Autograd can then free each layer's gradient once backprop has used it, instead of holding one [L, B*S, D]
+    block until the last layer is done."""
+    student, teacher, rows, _, _ = make(gen, be, L=3)
+    grads = torch.autograd.grad(be.alignment_loss(student, teacher, rows=rows), student)
+    storages = {g.untyped_storage().data_ptr() for g in grads}
+    assert len(storages) == 3 and all(g.untyped_storage().nbytes() == g.numel() * g.element_size() for g in grads)
+
+
 def test_teacher_and_weights_receive_no_gradient(be, gen):
     student, teacher, rows, weights, _ = make(gen, be)
     teacher.requires_grad_()

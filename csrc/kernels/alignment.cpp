@@ -49,13 +49,13 @@ class Alignment {
   void run() const {
     const int64_t L = a_.num_layers, n_sel = a_.num_sel, rows = a_.num_rows, dim = a_.dim;
     const int64_t* grad_index = reinterpret_cast<const int64_t*>(a_.grad_index);
-    char* grad = reinterpret_cast<char*>(a_.grad);
+    const int64_t* grad_table = reinterpret_cast<const int64_t*>(a_.grad_table);
     const int64_t row_bytes = dim * element_size(a_.grad_dtype);
     // Layers without a gradient: one task per (layer, slot). Layers with one: one task per row of the dense
     // gradient, in memory order, so every page of it is first written once, by the thread that fills it: the
     // selected rows with their gradient, the others with zeros (the Python side allocates it uninitialised).
     std::vector<int64_t> loss_only, dense;
-    for (int64_t l = 0; l < L; ++l) (grad != nullptr && grad_index[l] >= 0 ? dense : loss_only).push_back(l);
+    for (int64_t l = 0; l < L; ++l) (grad_table != nullptr && grad_index[l] >= 0 ? dense : loss_only).push_back(l);
     std::vector<int64_t> slot_of_row;
     if (!dense.empty()) {
       slot_of_row.assign(static_cast<size_t>(rows), -1);
@@ -76,7 +76,7 @@ class Alignment {
 #pragma omp for schedule(static)
       for (int64_t task = 0; task < n_dense; ++task) {
         const int64_t layer = dense[task / rows], row = task % rows;
-        char* out = grad + (grad_index[layer] * rows + row) * row_bytes;
+        char* out = reinterpret_cast<char*>(grad_table[grad_index[layer]]) + row * row_bytes;
         const int64_t u = slot_of_row[row];
         if (u < 0) {
           std::memset(out, 0, static_cast<size_t>(row_bytes));

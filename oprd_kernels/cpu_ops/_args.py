@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor
 
+from oprd_kernels._student_grads import DenseGradients
 from oprd_kernels._tables import LayerTable
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
@@ -29,6 +32,16 @@ def set_table(args, prefix: str, table: LayerTable) -> None:
 
 def set_slots(args, order: Tensor | None, slot_rows: Tensor | None, slot_start: Tensor | None) -> None:
     args.order, args.slot_rows, args.slot_start = address(order), address(slot_rows), address(slot_start)
+
+
+def set_gradients(args, grads: DenseGradients, wanted: Sequence[int], num_layers: int) -> tuple[Tensor, Tensor]:
+    """The `grad_table`, `grad_dtype`, `grad_index` fields; returns the two index tensors, to keep them alive."""
+    table = torch.tensor([t.data_ptr() for t in grads.tensors], dtype=torch.int64)
+    index = torch.full((num_layers,), -1, dtype=torch.int64)
+    index[list(wanted)] = torch.arange(len(wanted))
+    args.grad_table, args.grad_dtype, args.grad_index = address(table), DTYPE_CODES[grads.tensors[0].dtype], \
+        address(index)
+    return table, index
 
 
 def set_weights(args, weights: Tensor | None) -> Tensor | None:

@@ -9,15 +9,17 @@ say), the backward sweeps again with the right scale. Chosen by measurement: doc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from oprd_kernels import _build
-from oprd_kernels._student_grads import as_input_gradients, dense_gradient, slot_arrays, student_layers, wanted_layers
+from oprd_kernels._student_grads import (DenseGradients, as_input_gradients, dense_gradients, slot_arrays,
+                                         student_layers, wanted_layers)
 from oprd_kernels._tables import LayerTable, layer_table
 from oprd_kernels._validation import check_alignment, result_dtype
-from oprd_kernels.cpu_ops._args import DTYPE_CODES, address, set_slots, set_table, set_weights
+from oprd_kernels.cpu_ops._args import address, set_gradients, set_slots, set_table, set_weights
 
 LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
 GRADIENT_IN_FORWARD = True  # False: compute the gradient only in backward (kept for the benchmark's comparison)
@@ -46,9 +48,9 @@ class Plan:
         return 1.0 / self.num_layers if self.mean else 1.0
 
 
-def sweep(plan: Plan, layers: tuple[Tensor, ...], grad: Tensor | None = None, wanted: list[int] = (),
+def sweep(plan: Plan, layers: tuple[Tensor, ...], grads: DenseGradients | None = None, wanted: Sequence[int] = (),
           layer_scale: Tensor | None = None) -> Tensor:
-    """One pass of the C++ kernel: the per-layer losses [L], and the gradient rows into `grad` when given."""
+    """One pass of the C++ kernel: the per-layer losses [L], and the gradients of layers `wanted` into `grads`."""
     ext = _build.load_extension()
     args = ext.AlignmentArgs()
     student = layer_table(layers)
@@ -64,10 +66,8 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], grad: Tensor | None = None, wa
     per_layer = torch.empty(plan.num_layers, dtype=plan.out_dtype)
     args.row_loss, args.per_layer = address(row_loss), address(per_layer)
     index = None
-    if grad is not None:
-        index = torch.full((plan.num_layers,), -1, dtype=torch.int64)
-        index[list(wanted)] = torch.arange(len(wanted))
-        args.grad, args.grad_dtype, args.grad_index = address(grad), DTYPE_CODES[grad.dtype], address(index)
+    if grads is not None:
+        index = set_gradients(args, grads, wanted, plan.num_layers)
         args.layer_scale = address(layer_scale)
     ext.alignment_run(args)
     del student, slots, weights, index  # the kernel read their memory: they had to live until it returned
@@ -81,16 +81,16 @@ class CpuAlignmentFunction(torch.autograd.Function):
     def forward(ctx, plan: Plan, stacked: bool, *student: Tensor) -> Tensor:
         layers = student_layers(stacked, student)
         wanted = wanted_layers(stacked, ctx.needs_input_grad[2:], plan.num_layers)
-        grad = None
+        grads = None
         if wanted and plan.gradient_in_forward and plan.num_sel > 0:
-            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
-                                  kernel_writes_every_row=True)
+            grads = dense_gradients(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows, stacked=stacked,
+                                    kernel_writes_every_row=True)
             scale = torch.full((plan.num_layers,), plan.base_scale(), dtype=plan.out_dtype)
-            per_layer = sweep(plan, layers, grad, wanted, scale)
+            per_layer = sweep(plan, layers, grads, wanted, scale)
         else:
             per_layer = sweep(plan, layers) if plan.num_sel > 0 else torch.zeros(plan.num_layers,
                                                                                  dtype=plan.out_dtype)
-        ctx.plan, ctx.stacked, ctx.grad = plan, stacked, grad
+        ctx.plan, ctx.stacked, ctx.grads = plan, stacked, grads
         ctx.save_for_backward(*student)
         return per_layer.mean() if plan.mean else per_layer
 
@@ -100,15 +100,15 @@ class CpuAlignmentFunction(torch.autograd.Function):
         student = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
-        grad, ctx.grad = ctx.grad, None
+        grads, ctx.grads = ctx.grads, None
         factors = grad_out.expand(plan.num_layers).to(plan.out_dtype)
-        if grad is None or not bool((factors == 1).all()):
+        if grads is None or not bool((factors == 1).all()):
             layers = student_layers(ctx.stacked, student)
-            grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
-                                  kernel_writes_every_row=plan.num_sel > 0)
+            grads = dense_gradients(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows, stacked=ctx.stacked,
+                                    kernel_writes_every_row=plan.num_sel > 0)
             if plan.num_sel > 0:
-                sweep(plan, layers, grad, wanted, (factors * plan.base_scale()).contiguous())
-        return (None, None, *as_input_gradients(grad, ctx.stacked, student, needs))
+                sweep(plan, layers, grads, wanted, (factors * plan.base_scale()).contiguous())
+        return (None, None, *as_input_gradients(grads, ctx.stacked, student, needs))
 
 
 def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Tensor | None = None,

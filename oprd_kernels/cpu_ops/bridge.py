@@ -13,11 +13,12 @@ import torch
 from torch import Tensor
 
 from oprd_kernels import _build
-from oprd_kernels._student_grads import as_input_gradients, dense_gradient, slot_arrays, student_layers, wanted_layers
+from oprd_kernels._student_grads import (DenseGradients, as_input_gradients, dense_gradients, slot_arrays,
+                                         student_layers, wanted_layers)
 from oprd_kernels._tables import LayerTable, layer_table
 from oprd_kernels._validation import check_bridge, result_dtype
 from oprd_kernels.cpu_ops import alignment as _alignment
-from oprd_kernels.cpu_ops._args import DTYPE_CODES, address, set_slots, set_table, set_weights
+from oprd_kernels.cpu_ops._args import DTYPE_CODES, address, set_gradients, set_slots, set_table, set_weights
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Gradients:
     """Where a sweep writes gradients: the dense student gradient (layers `wanted`) and/or P_S's, scaled per layer."""
 
     layer_scale: Tensor
-    student: Tensor | None = None
+    student: DenseGradients | None = None
     wanted: tuple[int, ...] = ()
     proj: Tensor | None = None
 
@@ -71,10 +72,7 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], proj: Tensor, grads: Gradients
     if grads is not None:
         args.layer_scale = address(grads.layer_scale)
         if grads.student is not None:
-            index = torch.full((plan.num_layers,), -1, dtype=torch.int64)
-            index[list(grads.wanted)] = torch.arange(len(grads.wanted))
-            args.grad, args.grad_dtype = address(grads.student), DTYPE_CODES[grads.student.dtype]
-            args.grad_index = address(index)
+            index = set_gradients(args, grads.student, grads.wanted, plan.num_layers)
         if grads.proj is not None:
             dz = torch.empty(plan.num_layers, plan.num_sel, plan.rank, dtype=plan.out_dtype)
             args.proj_grad, args.dz = address(grads.proj), address(dz)
@@ -89,8 +87,8 @@ class CpuBridgeFunction(torch.autograd.Function):
     @staticmethod
     def _gradients(ctx, plan: Plan, layers, proj: Tensor, factors: Tensor) -> Gradients:
         wanted = wanted_layers(ctx.stacked, ctx.needs_input_grad[3:], plan.num_layers)
-        student = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows,
-                                 kernel_writes_every_row=plan.num_sel > 0) if wanted else None
+        student = dense_gradients(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows, stacked=ctx.stacked,
+                                  kernel_writes_every_row=plan.num_sel > 0) if wanted else None
         proj_grad = torch.zeros(proj.shape, dtype=plan.out_dtype) if ctx.needs_input_grad[2] else None
         return Gradients((factors * plan.base_scale()).to(plan.out_dtype).contiguous(), student, tuple(wanted),
                          proj_grad)

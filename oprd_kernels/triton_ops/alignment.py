@@ -16,7 +16,7 @@ from torch import Tensor
 from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of, result_dtype
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
-from oprd_kernels._student_grads import (as_input_gradients, dense_gradient, slot_arrays,
+from oprd_kernels._student_grads import (as_input_gradients, dense_gradients, slot_arrays,
                                                    student_layers, wanted_layers)
 from oprd_kernels._tables import LayerTable, layer_table
 
@@ -82,18 +82,18 @@ class AlignmentFunction(torch.autograd.Function):
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
         if not wanted:
             return (None, None, *[None] * len(student))
-        grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+        grads = dense_gradients(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows, stacked=ctx.stacked)
         if plan.num_sel > 0:
             table = layer_table(layers)
-            device = grad.device
+            device = layers[0].device
             grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
             t = plan.teacher
             alignment_bwd_kernel[(len(wanted), plan.num_sel)](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, *slot_arrays(plan.rows),
-                plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grad, grad.stride(0),
-                plan.num_sel, plan.num_layers, plan.dim,
-                BF16_RNE=grad.dtype == torch.bfloat16 and device.type == "cpu", **_flags(plan, table))
-        return (None, None, *as_input_gradients(grad, ctx.stacked, student, needs))
+                plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grads.base(layers[0]),
+                grads.offsets, plan.num_sel, plan.num_layers, plan.dim, G_ALIGN=grads.align,
+                BF16_RNE=layers[0].dtype == torch.bfloat16 and device.type == "cpu", **_flags(plan, table))
+        return (None, None, *as_input_gradients(grads, ctx.stacked, student, needs))
 
 
 def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Tensor | None = None,

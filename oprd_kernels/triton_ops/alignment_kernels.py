@@ -92,11 +92,11 @@ def alignment_bwd_kernel(
     t_base, t_table, t_seq,
     order, slot_rows, slot_start,  # _tables.RowSlots (unused without rows)
     weights, layer_map, grad_layers, stats, grad_out,
-    grad, grad_layer_stride,  # out: dense gradient [L_g, B*S, D], contiguous
+    grad, grad_offsets,  # out: dense gradients [B*S, D], contiguous, at grad + grad_offsets[i] for wanted layer i
     n_sel, num_layers, dim,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_MAP: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, T_UNIT: tl.constexpr, T_ALIGN: tl.constexpr,
-    ACC: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
+    ACC: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr, G_ALIGN: tl.constexpr,
 ):
     g_index = tl.program_id(0).to(tl.int64)
     slot = tl.program_id(1).to(tl.int64)
@@ -120,7 +120,10 @@ def alignment_bwd_kernel(
     s_start, s_stride = row_starts(s_table, layer, tl.maximum(row, 0), s_seq, S_ALIGN)
     g_layer = tl.load(grad_out + layer).to(ACC)
     plane = n_sel * num_layers
-    g_row = grad + g_index * grad_layer_stride + tl.maximum(row, 0) * dim
+    g_start = tl.load(grad_offsets + g_index) + tl.maximum(row, 0) * dim
+    if G_ALIGN > 1:  # checked on the host: lets the stores vectorise
+        g_start = (g_start // G_ALIGN) * G_ALIGN
+    g_row = grad + g_start
 
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)

@@ -16,7 +16,7 @@ from oprd_kernels._validation import assert_values_async, check_bridge, device_o
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment import LOSS_CODES
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
-from oprd_kernels._student_grads import (as_input_gradients, dense_gradient, slot_arrays,
+from oprd_kernels._student_grads import (as_input_gradients, dense_gradients, slot_arrays,
                                                    student_layers, wanted_layers)
 from oprd_kernels._tables import LayerTable, layer_table
 
@@ -77,7 +77,7 @@ class BridgeFunction(torch.autograd.Function):
         proj_needs, needs = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
         layers = student_layers(ctx.stacked, student)
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
-        grad = dense_gradient(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows)
+        grads = dense_gradients(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows, stacked=ctx.stacked)
         acc_dtype = torch.float32 if plan.acc == tl.float32 else torch.float64
         proj_grad = torch.zeros(proj.shape, dtype=acc_dtype, device=proj.device) if proj_needs else None
         if plan.num_sel > 0 and (wanted or proj_needs):
@@ -90,11 +90,11 @@ class BridgeFunction(torch.autograd.Function):
             bridge_bwd_kernel[_grid(plan)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
                 proj, *proj.stride(), *slot_arrays(plan.rows),
-                plan.weights, grad_per_layer.contiguous(), grad_index, grad, grad.stride(0), proj_grad,
-                plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, PROJ_GRAD=proj_needs,
-                BF16_RNE=grad.dtype == torch.bfloat16 and proj.device.type == "cpu", **_flags(plan, table, proj))
+                plan.weights, grad_per_layer.contiguous(), grad_index, grads.base(layers[0]), grads.offsets, proj_grad,
+                plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, PROJ_GRAD=proj_needs, G_ALIGN=grads.align,
+                BF16_RNE=layers[0].dtype == torch.bfloat16 and proj.device.type == "cpu", **_flags(plan, table, proj))
         proj_out = proj_grad.to(proj.dtype) if proj_needs else None
-        return (None, None, proj_out, *as_input_gradients(grad, ctx.stacked, student, needs))
+        return (None, None, proj_out, *as_input_gradients(grads, ctx.stacked, student, needs))
 
 
 def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None, weights: Tensor | None = None,

@@ -109,12 +109,13 @@ def bridge_bwd_kernel(
     proj, p_stride_l, p_stride_r, p_stride_d,
     order, slot_rows, slot_start,
     weights, grad_out, grad_index,  # grad_index: int64 [L], slot of each layer in `grad`, -1 when not wanted
-    grad, grad_layer_stride, proj_grad,  # dense student gradient [L_g, B*S, D]; fp32 [L, r, D] (or unused)
+    grad, grad_offsets, proj_grad,  # dense gradients [B*S, D] at grad + grad_offsets[slot]; fp32 [L, r, D] or unused
     n_sel, rank, dim, eps_sq,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, PROJ_GRAD: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
+    G_ALIGN: tl.constexpr,
 ):
     layer = tl.program_id(0).to(tl.int64)
     slots = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -159,7 +160,10 @@ def bridge_bwd_kernel(
 
     g_slot = tl.load(grad_index + layer)
     s_live = live & ((rows_blk * 0 + g_slot) >= 0)  # broadcast first: the interpreter rejects vector & scalar masks
-    g_rows = grad + tl.maximum(g_slot, 0) * grad_layer_stride + rows_blk * dim
+    g_starts = tl.load(grad_offsets + tl.maximum(g_slot, 0)) + rows_blk * dim
+    if G_ALIGN > 1:  # checked on the host: lets the stores vectorise
+        g_starts = (g_starts // G_ALIGN) * G_ALIGN
+    g_rows = grad + g_starts
     for d0 in range(0, dim, TILE_D):
         cols = d0 + tl.arange(0, TILE_D)
         col_ok = cols[None, :] < dim

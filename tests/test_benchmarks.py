@@ -6,6 +6,7 @@ import json
 import pytest
 
 import bench_kernels  # benchmarks/ is put on sys.path by conftest.py
+import table
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -28,3 +29,7 @@ def test_kernel_benchmark_smoke_run_writes_complete_rows(tmp_path, capsys):
             assert r["p50"] >= r["layers"] * r["batch"] * r["seq"] * r["dim"] * 2
     printed = capsys.readouterr().out
     assert "speedup" in printed and "copy bandwidth" in printed
+    lines = table.markdown(written).splitlines()
+    assert len(lines) == 2 + len({(r["op"], r["loss_type"], r["backend"]) for r in rows})
+    reference_rows = [line for line in lines if "| reference |" in line]
+    assert reference_rows and all("| 1.00 |" in line for line in reference_rows)

@@ -2,12 +2,12 @@
 #include "kernels.h"
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "row_terms.h"
 #include "rows.h"
 #include "scalars.h"
+#include "sweep.h"
 
 namespace oprd {
 namespace OPRD_ISA {
@@ -47,46 +47,22 @@ class Alignment {
   }
 
   void run() const {
-    const int64_t L = a_.num_layers, n_sel = a_.num_sel, rows = a_.num_rows, dim = a_.dim;
-    const int64_t* grad_index = reinterpret_cast<const int64_t*>(a_.grad_index);
-    const int64_t* grad_table = reinterpret_cast<const int64_t*>(a_.grad_table);
-    const int64_t row_bytes = dim * element_size(a_.grad_dtype);
-    // Layers without a gradient: one task per (layer, slot). Layers with one: one task per row of the dense
-    // gradient, in memory order, so every page of it is first written once, by the thread that fills it: the
-    // selected rows with their gradient, the others with zeros (the Python side allocates it uninitialised).
-    std::vector<int64_t> loss_only, dense;
-    for (int64_t l = 0; l < L; ++l) (grad_table != nullptr && grad_index[l] >= 0 ? dense : loss_only).push_back(l);
-    std::vector<int64_t> slot_of_row;
-    if (!dense.empty()) {
-      slot_of_row.assign(static_cast<size_t>(rows), -1);
-      for (int64_t u = 0; u < n_sel; ++u) {
-        if (slots_.row(u) >= 0) slot_of_row[slots_.row(u)] = u;
-      }
-    }
-    const int64_t n_loss_only = static_cast<int64_t>(loss_only.size()) * n_sel;
-    const int64_t n_dense = static_cast<int64_t>(dense.size()) * rows;
-#pragma omp parallel
-    {
-      std::vector<Acc> s(dim), t(dim), g(dim);
-#pragma omp for schedule(static) nowait
-      for (int64_t task = 0; task < n_loss_only; ++task) {
-        const int64_t u = task % n_sel;
-        if (slots_.row(u) >= 0) slot(loss_only[task / n_sel], u, s.data(), t.data(), nullptr);
-      }
-#pragma omp for schedule(static)
-      for (int64_t task = 0; task < n_dense; ++task) {
-        const int64_t layer = dense[task / rows], row = task % rows;
-        char* out = reinterpret_cast<char*>(grad_table[grad_index[layer]]) + row * row_bytes;
-        const int64_t u = slot_of_row[row];
-        if (u < 0) {
-          std::memset(out, 0, static_cast<size_t>(row_bytes));
-        } else {
-          slot(layer, u, s.data(), t.data(), g.data());
-          store_row(out, a_.grad_dtype, dim, g.data());
-        }
-      }
-    }
-    sum_rows_per_layer(row_loss_, L, n_sel, reinterpret_cast<Acc*>(a_.per_layer));
+    const int64_t dim = a_.dim;
+    const GradientRows grads{reinterpret_cast<const int64_t*>(a_.grad_table),
+                             reinterpret_cast<const int64_t*>(a_.grad_index), dim * element_size(a_.grad_dtype)};
+    struct Scratch {
+      std::vector<Acc> s, t, g;
+    };
+    const auto make_scratch = [dim] {
+      return Scratch{std::vector<Acc>(dim), std::vector<Acc>(dim), std::vector<Acc>(dim)};
+    };
+    sweep(
+        a_.num_layers, a_.num_sel, a_.num_rows, slots_, grads, make_scratch,
+        [&](Scratch& w, int64_t layer, int64_t u, char* out) {
+          slot(layer, u, w.s.data(), w.t.data(), out != nullptr ? w.g.data() : nullptr);
+          if (out != nullptr) store_row(out, a_.grad_dtype, dim, w.g.data());
+        });
+    sum_rows_per_layer(row_loss_, a_.num_layers, a_.num_sel, reinterpret_cast<Acc*>(a_.per_layer));
   }
 
  private:

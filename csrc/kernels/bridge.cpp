@@ -2,12 +2,12 @@
 #include "kernels.h"
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "row_terms.h"
 #include "rows.h"
 #include "scalars.h"
+#include "sweep.h"
 
 namespace oprd {
 namespace OPRD_ISA {
@@ -77,46 +77,24 @@ class Bridge {
   }
 
   void run() const {
-    const int64_t L = a_.num_layers, n_sel = a_.num_sel, rows = a_.num_rows, dim = a_.dim, rank = a_.rank;
-    const int64_t* grad_index = reinterpret_cast<const int64_t*>(a_.grad_index);
-    const int64_t* grad_table = reinterpret_cast<const int64_t*>(a_.grad_table);
-    const int64_t row_bytes = dim * element_size(a_.grad_dtype);
-    // As in alignment.cpp: layers with a student gradient are swept row by row over the dense gradient (selected
-    // rows get their gradient, the others zeros); the other layers slot by slot.
-    std::vector<int64_t> by_slot, dense;
-    for (int64_t l = 0; l < L; ++l) (grad_table != nullptr && grad_index[l] >= 0 ? dense : by_slot).push_back(l);
-    std::vector<int64_t> slot_of_row;
-    if (!dense.empty()) {
-      slot_of_row.assign(static_cast<size_t>(rows), -1);
-      for (int64_t u = 0; u < n_sel; ++u) {
-        if (slots_.row(u) >= 0) slot_of_row[slots_.row(u)] = u;
-      }
-    }
-    const int64_t n_by_slot = static_cast<int64_t>(by_slot.size()) * n_sel;
-    const int64_t n_dense = static_cast<int64_t>(dense.size()) * rows;
-#pragma omp parallel
-    {
-      std::vector<Acc> s(dim), g(dim), z(rank), zt(rank), dz(rank);
-#pragma omp for schedule(static) nowait
-      for (int64_t task = 0; task < n_by_slot; ++task) {
-        const int64_t u = task % n_sel;
-        if (slots_.row(u) >= 0) slot(by_slot[task / n_sel], u, s.data(), z.data(), zt.data(), dz.data(), nullptr);
-      }
-#pragma omp for schedule(static)
-      for (int64_t task = 0; task < n_dense; ++task) {
-        const int64_t layer = dense[task / rows], row = task % rows;
-        char* out = reinterpret_cast<char*>(grad_table[grad_index[layer]]) + row * row_bytes;
-        const int64_t u = slot_of_row[row];
-        if (u < 0) {
-          std::memset(out, 0, static_cast<size_t>(row_bytes));
-        } else {
-          slot(layer, u, s.data(), z.data(), zt.data(), dz.data(), g.data());
-          store_row(out, a_.grad_dtype, dim, g.data());
-        }
-      }
-    }
+    const int64_t dim = a_.dim, rank = a_.rank;
+    const GradientRows grads{reinterpret_cast<const int64_t*>(a_.grad_table),
+                             reinterpret_cast<const int64_t*>(a_.grad_index), dim * element_size(a_.grad_dtype)};
+    struct Scratch {
+      std::vector<Acc> s, g, z, zt, dz;
+    };
+    const auto make_scratch = [dim, rank] {
+      return Scratch{std::vector<Acc>(dim), std::vector<Acc>(dim), std::vector<Acc>(rank), std::vector<Acc>(rank),
+                     std::vector<Acc>(rank)};
+    };
+    sweep(
+        a_.num_layers, a_.num_sel, a_.num_rows, slots_, grads, make_scratch,
+        [&](Scratch& w, int64_t layer, int64_t u, char* out) {
+          slot(layer, u, w.s.data(), w.z.data(), w.zt.data(), w.dz.data(), out != nullptr ? w.g.data() : nullptr);
+          if (out != nullptr) store_row(out, a_.grad_dtype, dim, w.g.data());
+        });
     if (a_.proj_grad != 0) project_gradient();
-    sum_rows_per_layer(row_loss_, L, n_sel, reinterpret_cast<Acc*>(a_.per_layer));
+    sum_rows_per_layer(row_loss_, a_.num_layers, a_.num_sel, reinterpret_cast<Acc*>(a_.per_layer));
   }
 
  private:

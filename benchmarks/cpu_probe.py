@@ -12,8 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_kernels as bk  # noqa: E402
+
 from oprd_kernels.cpu_ops.alignment import alignment_loss  # noqa: E402
 from oprd_kernels.cpu_ops.bridge import bridge_loss  # noqa: E402
+
 case = bk.Case("x", 8, 1536, 2, 4096, 2048, dtype=sys.argv[1] if len(sys.argv) > 1 else "float32")
 inp = bk.make_inputs(case, torch.device("cpu"))
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
 from oprd_kernels import reference as ref
 from oprd_kernels.triton_ops import alignment as tri_module
 from oprd_kernels.triton_ops.alignment import alignment_loss as tri
-from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
 
 @pytest.fixture

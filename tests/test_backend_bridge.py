@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
 from oprd_kernels import reference as ref
 from oprd_kernels.triton_ops import bridge as tri_module
 from oprd_kernels.triton_ops.bridge import bridge_loss as tri
-from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
 
 def make(gen, be, *, B=2, S=9, D=37, L=3, r=4, n_sel=23, rows="repeats", weights="random", dtype=torch.float32,

@@ -3,9 +3,8 @@ what DESIGN.md asks of a result, and the summary prints a ratio against the eage
 
 import json
 
-import pytest
-
 import bench_kernels  # benchmarks/ is put on sys.path by conftest.py
+import pytest
 import table
 
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracles import make_rows, randn
 
 import oprd_kernels
 from oprd_kernels import dispatch, reference
 from oprd_kernels.cpu_ops import alignment as cpu_alignment
 from oprd_kernels.cpu_ops.alignment import alignment_loss
 from oprd_kernels.cpu_ops.bridge import bridge_loss
-from oracles import make_rows, randn
 
 ROOT = Path(__file__).resolve().parents[1]
 

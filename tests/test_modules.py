@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from oracles import randn
 
 import oprd_kernels
 from oprd_kernels import AlignmentLoss, BridgeLoss, reference
-from oracles import randn
 
 
 def test_alignment_module_equals_the_functional_form(gen):

@@ -12,11 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import F64, LOSS_TYPES, make_rows, make_weights, oracle_row, randn, student_layer_list
 
 import oprd_kernels
 from oprd_kernels import reference as ref
-from oracles import F64, LOSS_TYPES, make_rows, make_weights, oracle_row, randn, student_layer_list
-
 
 # ----------------------------------------------------------------------------------------------------- the oracle
 

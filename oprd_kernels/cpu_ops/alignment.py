@@ -8,44 +8,26 @@ say), the backward sweeps again with the right scale. Chosen by measurement: doc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from oprd_kernels import _build
-from oprd_kernels._student_grads import (DenseGradients, as_input_gradients, dense_gradients, slot_arrays,
-                                         student_layers, wanted_layers)
-from oprd_kernels._tables import LayerTable, layer_table
-from oprd_kernels._validation import check_alignment, result_dtype
+from oprd_kernels._plans import Plan, alignment_plan
+from oprd_kernels._student_grads import (
+    DenseGradients,
+    as_input_gradients,
+    dense_gradients,
+    slot_arrays,
+    student_layers,
+    wanted_layers,
+)
+from oprd_kernels._tables import layer_table
+from oprd_kernels._validation import check_alignment
 from oprd_kernels.cpu_ops._args import address, set_gradients, set_slots, set_table, set_weights
 
-LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
 GRADIENT_IN_FORWARD = True  # False: compute the gradient only in backward (kept for the benchmark's comparison)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a sweep needs besides the student tensors (which go through autograd)."""
-
-    loss_code: int
-    teacher: LayerTable
-    rows: Tensor | None
-    weights: Tensor | None
-    layer_map: Tensor | None
-    num_layers: int
-    num_rows: int
-    num_sel: int
-    dim: int
-    out_dtype: torch.dtype
-    mean: bool
-    gradient_in_forward: bool  # GRADIENT_IN_FORWARD, and grad mode was on at the call (custom Functions run their
-    # forward with grad mode off, so the Function itself cannot tell a no_grad call)
-
-    def base_scale(self) -> float:
-        """d(result)/d(per-layer value): 1/L for the mean over layers, 1 for per-layer results."""
-        return 1.0 / self.num_layers if self.mean else 1.0
 
 
 def sweep(plan: Plan, layers: tuple[Tensor, ...], grads: DenseGradients | None = None, wanted: Sequence[int] = (),
@@ -55,7 +37,7 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], grads: DenseGradients | None =
     args = ext.AlignmentArgs()
     student = layer_table(layers)
     set_table(args, "s", student)
-    set_table(args, "t", plan.teacher)
+    set_table(args, "t", plan.cache)
     args.num_layers, args.num_rows, args.num_sel, args.dim = plan.num_layers, plan.num_rows, plan.num_sel, plan.dim
     slots = slot_arrays(plan.rows)
     set_slots(args, *slots)
@@ -117,9 +99,6 @@ def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Ten
     inp = check_alignment("alignment_loss", student, teacher, rows, weights, layer_map, loss_type, reduction)
     if inp.student.device.type != "cpu":
         raise ValueError(f"alignment_loss: the cpu backend needs CPU tensors; got device {inp.student.device}")
-    plan = Plan(LOSS_CODES[loss_type], layer_table(inp.teacher.tensors), inp.rows, inp.weights,
-                None if inp.layer_map is None else inp.layer_map.contiguous(), inp.student.num_layers,
-                inp.student.num_rows, inp.num_sel, inp.student.dim, result_dtype(inp.student.dtype, inp.teacher.dtype),
-                reduction == "mean", GRADIENT_IN_FORWARD and torch.is_grad_enabled())
+    plan = alignment_plan(inp, loss_type, reduction, GRADIENT_IN_FORWARD and torch.is_grad_enabled())
     stacked = isinstance(student, Tensor)
     return CpuAlignmentFunction.apply(plan, stacked, *((student,) if stacked else tuple(student)))

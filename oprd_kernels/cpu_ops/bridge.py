@@ -13,31 +13,19 @@ import torch
 from torch import Tensor
 
 from oprd_kernels import _build
-from oprd_kernels._student_grads import (DenseGradients, as_input_gradients, dense_gradients, slot_arrays,
-                                         student_layers, wanted_layers)
-from oprd_kernels._tables import LayerTable, layer_table
-from oprd_kernels._validation import check_bridge, result_dtype
+from oprd_kernels._plans import Plan, bridge_plan
+from oprd_kernels._student_grads import (
+    DenseGradients,
+    as_input_gradients,
+    dense_gradients,
+    slot_arrays,
+    student_layers,
+    wanted_layers,
+)
+from oprd_kernels._tables import layer_table
+from oprd_kernels._validation import check_bridge
 from oprd_kernels.cpu_ops import alignment as _alignment
 from oprd_kernels.cpu_ops._args import DTYPE_CODES, address, set_gradients, set_slots, set_table, set_weights
-
-
-@dataclass(frozen=True)
-class Plan:
-    loss_code: int
-    teacher_z: LayerTable
-    rows: Tensor | None
-    weights: Tensor | None
-    num_layers: int
-    num_rows: int
-    num_sel: int
-    dim: int
-    rank: int
-    out_dtype: torch.dtype
-    mean: bool
-    gradient_in_forward: bool  # as in alignment.Plan
-
-    def base_scale(self) -> float:
-        return 1.0 / self.num_layers if self.mean else 1.0
 
 
 @dataclass
@@ -56,7 +44,7 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], proj: Tensor, grads: Gradients
     args = ext.BridgeArgs()
     student = layer_table(layers)
     set_table(args, "s", student)
-    set_table(args, "z", plan.teacher_z)
+    set_table(args, "z", plan.cache)
     args.proj, args.p_dtype = proj.data_ptr(), DTYPE_CODES[proj.dtype]
     args.p_stride_l, args.p_stride_r, args.p_stride_d = proj.stride()
     args.num_layers, args.num_rows, args.num_sel = plan.num_layers, plan.num_rows, plan.num_sel
@@ -129,9 +117,6 @@ def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None,
     inp = check_bridge("bridge_loss", student, teacher_z, proj, rows, weights, loss_type, reduction)
     if inp.student.device.type != "cpu":
         raise ValueError(f"bridge_loss: the cpu backend needs CPU tensors; got device {inp.student.device}")
-    out_dtype = result_dtype(inp.student.dtype, inp.teacher_z.dtype, inp.proj.dtype)
-    plan = Plan(_alignment.LOSS_CODES[loss_type], layer_table(inp.teacher_z.tensors), inp.rows, inp.weights,
-                inp.student.num_layers, inp.student.num_rows, inp.num_sel, inp.student.dim, inp.proj.shape[1],
-                out_dtype, reduction == "mean", _alignment.GRADIENT_IN_FORWARD and torch.is_grad_enabled())
+    plan = bridge_plan(inp, loss_type, reduction, _alignment.GRADIENT_IN_FORWARD and torch.is_grad_enabled())
     stacked = isinstance(student, Tensor)
     return CpuBridgeFunction.apply(plan, stacked, inp.proj, *((student,) if stacked else tuple(student)))

@@ -15,8 +15,15 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import check_bridge, check_float_tensor, check_layers, check_projector, describe, fail
-from oprd_kernels._validation import result_dtype
+from oprd_kernels._validation import (
+    check_bridge,
+    check_float_tensor,
+    check_layers,
+    check_projector,
+    describe,
+    fail,
+    result_dtype,
+)
 from oprd_kernels.reference.rowwise import row_loss, weighted_layer_sum
 
 HiddenStates = Union[Tensor, Sequence[Tensor]]

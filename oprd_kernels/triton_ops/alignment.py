@@ -7,20 +7,18 @@ device (_tables.row_slots).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of, result_dtype
+from oprd_kernels._plans import Plan, alignment_plan
+from oprd_kernels._student_grads import as_input_gradients, dense_gradients, slot_arrays, student_layers, wanted_layers
+from oprd_kernels._tables import LayerTable, layer_table
+from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
-from oprd_kernels._student_grads import (as_input_gradients, dense_gradients, slot_arrays,
-                                                   student_layers, wanted_layers)
-from oprd_kernels._tables import LayerTable, layer_table
 
-LOSS_CODES = {"mse": 0, "nmse": 1, "cosine": 2}
 MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)
 
 
@@ -29,28 +27,15 @@ def tile_and_warps(dim: int) -> tuple[int, int]:
     return tile, 8 if tile >= 2048 else 4
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Everything the kernels need besides the student tensors (which go through autograd)."""
-
-    loss_code: int
-    teacher: LayerTable
-    rows: Tensor | None
-    weights: Tensor | None
-    layer_map: Tensor | None
-    num_layers: int
-    num_rows: int
-    num_sel: int
-    dim: int
-    acc: tl.dtype
-    out_dtype: torch.dtype
+def accumulator(plan: Plan) -> tl.dtype:
+    return tl.float64 if plan.out_dtype == torch.float64 else tl.float32
 
 
-def _flags(plan: _Plan, student: LayerTable) -> dict:
+def _flags(plan: Plan, student: LayerTable) -> dict:
     tile, warps = tile_and_warps(plan.dim)
     return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
                 HAS_MAP=plan.layer_map is not None, S_UNIT=student.unit_stride_d, S_ALIGN=student.align,
-                T_UNIT=plan.teacher.unit_stride_d, T_ALIGN=plan.teacher.align, ACC=plan.acc, TILE_D=tile,
+                T_UNIT=plan.cache.unit_stride_d, T_ALIGN=plan.cache.align, ACC=accumulator(plan), TILE_D=tile,
                 num_warps=warps)
 
 
@@ -58,13 +43,13 @@ class AlignmentFunction(torch.autograd.Function):
     """Per-layer alignment losses [L]; gradients flow to the student tensors only."""
 
     @staticmethod
-    def forward(ctx, plan: _Plan, stacked: bool, *student: Tensor) -> Tensor:
+    def forward(ctx, plan: Plan, stacked: bool, *student: Tensor) -> Tensor:
         device = student[0].device
         per_row = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=device)
         stats = torch.empty(3, plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=device)
         if plan.num_sel > 0:
             table = layer_table(student_layers(stacked, student))
-            t = plan.teacher
+            t = plan.cache
             alignment_fwd_kernel[(plan.num_layers, plan.num_sel)](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
                 plan.rows, plan.weights, plan.layer_map, per_row, stats,
@@ -75,7 +60,7 @@ class AlignmentFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_per_layer: Tensor):
-        plan: _Plan = ctx.plan
+        plan: Plan = ctx.plan
         stats, *student = ctx.saved_tensors
         needs = ctx.needs_input_grad[2:]
         layers = student_layers(ctx.stacked, student)
@@ -87,7 +72,7 @@ class AlignmentFunction(torch.autograd.Function):
             table = layer_table(layers)
             device = layers[0].device
             grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
-            t = plan.teacher
+            t = plan.cache
             alignment_bwd_kernel[(len(wanted), plan.num_sel)](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, *slot_arrays(plan.rows),
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grads.base(layers[0]),
@@ -106,10 +91,7 @@ def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Ten
     if on_cuda:
         assert_values_async("alignment_loss", inp.rows, inp.student.num_rows, inp.weights, inp.layer_map,
                             inp.teacher.num_layers)
-    out_dtype = result_dtype(inp.student.dtype, inp.teacher.dtype)
-    plan = _Plan(LOSS_CODES[loss_type], layer_table(inp.teacher.tensors), inp.rows, inp.weights, inp.layer_map,
-                 inp.student.num_layers, inp.student.num_rows, inp.num_sel, inp.student.dim,
-                 tl.float64 if out_dtype == torch.float64 else tl.float32, out_dtype)
+    plan = alignment_plan(inp, loss_type, reduction)
     stacked = isinstance(student, Tensor)
     tensors = (student,) if stacked else tuple(student)
     per_layer = AlignmentFunction.apply(plan, stacked, *tensors)

@@ -5,51 +5,34 @@ Semantics are exactly those of oprd_kernels.reference.bridge_loss; no host sync 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from oprd_kernels._validation import assert_values_async, check_bridge, device_of, result_dtype
-from oprd_kernels.reference.rowwise import NORM_EPS
-from oprd_kernels.triton_ops.alignment import LOSS_CODES
-from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
-from oprd_kernels._student_grads import (as_input_gradients, dense_gradients, slot_arrays,
-                                                   student_layers, wanted_layers)
+from oprd_kernels._plans import Plan, bridge_plan
+from oprd_kernels._student_grads import as_input_gradients, dense_gradients, slot_arrays, student_layers, wanted_layers
 from oprd_kernels._tables import LayerTable, layer_table
+from oprd_kernels._validation import assert_values_async, check_bridge, device_of
+from oprd_kernels.reference.rowwise import NORM_EPS
+from oprd_kernels.triton_ops.alignment import accumulator
+from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
 
 BLOCK_R = 16  # rows per program (tl.dot needs >= 16)
 MAX_TILE_D = 64
 
 
-@dataclass(frozen=True)
-class _Plan:
-    loss_code: int
-    teacher_z: LayerTable
-    rows: Tensor | None
-    weights: Tensor | None
-    num_layers: int
-    num_rows: int
-    num_sel: int
-    dim: int
-    rank: int
-    acc: tl.dtype
-    out_dtype: torch.dtype
-
-
-def _flags(plan: _Plan, student: LayerTable, proj: Tensor) -> dict:
+def _flags(plan: Plan, student: LayerTable, proj: Tensor) -> dict:
     native = student.base.dtype in (torch.bfloat16, torch.float16) and proj.dtype == student.base.dtype \
         and proj.device.type == "cuda"
     return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
                 S_UNIT=student.unit_stride_d, S_ALIGN=student.align, P_UNIT=proj.stride(2) == 1,
-                NATIVE_DOT=native and plan.acc == tl.float32,
-                ACC=plan.acc, BLOCK_R=BLOCK_R, R_PAD=max(16, triton.next_power_of_2(plan.rank)),
+                NATIVE_DOT=native and accumulator(plan) == tl.float32,
+                ACC=accumulator(plan), BLOCK_R=BLOCK_R, R_PAD=max(16, triton.next_power_of_2(plan.rank)),
                 TILE_D=max(16, min(triton.next_power_of_2(plan.dim), MAX_TILE_D)), num_warps=4)
 
 
-def _grid(plan: _Plan) -> tuple[int, int]:
+def _grid(plan: Plan) -> tuple[int, int]:
     return plan.num_layers, triton.cdiv(plan.num_sel, BLOCK_R)
 
 
@@ -57,11 +40,11 @@ class BridgeFunction(torch.autograd.Function):
     """Per-layer Bridge losses [L]; gradients flow to the student tensors and to `proj`."""
 
     @staticmethod
-    def forward(ctx, plan: _Plan, stacked: bool, proj: Tensor, *student: Tensor) -> Tensor:
+    def forward(ctx, plan: Plan, stacked: bool, proj: Tensor, *student: Tensor) -> Tensor:
         per_row = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype, device=proj.device)
         if plan.num_sel > 0:
             table = layer_table(student_layers(stacked, student))
-            z = plan.teacher_z
+            z = plan.cache
             bridge_fwd_kernel[_grid(plan)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
                 proj, *proj.stride(), plan.rows, plan.weights, per_row,
@@ -72,13 +55,13 @@ class BridgeFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_per_layer: Tensor):
-        plan: _Plan = ctx.plan
+        plan: Plan = ctx.plan
         proj, *student = ctx.saved_tensors
         proj_needs, needs = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
         layers = student_layers(ctx.stacked, student)
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
         grads = dense_gradients(len(wanted), plan.num_rows, plan.dim, layers[0], plan.rows, stacked=ctx.stacked)
-        acc_dtype = torch.float32 if plan.acc == tl.float32 else torch.float64
+        acc_dtype = plan.out_dtype
         proj_grad = torch.zeros(proj.shape, dtype=acc_dtype, device=proj.device) if proj_needs else None
         if plan.num_sel > 0 and (wanted or proj_needs):
             table = layer_table(layers)
@@ -86,7 +69,7 @@ class BridgeFunction(torch.autograd.Function):
             for slot, layer in enumerate(wanted):
                 index[layer] = slot
             grad_index = torch.tensor(index, dtype=torch.int64).to(proj.device, non_blocking=True)
-            z = plan.teacher_z
+            z = plan.cache
             bridge_bwd_kernel[_grid(plan)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
                 proj, *proj.stride(), *slot_arrays(plan.rows),
@@ -106,10 +89,7 @@ def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None,
                        check_values=not on_cuda)
     if on_cuda:
         assert_values_async("bridge_loss", inp.rows, inp.student.num_rows, inp.weights, None, 0)
-    out_dtype = result_dtype(inp.student.dtype, inp.teacher_z.dtype, inp.proj.dtype)
-    plan = _Plan(LOSS_CODES[loss_type], layer_table(inp.teacher_z.tensors), inp.rows, inp.weights,
-                 inp.student.num_layers, inp.student.num_rows, inp.num_sel, inp.student.dim, inp.proj.shape[1],
-                 tl.float64 if out_dtype == torch.float64 else tl.float32, out_dtype)
+    plan = bridge_plan(inp, loss_type, reduction)
     stacked = isinstance(student, Tensor)
     per_layer = BridgeFunction.apply(plan, stacked, inp.proj, *((student,) if stacked else tuple(student)))
     return per_layer.mean() if reduction == "mean" else per_layer

@@ -8,10 +8,10 @@ teacher after its deepest selected layer and skips the student's LM head.
 from __future__ import annotations
 
 import torch
-from oprd import hidden_state_pairs, resolve_layers, select_positions
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import oprd_kernels
+from oprd import hidden_state_pairs, resolve_layers, select_positions
 
 
 def tiny_llama(layers: int, seed: int) -> LlamaForCausalLM:

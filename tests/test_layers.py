@@ -1,6 +1,7 @@
 """oprd.layers against hand-worked cases."""
 
 import pytest
+
 from oprd.layers import hidden_state_pairs, proportional_map, resolve_layers
 
 

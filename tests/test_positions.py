@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from oprd.positions import select_positions
 
 # 3 samples, S = 8. Prompts are left-padded into columns 0..2, responses start at column 3.

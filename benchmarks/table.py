@@ -17,6 +17,19 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def capture_markdown(rows: list[dict]) -> str:
+    """bench_capture.py rows: per case, layer selection and pass, each method against the plain HF way."""
+    plain = {(r["name"], r["layers_mode"], r["pass"]): r for r in rows if r["method"] == "plain"}
+    lines = ["| case | layers | pass | method | ms p50 (p20-p80) | vs plain | delta-peak MB | vs plain |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = plain[(r["name"], r["layers_mode"], r["pass"])]
+        lines.append(f"| {r['name']} | {r['layers_mode']} | {r['pass']} | {r['method']} | {r['p50']:.1f} "
+                     f"({r['p20']:.1f}-{r['p80']:.1f}) | {base['p50'] / r['p50']:.2f}x | "
+                     f"{r['delta_peak_bytes'] / 2**20:.1f} | {base['delta_peak_bytes'] / r['delta_peak_bytes']:.2f}x |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict]) -> str:
     cells: dict[tuple, dict] = defaultdict(dict)
     for r in rows:
@@ -39,7 +52,8 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
-    print(markdown(load(parser.parse_args().results)))
+    rows = load(parser.parse_args().results)
+    print(capture_markdown(rows) if rows and rows[0].get("suite") == "capture" else markdown(rows))
 
 
 if __name__ == "__main__":

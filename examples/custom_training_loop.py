@@ -1,8 +1,8 @@
-"""Using oprd_kernels inside your own training loop: one OPRD update of a tiny random Llama student against a
-deeper random Llama teacher (no downloads). Run: python examples/custom_training_loop.py
+"""Using oprd inside your own training loop: one OPRD update of a tiny random Llama student against a deeper random
+Llama teacher (no downloads). Run: python examples/custom_training_loop.py
 
-This is the plain path: it asks HF for every hidden state. The `oprd` trainer's capture (a later release) stops the
-teacher after its deepest selected layer and skips the student's LM head.
+The teacher pass stops after the deepest distilled layer and keeps only the selected rows (oprd.capture.teacher_cache);
+the student pass skips the LM head; the fused loss reads the student's layer outputs in place.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import oprd_kernels
 from oprd import hidden_state_pairs, resolve_layers, select_positions
+from oprd.capture import capture_student, teacher_cache
 
 
 def tiny_llama(layers: int, seed: int) -> LlamaForCausalLM:
@@ -37,15 +38,10 @@ def main() -> dict[str, float]:
     t_layers = hidden_state_pairs(s_layers, student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     rows, weights = select_positions(response_mask, "last_k", k=5)
 
-    with torch.no_grad():  # teacher cache: selected layers x selected rows, bf16
-        t_out = teacher.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        d = teacher.config.hidden_size
-        cache = torch.stack([t_out.hidden_states[i].reshape(-1, d)[rows] for i in t_layers]).to(torch.bfloat16)
-
-    s_out = student.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    student_states = [s_out.hidden_states[i] for i in s_layers]
-    loss = oprd_kernels.alignment_loss(student_states, cache, rows=rows, weights=weights, loss_type="nmse")
-    cosine = oprd_kernels.cosine_similarity(student_states, cache, rows=rows, weights=weights)
+    cache = teacher_cache(teacher, input_ids, attention_mask, t_layers, rows)  # [L, N_sel, D] bf16
+    states = capture_student(student, input_ids, attention_mask, s_layers)  # layer outputs, with gradients
+    loss = oprd_kernels.alignment_loss(states.states, cache, rows=rows, weights=weights, loss_type="nmse")
+    cosine = oprd_kernels.cosine_similarity(states.states, cache, rows=rows, weights=weights)
     loss.backward()
     optimizer.step()
     return {"loss": float(loss.detach()), "rep/cosine_similarity": float(cosine), "rows": int(rows.numel())}

@@ -38,14 +38,15 @@ class _Injector:
         return self.teacher[t].unsqueeze(0) if isinstance(self.teacher, Tensor) else self.teacher[int(t)][None]
 
     def layer_gradient(self, i: int) -> Tensor:
-        """d(loss)/d(states[i]) times the incoming gradient, dense [B, S, D]: the loss of one layer with its weights
-        pre-scaled, so that the backends see an incoming gradient of 1 (no second sweep)."""
+        """d(loss)/d(states[i]) times the incoming gradient, dense [B, S, D]. The weights carry |incoming| / L and the
+        backward of the one-layer loss gets only its sign, so that for the usual positive weight of the loss the
+        backends see an incoming gradient of 1 (the cpu backend then needs no second sweep)."""
         leaf = self.states[i].detach().requires_grad_()
-        scaled = self.weights * (self.scale / len(self.states))
+        scaled = self.weights * (self.scale.abs() / len(self.states))
         with torch.enable_grad():
             loss = oprd_kernels.alignment_loss([leaf], self.teacher_layer(i), rows=self.rows, weights=scaled,
                                                loss_type=self.loss_type, backend=self.backend)
-            (grad,) = torch.autograd.grad(loss, leaf)
+            (grad,) = torch.autograd.grad(loss, leaf, grad_outputs=self.scale.sign().to(loss.dtype))
         return grad
 
 

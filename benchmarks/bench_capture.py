@@ -55,7 +55,8 @@ def model(case: Case, seed: int, device: torch.device) -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=case.vocab, hidden_size=case.hidden, intermediate_size=int(case.hidden * 2.75),
                          num_hidden_layers=case.layers, num_attention_heads=8, num_key_value_heads=4,
                          max_position_embeddings=2 * case.seq)
-    return LlamaForCausalLM(config).to(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 on the GPU, as trained
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
 
 
 def batch(case: Case, device: torch.device):

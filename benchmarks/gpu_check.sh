@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU run (about 6 minutes on an H200): install, build facts, the triton tests compiled for the GPU
 # (the interpreter matrix plus the `gpu`-marked full-size tests), the kernel benchmark. Results go to the folder
-# given as $1 (default: $OUT, else ./gpu-results): build_info.json, gpu_tests.log, kernels.jsonl, bench.log.
+# given as $1 (default: $OUT, else ./gpu-results): build_info.json, gpu_tests.log, kernels.jsonl, bench.log,
+# capture.jsonl, capture.log.
 #   device run:  bash benchmarks/gpu_check.sh "$OUT"
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,3 +25,7 @@ timeout 200 $py -m pytest -q -x -p no:cacheprovider tests/test_triton_alignment.
 echo "== kernel benchmark"
 timeout 270 $py benchmarks/bench_kernels.py --device cuda --time-budget 150 --out "$out/kernels.jsonl" 2>&1 \
   | grep -v -E "^USDT|CPUAllocator" | tee "$out/bench.log" | tail -24
+
+echo "== capture benchmark"
+timeout 80 $py benchmarks/bench_capture.py --device cuda --cases gpu-1.5B-shape --reps 3 --out "$out/capture.jsonl" \
+  2>&1 | grep -v -E "^USDT|CPUAllocator|Model config" | tee "$out/capture.log" | tail -12

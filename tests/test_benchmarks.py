@@ -32,3 +32,17 @@ def test_kernel_benchmark_smoke_run_writes_complete_rows(tmp_path, capsys):
     assert len(lines) == 2 + len({(r["op"], r["loss_type"], r["backend"]) for r in rows})
     reference_rows = [line for line in lines if "| reference |" in line]
     assert reference_rows and all("| 1.00 |" in line for line in reference_rows)
+
+
+def test_capture_benchmark_runs_on_the_tiny_case(tmp_path):
+    import bench_capture
+
+    out = tmp_path / "capture.jsonl"
+    rows = bench_capture.main(["--device", "cpu", "--cases", "tiny", "--reps", "1", "--out", str(out)])
+    methods = {(r["layers_mode"], r["pass"], r["method"]) for r in rows}
+    assert methods == {(mode, p, m) for mode in ("all", "first-half")
+                       for p, m in [("teacher", "plain"), ("teacher", "oprd"), ("student", "plain"),
+                                    ("student", "oprd"), ("student", "inject")]}
+    assert all(r["delta_peak_bytes"] > 0 and r["p20"] <= r["p50"] <= r["p80"] for r in rows)
+    rendered = table.capture_markdown([json.loads(line) for line in out.read_text().splitlines()])
+    assert rendered.count("| plain |") == 4 and "1.00x" in rendered

@@ -3,10 +3,8 @@ environment of a result row, and writing rows.
 
 Time: on CUDA `triton.testing.do_bench` (CUDA events, warm-up, many repeats) asked for p20/p50/p80; on CPU the wall
 time of repeated calls after warm-up calls.
-Memory (delta-peak, as the paper measures it: peak allocated during the region minus allocated at its start): on CUDA
-from the caching allocator's statistics; on CPU from the PyTorch profiler's allocator events (profile_memory=True),
-whose running sum over the region is the bytes held by tensors, temporaries inside ops included. Run separately from
-the timing, since the profiler slows the code down.
+Memory: delta-peak as oprd.memory measures it (CUDA allocator statistics; on CPU the profiler's allocator events).
+Run separately from the timing, since the profiler slows the code down.
 """
 
 from __future__ import annotations
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from oprd.memory import delta_peak_bytes as measure_delta_peak
 
 
 @dataclass(frozen=True)
@@ -62,26 +62,8 @@ def time_ms(fn: Callable, device: torch.device, *, warmup: int = 3, reps: int = 
 
 
 def delta_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated while fn runs, minus the bytes allocated when it starts (fn's result is dropped)."""
-    if device.type == "cuda":
-        _sync(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda event: event[0])  # stable: same-timestamp events keep their recorded order
-    held = peak = 0
-    for _, nbytes in events:
-        held += nbytes
-        peak = max(peak, held)
-    return peak
+    """Peak bytes allocated while fn runs, minus the bytes allocated when it starts (see oprd.memory)."""
+    return measure_delta_peak(fn, device)[1]
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:

@@ -1,0 +1,292 @@
+"""Crash-safe training checkpoints that resume a run exactly.
+
+A checkpoint is the directory `<run_dir>/checkpoints/step_<step:08d>/`:
+
+    model/               HF `save_pretrained` output (config + safetensors weights)
+    optimizer.pt         optimizer state dict
+    scheduler.pt         LR scheduler state dict
+    rng_state.pt         Python `random`, NumPy global, torch CPU and CUDA generator states
+    trainer_state.json   step, data position, `extra`; written last, so it marks the checkpoint complete
+
+Atomicity: everything is written into `.tmp-...` next to the target, fsynced, and then renamed into place with
+`os.replace`, so a crash at any point leaves either no `step_*` directory or a complete one. `latest` (a text file
+naming the newest checkpoint directory) is replaced the same way. Old checkpoints are renamed to `.tmp-...` before
+deletion, so a crash mid-delete never leaves a partial `step_*` either. `.tmp-*` leftovers are ignored by
+`latest_checkpoint` and removed by the next successful save. One writer per run directory. Re-saving an existing
+step moves the old directory aside first; a hard kill between the two renames leaves `latest_checkpoint` on the
+step before (both copies sit in `.tmp-*` until the next save).
+
+Safety: every `.pt` file is read with `torch.load(weights_only=True)`, so a checkpoint file cannot run code (the
+reference implementation's `weights_only=False` could). Hence the RNG states are stored as tensors and plain types.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+__all__ = ["TrainerState", "save_checkpoint", "latest_checkpoint", "load_checkpoint"]
+
+_MARKER = "trainer_state.json"
+_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pt", "model/config.json")
+_WEIGHTS = ("model/model.safetensors", "model/model.safetensors.index.json")  # single file or sharded
+_TMP = ".tmp-"
+_STEP_DIR = re.compile(r"step_(\d+)")
+_FORMAT = 1
+
+
+@dataclass
+class TrainerState:
+    """The trainer's own progress: optimizer steps taken, prompts consumed, and small JSON-serialisable extras."""
+
+    step: int
+    data_position: int
+    extra: dict = field(default_factory=dict)
+
+
+def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: TrainerState, keep: int = 2) -> Path:
+    """Writes <run_dir>/checkpoints/step_<step:08d> atomically, updates <run_dir>/checkpoints/latest (a small text file
+    naming the newest checkpoint directory, itself replaced atomically), and deletes older checkpoints beyond `keep`
+    (never the one just written). Returns the checkpoint path.
+
+    A checkpoint already present for the same step is replaced. `state.extra` must survive a JSON round trip
+    unchanged (no tuples, non-string keys or NaN), so that a resumed run sees exactly what was saved."""
+    marker_text = _marker_text(state)  # validate before anything touches the disk
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    final = ckpt_dir / f"step_{state.step:08d}"
+
+    tmp, aside = Path(tempfile.mkdtemp(prefix=f"{_TMP}{final.name}-", dir=ckpt_dir)), None
+    try:
+        model.save_pretrained(tmp / "model", save_original_format=False)  # keys as in model.state_dict(): strict load
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng_state.pt")
+        _fsync_tree(tmp)
+        _write_synced(tmp / _MARKER, marker_text)  # last: its presence means everything above is on disk
+        _fsync_dir(tmp)
+        if final.exists():  # re-save of a step: a rename cannot replace a non-empty directory, so move it aside
+            aside = tempfile.mkdtemp(prefix=f"{_TMP}old-{final.name}-", dir=ckpt_dir)
+            os.replace(final, aside)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_dir)
+    except BaseException:
+        if aside is not None and not final.exists():
+            os.replace(aside, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    fd, latest_tmp = tempfile.mkstemp(prefix=f"{_TMP}latest-", dir=ckpt_dir)
+    os.close(fd)
+    _write_synced(Path(latest_tmp), final.name + "\n")
+    os.replace(latest_tmp, ckpt_dir / "latest")
+    _fsync_dir(ckpt_dir)
+
+    others = sorted((p for p in _complete_steps(ckpt_dir) if p != final), key=_step_of, reverse=True)
+    for old in others[keep - 1:]:
+        os.replace(old, tempfile.mkdtemp(prefix=f"{_TMP}del-{old.name}-", dir=ckpt_dir))  # atomic "delete"
+    for leftover in ckpt_dir.glob(f"{_TMP}*"):  # crash debris, replaced and retired checkpoints
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    _fsync_dir(ckpt_dir)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (via `latest`; if `latest` is missing or names a missing directory, fall back to
+    the highest-numbered complete step_* directory, where complete = has its marker file written last), or None."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    try:
+        name = (ckpt_dir / "latest").read_text().strip()
+    except FileNotFoundError:
+        name = ""
+    if _STEP_DIR.fullmatch(name) and not _missing_files(ckpt_dir / name):
+        return ckpt_dir / name
+    complete = _complete_steps(ckpt_dir) if ckpt_dir.is_dir() else []
+    return max(complete, key=_step_of) if complete else None
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
+                    restore_rng: bool = True) -> TrainerState:
+    """Loads weights into `model` in place (from safetensors, strict key match: ValueError naming missing/unexpected
+    keys), then optimizer and scheduler state when given, restores the RNG states, and returns the TrainerState.
+    A path that is not a complete checkpoint raises ValueError/FileNotFoundError naming it. `.pt` files are read with
+    `torch.load(weights_only=True)`: one holding anything but tensors and plain types raises ValueError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    missing = _missing_files(path)
+    if missing:
+        raise ValueError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
+    state = _parse_marker(path / _MARKER)
+    _load_model_weights(model, path / "model")
+    if optimizer is not None:
+        optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
+    if scheduler is not None:
+        scheduler.load_state_dict(_load_pt(path / "scheduler.pt"))
+    if restore_rng:
+        _set_rng_state(_load_pt(path / "rng_state.pt"))
+    return state
+
+
+# --- trainer state --------------------------------------------------------------------------------------------------
+
+def _marker_text(state: TrainerState) -> str:
+    """The marker's JSON; rejects states that would not come back unchanged from it."""
+    for name in ("step", "data_position"):
+        value = getattr(state, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"TrainerState.{name} must be an int >= 0, got {value!r}")
+    if not isinstance(state.extra, dict):
+        raise ValueError(f"TrainerState.extra must be a dict, got {type(state.extra).__name__}")
+    payload = {"format": _FORMAT, "step": state.step, "data_position": state.data_position, "extra": state.extra}
+    try:
+        text = json.dumps(payload, allow_nan=False, indent=1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"TrainerState.extra is not JSON-serialisable: {e}") from e
+    if json.loads(text)["extra"] != state.extra:
+        raise ValueError("TrainerState.extra changes in a JSON round trip (tuples or non-string keys?)")
+    return text
+
+
+def _parse_marker(file: Path) -> TrainerState:
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise ValueError(f"{file}: not a checkpoint marker of format {_FORMAT}")
+    state = TrainerState(data.get("step"), data.get("data_position"), data.get("extra"))
+    try:
+        _marker_text(state)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
+    return state
+
+
+# --- files -----------------------------------------------------------------------------------------------------------
+
+def _missing_files(path: Path) -> list[str]:
+    """Required files absent from `path` (all of them when it is not a directory); empty means complete."""
+    missing = [f for f in (_MARKER, *_FILES) if not (path / f).is_file()]
+    if not any((path / f).is_file() for f in _WEIGHTS):
+        missing.append(" or ".join(_WEIGHTS))
+    return missing
+
+
+def _complete_steps(ckpt_dir: Path) -> list[Path]:
+    return [p for p in ckpt_dir.iterdir() if _STEP_DIR.fullmatch(p.name) and p.is_dir() and not _missing_files(p)]
+
+
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.fullmatch(path.name).group(1))
+
+
+def _write_synced(file: Path, text: str) -> None:
+    with open(file, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes the directory's entries (new names, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _load_pt(file: Path):
+    """`torch.load` restricted to tensors and plain types: a file cannot execute code on load."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{file}: refused, holds more than tensors and plain types ({e})") from e
+
+
+# --- model weights ---------------------------------------------------------------------------------------------------
+
+def _load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    """Loads the safetensors weights of `model_dir` into `model`, one shard at a time, after a strict key check.
+
+    A key may be absent from the files only when it shares storage with a present one (tied weights, which
+    `save_pretrained` writes once)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = {model_dir / f: [k for k, v in weight_map.items() if v == f] for f in sorted(set(weight_map.values()))}
+    else:
+        with safe_open(model_dir / "model.safetensors", framework="pt") as f:
+            shards = {model_dir / "model.safetensors": list(f.keys())}
+    saved = {k for keys in shards.values() for k in keys}
+
+    expected = model.state_dict()
+    storage_of = {k: (t.data_ptr(), t.shape, t.stride()) for k, t in expected.items() if t.numel() > 0}
+    saved_storage = {storage_of[k] for k in saved if k in storage_of}
+    missing = [k for k in expected if k not in saved and storage_of.get(k) not in saved_storage]
+    unexpected = sorted(saved - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{model_dir}: state dict does not match the model; missing keys {missing}, "
+                         f"unexpected keys {unexpected}")
+    for file in shards:
+        with safe_open(file, framework="pt") as f:
+            model.load_state_dict({k: f.get_tensor(k) for k in f.keys()}, strict=False)
+
+
+# --- RNG -------------------------------------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    """Every global generator a training step may draw from, as tensors and plain types (`weights_only`-loadable)."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    return {
+        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(rng: dict) -> None:
+    py, nps = rng["python"], rng["numpy"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached_gaussian"]))
+    torch.set_rng_state(rng["torch"])
+    cuda_states = rng["cuda"]
+    num_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if len(cuda_states) != num_devices:
+        warnings.warn(f"checkpoint holds {len(cuda_states)} CUDA RNG states, this process sees {num_devices} "
+                      "devices; restoring the common ones only, so CUDA random draws will not continue exactly")
+    for device, state in enumerate(cuda_states[:num_devices]):
+        torch.cuda.set_rng_state(state, device)

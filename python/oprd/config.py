@@ -1,0 +1,393 @@
+"""The trainer's configuration: one dataclass tree, set from a YAML file and `section.key=value` overrides, and
+checked whole before any work starts.
+
+Every error names the dotted key, the value seen and what is expected. Defaults follow the paper's training setup
+(PAPER_NOTES §2, §4) at a size one machine can run: AdamW at lr 1e-5 with 3% warm-up, 8 prompts x 2 responses per
+step at temperature 1.0, plain MSE/d on all layers over the last k = 2000 response tokens, eval at temperature 0.7.
+
+YAML is read with one fix to PyYAML's YAML 1.1 rules: `1e-5` and `3E4` are floats (PyYAML reads them as strings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, get_args, get_origin, get_type_hints
+
+import torch
+import yaml
+
+from oprd.layers import LAYER_MODES
+from oprd.positions import POSITION_MODES, WEIGHTINGS
+from oprd_kernels import BACKENDS
+
+DTYPES = ("auto", "float32", "bfloat16")
+METHODS = ("oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd")
+LOSS_TYPES = ("mse", "nmse", "cosine")
+KERNEL_BACKENDS = ("auto", *BACKENDS)
+
+
+@dataclass
+class ModelConfig:
+    student: str = ""            # local HF model directory (required for `oprd train`)
+    teacher: str = ""            # local HF model directory (required for `oprd train`)
+    dtype: str = "auto"          # "auto" (bf16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
+
+
+@dataclass
+class DataConfig:
+    prompts: str = ""            # JSONL prompt file (required for `oprd train`)
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"  # "" means: no graded evaluation
+    eval_prompts: str = ""       # JSONL; "" = use `prompts`
+    eval_size: int = 64          # number of evaluation prompts (the first N), >= 1
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 8    # >= 1
+    responses_per_prompt: int = 2  # >= 1
+    max_new_tokens: int = 256    # >= 1
+    temperature: float = 1.0     # > 0
+    top_p: float = 1.0           # 0 < top_p <= 1
+
+
+@dataclass
+class MethodConfig:
+    name: str = "oprd"           # "oprd" | "opd_top1" | "opd_topk" | "opd_full" | "oprd+opd"
+    topk: int = 16               # >= 1 (opd_topk)
+    mu: float = 1.0              # weight of L_OPRD in "oprd+opd", >= 0
+
+
+@dataclass
+class OprdConfig:
+    loss_type: str = "mse"       # "mse" | "nmse" | "cosine"
+    layers: str = "all"          # "last" | "all" | "even" | "odd" | comma-separated ints, e.g. "1,4,-1"
+    positions: str = "last_k"    # "all" | "last" | "last_k" | "first_k"
+    k: int = 2000                # >= 1, used by last_k / first_k
+    weighting: str = "token"     # "token" | "sample"
+    coefficient: float = 1.0     # > 0, multiplies L_OPRD in method "oprd"
+    gradient_injection: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5             # > 0
+    weight_decay: float = 0.0    # >= 0
+    betas: tuple[float, float] = (0.9, 0.999)  # each in [0, 1); YAML gives a list of 2 numbers
+    warmup_ratio: float = 0.03   # 0 <= x < 1
+    steps: int = 500             # >= 1
+    grad_clip: float = 1.0       # > 0, or 0 to disable
+    grad_accum: int = 1          # >= 1
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0               # evaluate every N steps (0: only at the end), >= 0
+    samples: int = 4             # avg@k: responses per eval prompt, >= 1
+    temperature: float = 0.7     # > 0
+    max_new_tokens: int = 256    # >= 1
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/oprd"       # run directory
+    seed: int = 0
+    save_every: int = 0          # checkpoint every N steps (0: only at the end), >= 0
+    device: str = "auto"         # "auto" | "cpu" | "cuda" | "cuda:N"
+    backend: str = "auto"        # kernel backend: "auto" | "reference" | "triton" | "cpu"
+    log_every: int = 1           # >= 1
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    oprd: OprdConfig = field(default_factory=OprdConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
+_HINTS = {name: get_type_hints(cls) for name, cls in _SECTIONS.items()}  # section -> key -> annotation
+_LAYERS_EXPECTED = f'one of {list(LAYER_MODES)} or comma-separated ints such as "1,4,-1"'
+
+
+# --- YAML: SafeLoader/SafeDumper that agree on floats written with an exponent and no dot ---
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+# --- values and messages ---
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _expected(key: str, expected: str, value: Any, with_type: bool = False) -> str:
+    kind = f" ({type(value).__name__})" if with_type else ""
+    return f"config: `{key}` must be {expected}; got {_show(value)}{kind}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_layer_spec(value: str) -> bool:
+    try:
+        parse_layers(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _choice(options: Sequence[str]):
+    return (lambda v: v in options), f"one of {list(options)}"
+
+
+def _at_least(low: int):
+    return (lambda v: v >= low), f">= {low}"
+
+
+_POSITIVE = (lambda v: v > 0), "> 0"
+
+# Range and choice rules on top of the type each annotation asks for; fields absent here take any value of their type.
+_RULES = {
+    "model.dtype": _choice(DTYPES),
+    "data.eval_size": _at_least(1),
+    "rollout.prompts_per_step": _at_least(1),
+    "rollout.responses_per_prompt": _at_least(1),
+    "rollout.max_new_tokens": _at_least(1),
+    "rollout.temperature": _POSITIVE,
+    "rollout.top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "method.name": _choice(METHODS),
+    "method.topk": _at_least(1),
+    "method.mu": _at_least(0),
+    "oprd.loss_type": _choice(LOSS_TYPES),
+    "oprd.layers": (_is_layer_spec, _LAYERS_EXPECTED),
+    "oprd.positions": _choice(POSITION_MODES),
+    "oprd.k": _at_least(1),
+    "oprd.weighting": _choice(WEIGHTINGS),
+    "oprd.coefficient": _POSITIVE,
+    "optim.lr": _POSITIVE,
+    "optim.weight_decay": _at_least(0),
+    "optim.betas": ((lambda v: all(0 <= b < 1 for b in v)), "2 numbers, each in [0, 1)"),
+    "optim.warmup_ratio": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "optim.steps": _at_least(1),
+    "optim.grad_clip": ((lambda v: v >= 0), "> 0, or 0 to disable"),
+    "optim.grad_accum": _at_least(1),
+    "eval.every": _at_least(0),
+    "eval.samples": _at_least(1),
+    "eval.temperature": _POSITIVE,
+    "eval.max_new_tokens": _at_least(1),
+    "run.save_every": _at_least(0),
+    "run.device": ((lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) is not None),
+                   '"auto", "cpu", "cuda" or "cuda:N"'),
+    "run.backend": _choice(KERNEL_BACKENDS),
+    "run.log_every": _at_least(1),
+}
+
+
+def _check(key: str, value: Any, hint: Any) -> None:
+    """Raise TypeError unless `value` has the type `hint` asks for, ValueError unless it passes `key`'s rule."""
+    if get_origin(hint) is tuple:
+        size = len(get_args(hint))
+        if not isinstance(value, (list, tuple)) or not all(_is_number(x) for x in value):
+            raise TypeError(_expected(key, f"a list of {size} numbers", value, with_type=True))
+        if len(value) != size:
+            raise ValueError(_expected(key, f"a list of {size} numbers", value))
+        numbers = list(value)
+    elif hint is float:
+        if not _is_number(value):
+            raise TypeError(_expected(key, "a number", value, with_type=True))
+        numbers = [value]
+    else:
+        names = {bool: "true or false", int: "an int", str: "a string"}
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise TypeError(_expected(key, names[hint], value, with_type=True))
+        numbers = []
+    if not all(math.isfinite(x) for x in numbers):
+        raise ValueError(_expected(key, "finite", value))
+    rule = _RULES.get(key)
+    if rule is not None and not rule[0](value):
+        raise ValueError(_expected(key, rule[1], value))
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """YAML's spelling to the field's: an int where a float is expected becomes a float, a list a tuple."""
+    if hint is float and _is_number(value):
+        return float(value)
+    if get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(float(x) if _is_number(x) else x for x in value)
+    return value
+
+
+# --- loading ---
+
+def _suggest(name: Any, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(name), options, n=1)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _check_section(section: Any, where: str) -> None:
+    if section not in _SECTIONS:
+        raise ValueError(f"{where}: unknown section `{section}`{_suggest(section, list(_SECTIONS))}; expected one "
+                         f"of {list(_SECTIONS)}")
+
+
+def _hint(section: Any, key: Any, value: Any, where: str) -> Any:
+    _check_section(section, where)
+    keys = _HINTS[section]
+    if key not in keys:
+        raise ValueError(f"{where}: unknown key `{section}.{key}` (value {_show(value)}){_suggest(key, list(keys))}; "
+                         f"`{section}` has keys {list(keys)}")
+    return keys[key]
+
+
+def _set(config: TrainConfig, section: str, key: str, value: Any, where: str) -> None:
+    setattr(getattr(config, section), key, _coerce(value, _hint(section, key, value, where)))
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: no such config file: {path}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: the top level must be a mapping of sections {list(_SECTIONS)}; got "
+                         f"{_show(data)} ({type(data).__name__})")
+    return data
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, value); the value is read as YAML, but a string field keeps the raw
+    text when YAML would make it something else (`run.dir=2024` is the string "2024")."""
+    where = f"config override {text!r}"
+    name, sep, raw = text.partition("=")
+    parts = name.strip().split(".")
+    if not sep or len(parts) != 2:
+        raise ValueError(f"{where}: expected `section.key=value`, e.g. `optim.lr=3e-4`")
+    section, key = parts
+    raw = raw.strip()
+    try:
+        value = yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{where}: the value is not valid YAML: {err}") from None
+    if _hint(section, key, value, where) is str and not isinstance(value, str):
+        value = raw
+    return section, key, value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at `path` (a mapping of sections to mappings of keys), then `overrides`
+    (`section.key=value`, value read as YAML), then `validate`. Unknown sections or keys are errors."""
+    if isinstance(overrides, str):
+        raise TypeError(f"load_config: `overrides` must be a sequence of `section.key=value` strings, not one "
+                        f"string; got {overrides!r}")
+    config = TrainConfig()
+    if path is not None:
+        where = f"config file {os.fspath(path)}"
+        for section, values in _read_yaml(path).items():
+            _check_section(section, where)
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ValueError(f"{where}: section `{section}` must be a mapping of keys to values; got "
+                                 f"{_show(values)} ({type(values).__name__})")
+            for key, value in values.items():
+                _set(config, section, key, value, where)
+    for text in overrides:
+        _set(config, *_parse_override(text), f"config override {text!r}")
+    return validate(config)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Check every value's type, range and choice; return `config` unchanged, or raise TypeError / ValueError
+    naming the dotted key, the value and what is expected."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig; got {type(config).__name__}")
+    for section, cls in _SECTIONS.items():
+        part = getattr(config, section)
+        if not isinstance(part, cls):
+            raise TypeError(_expected(section, f"a {cls.__name__}", part, with_type=True))
+        for key, hint in _HINTS[section].items():
+            _check(f"{section}.{key}", getattr(part, key), hint)
+    return config
+
+
+def parse_layers(spec: str) -> str | list[int]:
+    """`oprd.layers` as `oprd.layers.resolve_layers` takes it: a mode name stays a string, "1,4,-1" -> [1, 4, -1].
+    Only the syntax is checked here; indices are checked against the model's depth later."""
+    if not isinstance(spec, str):
+        raise TypeError(_expected("oprd.layers", "a string, " + _LAYERS_EXPECTED, spec, with_type=True))
+    if spec in LAYER_MODES:
+        return spec
+    parts = [part.strip() for part in spec.split(",")]
+    if not all(re.fullmatch(r"[-+]?[0-9]+", part) for part in parts):
+        raise ValueError(_expected("oprd.layers", _LAYERS_EXPECTED, spec))
+    return [int(part) for part in parts]
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    """Plain nested dict {section: {key: value}}, tuples as lists (what the YAML file holds)."""
+    return {section: {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+            for section, values in dataclasses.asdict(config).items()}
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Validate `config` and write it as YAML that `load_config` reads back to an equal config (atomic replace)."""
+    validate(config)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.dump(config_to_dict(config), Dumper=_Dumper, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`run.device` as a torch.device: "auto" is CUDA when available, else CPU. Asking for CUDA that is absent
+    (or a `cuda:N` beyond the device count) is an error here, before any model is loaded."""
+    _check("run.device", name, str)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"config: `run.device` is {name!r} but CUDA is not available (torch {torch.__version__}); "
+                             f'use "auto" or "cpu"')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"config: `run.device` is {name!r} but only {torch.cuda.device_count()} CUDA device(s) "
+                             f"are visible")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """`model.dtype` as a torch.dtype: "auto" is bfloat16 on CUDA and float32 elsewhere."""
+    _check("model.dtype", name, str)
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]

@@ -1,0 +1,47 @@
+"""avg@k evaluation: k sampled responses per prompt, each graded against the reference answer.
+
+Evaluation samples under its own fixed seed inside `torch.random.fork_rng`: its results do not depend on when it
+runs, and it does not disturb the training run's random stream (a resumed run stays identical).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from oprd.rollout import generate_rollouts
+
+Grader = Callable[[str, str], bool]
+
+
+def default_grader(response: str, answer: str) -> bool:
+    """Exact match of the final answer: the last \\boxed{...} if any, else the last number in the response."""
+    boxed = re.findall(r"\\boxed\{([^{}]*)\}", response)
+    if boxed:
+        return boxed[-1].strip() == answer.strip()
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", response)
+    return bool(numbers) and numbers[-1] == answer.strip()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: int, temperature: float,
+             max_new_tokens: int, grader: Grader = default_grader, batch_prompts: int = 32,
+             seed: int = 1234) -> dict[str, float]:
+    """{"eval/accuracy": avg@k accuracy, "eval/response_length": mean tokens} over `examples` (with "answer")."""
+    correct = total = length = 0
+    devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(examples), batch_prompts):
+            chunk = examples[start:start + batch_prompts]
+            rollouts = generate_rollouts(model, tokenizer, [e["prompt"] for e in chunk], responses_per_prompt=samples,
+                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
+            texts = tokenizer.batch_decode(rollouts.responses, skip_special_tokens=True)
+            for row, text in enumerate(texts):
+                correct += bool(grader(text, chunk[int(rollouts.prompt_index[row])]["answer"]))
+            total += len(texts)
+            length += int(rollouts.response_lengths.sum())
+    return {"eval/accuracy": correct / max(total, 1), "eval/response_length": length / max(total, 1)}

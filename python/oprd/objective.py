@@ -1,0 +1,166 @@
+"""The training objectives on one batch of rollouts: OPRD, the OPD baselines, and L_OPD + mu * L_OPRD.
+
+Each objective runs the teacher once (no grad) and the student once (with grad).
+- OPRD alone never runs an LM head: the teacher pass is truncated into the compact cache, and the student pass stops
+  after its deepest distilled layer.
+- OPD needs logits. Both models then run to their final norm, and their LM heads run only on the response columns,
+  [B, T, |V|] rather than [B, P + T, |V|]. The OPD losses are `oprd_kernels.reference`'s faithful ones; fused
+  variants arrive with the benchmark issue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+import oprd_kernels
+from oprd.capture import capture_student, decoder_parts, teacher_cache
+from oprd.injection import injected_alignment_loss
+from oprd.layers import hidden_state_pairs, resolve_layers
+from oprd.positions import select_positions
+from oprd.rollout import Rollouts
+
+METHODS = ("oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd")
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    method: str = "oprd"
+    topk: int = 16
+    mu: float = 1.0
+    coefficient: float = 1.0  # multiplies L_OPRD in method "oprd"
+    loss_type: str = "mse"
+    layers: str | list[int] = "all"
+    positions: str = "last_k"
+    k: int = 2000
+    weighting: str = "token"
+    gradient_injection: bool = False
+    backend: str | None = None
+    log_cosine: bool = True  # OPD methods too log rep/cosine_similarity (their passes run every layer anyway)
+
+    @property
+    def uses_oprd(self) -> bool:
+        return self.method in ("oprd", "oprd+opd")
+
+    @property
+    def uses_opd(self) -> bool:
+        return self.method != "oprd"
+
+    @property
+    def needs_states(self) -> bool:
+        """Whether the distilled layers are captured: for the OPRD loss, or for the cosine diagnostic."""
+        return self.uses_oprd or self.log_cosine
+
+
+@dataclass
+class StepResult:
+    loss: Tensor  # what backward runs on
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Student hidden_states indices, the unique teacher indices cached, and the cache layer of each student layer."""
+
+    student: list[int]
+    teacher: list[int]
+    layer_map: list[int]
+
+
+def plan_layers(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module) -> LayerPlan:
+    num_s = decoder_parts(student).num_layers
+    num_t = decoder_parts(teacher).num_layers
+    s_layers = resolve_layers(spec.layers, num_s)
+    paired = hidden_state_pairs(s_layers, num_s, num_t)
+    t_layers = sorted(set(paired))
+    return LayerPlan(s_layers, t_layers, [t_layers.index(t) for t in paired])
+
+
+def _positions(spec: ObjectiveSpec, rollouts: Rollouts) -> tuple[Tensor, Tensor]:
+    k = spec.k if spec.positions in ("last_k", "first_k") else None
+    return select_positions(rollouts.response_mask, spec.positions, k, weighting=spec.weighting)
+
+
+def _response_logits(model: nn.Module, final: Tensor, rollouts: Rollouts) -> Tensor:
+    """LM-head logits [B, T, |V|] at the columns predicting the response tokens only."""
+    return decoder_parts(model).lm_head(final[:, rollouts.response_logit_slice()])
+
+
+def _opd_loss(spec: ObjectiveSpec, student_logits: Tensor, teacher_logits: Tensor, rollouts: Rollouts) -> Tensor:
+    tokens, mask = rollouts.responses, rollouts.response_mask[:, rollouts.prompt_width:]
+    if spec.method in ("opd_top1", "oprd+opd"):
+        return oprd_kernels.reference.sampled_token_opd_loss(student_logits, teacher_logits, tokens, mask)
+    if spec.method == "opd_topk":
+        return oprd_kernels.reference.topk_opd_loss(student_logits, teacher_logits, mask, k=spec.topk)
+    return oprd_kernels.reference.full_vocab_opd_loss(student_logits, teacher_logits, mask)
+
+
+@torch.no_grad()
+def logit_metrics(student_logits: Tensor, teacher_logits: Tensor, rollouts: Rollouts, topk: int) -> dict[str, float]:
+    """Sampled-token reward, entropies and the overlap of the top-k sets, averaged over response tokens."""
+    mask = rollouts.response_mask[:, rollouts.prompt_width:].bool()
+    if not mask.any():
+        return {}
+    log_p = torch.log_softmax(student_logits.float(), -1)[mask]
+    log_q = torch.log_softmax(teacher_logits.float(), -1)[mask]
+    tokens = rollouts.responses[mask].unsqueeze(-1)
+    k = min(topk, log_p.shape[-1])
+    top_p, top_q = log_p.topk(k, -1).indices, log_q.topk(k, -1).indices
+    overlap = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(-1).float().mean(-1)
+    return {
+        "opd/reward": float((log_q.gather(-1, tokens) - log_p.gather(-1, tokens)).mean()),
+        "entropy/student": float(-(log_p.exp() * log_p).sum(-1).mean()),
+        "entropy/teacher": float(-(log_q.exp() * log_q).sum(-1).mean()),
+        f"overlap/top{k}": float(overlap.mean()),
+    }
+
+
+def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, rollouts: Rollouts,
+                      plan: LayerPlan) -> StepResult:
+    """The loss of `spec.method` on `rollouts` (student forward with grad), and its metrics."""
+    ids, mask = rollouts.input_ids, rollouts.attention_mask
+    metrics: dict[str, float] = {}
+    rows = weights = cache = None
+    t_final = None
+    with torch.no_grad():
+        if spec.needs_states:
+            rows, weights = _positions(spec, rollouts)
+        if spec.uses_oprd and not spec.uses_opd:
+            cache = teacher_cache(teacher, ids, mask, plan.teacher, rows)
+        else:  # one teacher pass serves both terms: cached rows and the final state for its LM head
+            t_states = capture_student(teacher, ids, mask, plan.teacher if spec.needs_states else "last",
+                                       final_state=True)
+            t_final = t_states.final
+            if spec.needs_states:
+                cache = torch.stack([s.reshape(-1, s.shape[-1]).index_select(0, rows) for s in t_states.states])
+                cache = cache.to(torch.bfloat16)
+            del t_states
+    s_states = capture_student(student, ids, mask, plan.student if spec.needs_states else "last",
+                               final_state=spec.uses_opd)
+    total = torch.zeros((), device=ids.device)
+    if spec.needs_states:
+        layer_map = torch.tensor(plan.layer_map, device=ids.device)
+        per_layer = oprd_kernels.cosine_similarity([s.detach() for s in s_states.states], cache, rows=rows,
+                                                   weights=weights, layer_map=layer_map, reduction="none")
+        metrics["rep/cosine_similarity"] = float(per_layer.mean())
+        metrics.update({f"rep/cosine_similarity/layer{i}": float(c) for i, c in zip(plan.student, per_layer)})
+    if spec.uses_oprd:
+        kwargs = dict(rows=rows, weights=weights, layer_map=layer_map, loss_type=spec.loss_type, backend=spec.backend)
+        if spec.gradient_injection:
+            oprd_loss = injected_alignment_loss(s_states.states, cache, **kwargs)
+        else:
+            oprd_loss = oprd_kernels.alignment_loss(s_states.states, cache, **kwargs)
+        metrics["loss/oprd"] = float(oprd_loss.detach())
+        total = total + (spec.mu if spec.method == "oprd+opd" else spec.coefficient) * oprd_loss
+    if spec.uses_opd:
+        s_logits = _response_logits(student, s_states.final, rollouts)
+        with torch.no_grad():
+            t_logits = _response_logits(teacher, t_final, rollouts)
+        opd_loss = _opd_loss(spec, s_logits, t_logits, rollouts)
+        metrics["loss/opd"] = float(opd_loss.detach())
+        metrics.update(logit_metrics(s_logits, t_logits, rollouts, spec.topk))
+        total = total + opd_loss
+    metrics["loss/total"] = float(total.detach())
+    return StepResult(total, metrics)

@@ -1,0 +1,79 @@
+"""Student rollouts with Hugging Face `generate`: left-padded prompts, n sampled responses each, cut at EOS.
+
+The batch layout is the one the rest of `oprd` expects. Columns 0..P-1 hold the prompts, left-padded to a common
+width P; columns P.. hold the responses, right-padded. `response_mask` marks the response tokens up to and including
+the first EOS. Position t of a model's output predicts token t + 1, so the logits for the responses are at columns
+P-1 .. P+T-2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Rollouts:
+    input_ids: Tensor  # [B, P + T]: prompts (left-padded) then responses (right-padded)
+    attention_mask: Tensor  # [B, P + T]: 1 on real tokens (prompt and response up to EOS)
+    response_mask: Tensor  # [B, P + T]: 1 on response tokens up to and including the first EOS
+    prompt_width: int  # P
+    prompt_index: Tensor  # [B]: which prompt of the step each row answers
+
+    @property
+    def responses(self) -> Tensor:
+        """[B, T] response tokens (padding after EOS)."""
+        return self.input_ids[:, self.prompt_width:]
+
+    @property
+    def response_lengths(self) -> Tensor:
+        return self.response_mask.sum(dim=1)
+
+    def response_logit_slice(self) -> slice:
+        """Columns whose outputs predict the response tokens."""
+        return slice(self.prompt_width - 1, self.input_ids.shape[1] - 1)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-padded [B, P] ids and attention mask (with BOS when the tokenizer adds one)."""
+    if tokenizer.padding_side != "left":
+        raise ValueError(f"encode_prompts: the tokenizer must pad on the left for generation; got "
+                         f"padding_side={tokenizer.padding_side!r}")
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def response_mask_from(responses: Tensor, eos_token_id: int, pad_token_id: int) -> Tensor:
+    """1 on generated tokens up to and including the first EOS (everything before it when there is none)."""
+    is_eos = responses == eos_token_id
+    before_or_at_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) == 0
+    return before_or_at_eos.long()
+
+
+@torch.no_grad()
+def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, responses_per_prompt: int,
+                      max_new_tokens: int, temperature: float, top_p: float) -> Rollouts:
+    """Sample `responses_per_prompt` responses per prompt from `model` (its current weights: on-policy)."""
+    device = next(model.parameters()).device
+    ids, mask = encode_prompts(tokenizer, prompts, device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=top_p,
+                             top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=responses_per_prompt,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    finally:
+        model.train(was_training)
+    width = ids.shape[1]
+    responses = out[:, width:]
+    resp_mask = response_mask_from(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    prompt_mask = mask.repeat_interleave(responses_per_prompt, dim=0)
+    attention = torch.cat([prompt_mask, resp_mask], dim=1)
+    responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))
+    input_ids = torch.cat([out[:, :width], responses], dim=1)
+    response_mask = torch.cat([torch.zeros_like(prompt_mask), resp_mask], dim=1)
+    index = torch.arange(len(prompts), device=device).repeat_interleave(responses_per_prompt)
+    return Rollouts(input_ids, attention, response_mask, width, index)

@@ -1,0 +1,45 @@
+"""A character-level fast tokenizer for the demo's synthetic tasks, built locally with `tokenizers` (no download).
+
+One token per character keeps the task's arithmetic visible to a tiny model and makes every response length equal
+to its character count. Ids: `<pad>` 0, `<bos>` 1, `<eos>` 2, `<unk>` 3, then the alphabet in the given order.
+Encoding with `add_special_tokens=True` prepends `<bos>` (never appends `<eos>`: the trainer adds it to targets);
+padding is on the left, as batched generation needs.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+DEFAULT_ALPHABET = "0123456789+-*=,; "  # covers oprd.tasks.arithmetic prompts and solutions
+
+
+def build_char_tokenizer(alphabet: str | None = None) -> PreTrainedTokenizerFast:
+    """A `PreTrainedTokenizerFast` with one token per character of `alphabet` (default `DEFAULT_ALPHABET`).
+
+    Any string over the alphabet round-trips through encode / decode(skip_special_tokens=True); characters outside
+    it encode to `<unk>`. `save_pretrained` + `AutoTokenizer.from_pretrained` reloads it from the local folder.
+    """
+    func = "build_char_tokenizer"
+    if alphabet is None:
+        alphabet = DEFAULT_ALPHABET
+    if not isinstance(alphabet, str):
+        raise TypeError(f"{func}: `alphabet` must be a str or None; got {type(alphabet).__name__}")
+    if not alphabet:
+        raise ValueError(f"{func}: `alphabet` must hold at least one character; got {alphabet!r}")
+    repeated = sorted({c for c in alphabet if alphabet.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{func}: `alphabet` must not repeat characters; got {alphabet!r} (repeats {repeated!r})")
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({c: len(SPECIAL_TOKENS) + i for i, c in enumerate(alphabet)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # Split before every code point ("[\s\S]", unlike ".", also matches newlines) so each character is one word.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # join tokens with no separator (the default would insert spaces)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B:1", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+        padding_side="left", clean_up_tokenization_spaces=False)

@@ -1,0 +1,178 @@
+"""The minimal on-policy distillation loop (DESIGN.md, "The trainer").
+
+One step: prompts -> student rollouts -> one truncated teacher pass -> student pass -> loss (OPRD, an OPD baseline,
+or both) -> backward -> gradient clipping -> AdamW -> warm-up + cosine schedule. Gradient accumulation over
+micro-batches. On CUDA the student computes under bf16 autocast, with fp32 master weights.
+
+Output: per-step metrics as JSON lines in `<run.dir>/metrics.jsonl`, periodic evaluation, and atomic checkpoints.
+A resumed run continues exactly: same prompts, same random stream, same metrics except the timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
+from oprd.data import PromptStream
+from oprd.evaluate import Grader, default_grader, evaluate
+from oprd.objective import ObjectiveSpec, compute_objective, plan_layers
+from oprd.rollout import generate_rollouts
+
+
+def warmup_cosine(steps: int, warmup_ratio: float):
+    """LR multiplier: linear warm-up over ceil(warmup_ratio * steps) steps, then cosine decay to 0 at `steps`."""
+    warmup = math.ceil(warmup_ratio * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def objective_spec(config: TrainConfig) -> ObjectiveSpec:
+    backend = None if config.run.backend == "auto" else config.run.backend
+    o, m = config.oprd, config.method
+    return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, coefficient=o.coefficient, loss_type=o.loss_type,
+                         layers=parse_layers(o.layers), positions=o.positions, k=o.k, weighting=o.weighting,
+                         gradient_injection=o.gradient_injection, backend=backend)
+
+
+class Trainer:
+    """Distils `student` from `teacher` on `prompts` as `config` says."""
+
+    def __init__(self, config: TrainConfig, student: nn.Module, teacher: nn.Module, tokenizer,
+                 prompts: Sequence[dict], eval_prompts: Sequence[dict] = (), grader: Grader = default_grader) -> None:
+        self.config, self.tokenizer, self.grader = config, tokenizer, grader
+        self.device = resolve_device(config.run.device)
+        self.student = student.to(self.device)
+        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
+        self.spec = objective_spec(config)
+        self.plan = plan_layers(self.spec, self.student, self.teacher)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                           weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(o.steps, o.warmup_ratio))
+        self.run_dir = Path(config.run.dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.stream = PromptStream(self.prompts, config.run.seed)
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------------ the loop
+
+    def run(self, resume: bool = False, progress: bool = True) -> dict:
+        """Train to `optim.steps` (resuming from the latest checkpoint when asked); returns the last metrics."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.run_dir / "config.yaml")
+        if resume and (checkpoint := latest_checkpoint(self.run_dir)) is not None:
+            state = load_checkpoint(checkpoint, model=self.student, optimizer=self.optimizer,
+                                    scheduler=self.scheduler)
+            self.step, self.stream.position = state.step, state.data_position
+            self._truncate_metrics(self.step)
+        else:
+            torch.manual_seed(self.config.run.seed)
+            self.metrics_path.unlink(missing_ok=True)
+        last: dict = {}
+        bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not progress, desc="oprd",
+                   dynamic_ncols=True)
+        while self.step < self.config.optim.steps:
+            last = self.train_step()
+            every = self.config.eval.every
+            is_last = self.step == self.config.optim.steps
+            if self.eval_prompts and ((every and self.step % every == 0) or is_last):
+                last.update(self.evaluate())
+            if self.step % self.config.run.log_every == 0 or is_last:
+                self._log(last)
+            save_every = self.config.run.save_every
+            if (save_every and self.step % save_every == 0) or is_last:
+                save_checkpoint(self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
+                                state=TrainerState(self.step, self.stream.position, {}))
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss/total", "eval/accuracy")})
+        bar.close()
+        return last
+
+    def train_step(self) -> dict:
+        """One optimizer step over `optim.grad_accum` micro-batches of rollouts."""
+        cfg = self.config
+        start = time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.student.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        tokens = 0
+        for _ in range(cfg.optim.grad_accum):
+            prompts = [p["prompt"] for p in self.stream.take(cfg.rollout.prompts_per_step)]
+            rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
+                                         responses_per_prompt=cfg.rollout.responses_per_prompt,
+                                         max_new_tokens=cfg.rollout.max_new_tokens,
+                                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
+            with self._autocast():
+                result = compute_objective(self.spec, self.student, self.teacher, rollouts, self.plan)
+            (result.loss / cfg.optim.grad_accum).backward()
+            tokens += int(rollouts.response_mask.sum())
+            result.metrics["response/length"] = float(rollouts.response_lengths.float().mean())
+            for key, value in result.metrics.items():
+                sums[key] = sums.get(key, 0.0) + value / cfg.optim.grad_accum
+        if cfg.optim.grad_clip > 0:
+            sums["grad/norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip))
+        sums["lr"] = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        elapsed = time.perf_counter() - start
+        sums.update({"time/step_s": elapsed, "time/tokens_per_s": tokens / elapsed, **self._memory()})
+        return {"step": self.step, **sums}
+
+    def evaluate(self) -> dict:
+        e = self.config.eval
+        return evaluate(self.student, self.tokenizer, self.eval_prompts, samples=e.samples,
+                        temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
+                        seed=self.config.run.seed + 1)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _memory(self) -> dict:
+        if self.device.type == "cuda":
+            return {"memory/peak_allocated_mb": torch.cuda.max_memory_allocated(self.device) / 2**20}
+        return {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    def _log(self, metrics: dict) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop lines logged after the checkpoint we resume from (a crash may have left them), atomically."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+
+def describe(config: TrainConfig) -> str:
+    """One line per section, for logs."""
+    return "\n".join(f"{section}: {values}" for section, values in config_to_dict(config).items())

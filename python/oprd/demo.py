@@ -1,0 +1,218 @@
+"""`oprd demo`: the whole method end to end on the embedded arithmetic task, with no downloads.
+
+1. Build the character tokenizer and a tiny Llama; train it by supervised learning: the teacher.
+2. Keep an early checkpoint of the same run as the student: same architecture and initialisation, weaker (the
+   paper's R1-distill -> JustRL relation).
+3. Distil the student on-policy with each method from the same seed and step budget.
+4. Evaluate teacher, student and every result (avg@k exact match). Then write a Table 2 (accuracy, share of the
+   gap closed) and a Table 3 (wall-clock, delta-peak of one update), plots of accuracy and
+   `rep/cosine_similarity` against step, and results.json.
+
+Everything goes under one output directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from oprd.config import load_config
+from oprd.evaluate import evaluate
+from oprd.memory import delta_peak_bytes
+from oprd.sft import train_sft
+from oprd.tasks import ArithmeticTask, write_jsonl
+from oprd.tokenizer import build_char_tokenizer
+from oprd.trainer import Trainer
+
+METHODS = ("oprd", "opd_top1", "opd_topk", "oprd+opd")
+
+
+@dataclass
+class DemoSettings:
+    out: str = "oprd-demo"
+    seed: int = 0
+    digits: int = 3
+    hidden: int = 64
+    layers: int = 3
+    sft_examples: int = 20000
+    sft_steps: int = 1000
+    sft_batch: int = 64
+    sft_lr: float = 3e-3
+    student_step: int = 300  # the SFT step whose weights become the student
+    distill_steps: int = 200
+    prompts_per_step: int = 16
+    responses_per_prompt: int = 2
+    distill_lr: float = 5e-4
+    topk: int = 16
+    mu: float = 10.0  # the paper's stronger setting (mu = 10 lifted OPD top-1 the most)
+    eval_size: int = 96
+    eval_samples: int = 4
+    eval_every: int = 40
+    methods: tuple[str, ...] = METHODS
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls, out: str, seed: int = 0) -> "DemoSettings":
+        """About a minute on two CPU cores: every stage runs, the numbers mean little."""
+        return cls(out=out, seed=seed, digits=2, sft_examples=2000, sft_steps=300, student_step=100,
+                   distill_steps=4, prompts_per_step=4, eval_size=12, eval_samples=2, eval_every=2)
+
+
+def _model(tokenizer, settings: DemoSettings) -> LlamaForCausalLM:
+    torch.manual_seed(settings.seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=settings.hidden, intermediate_size=2 * settings.hidden,
+                         num_hidden_layers=settings.layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config)
+
+
+def _eval(model, tokenizer, task, examples, settings) -> float:
+    result = evaluate(model, tokenizer, examples, samples=settings.eval_samples, temperature=0.7,
+                      max_new_tokens=task.max_solution_chars + 2, grader=task.grade, seed=settings.seed + 7)
+    return result["eval/accuracy"]
+
+
+def _distill_config(settings: DemoSettings, method: str, run_dir: Path, task: ArithmeticTask):
+    return load_config(overrides=[
+        f"run.dir={run_dir}", f"run.seed={settings.seed}", "run.device=cpu", f"method.name={method}",
+        f"method.topk={settings.topk}", f"method.mu={settings.mu}", f"optim.steps={settings.distill_steps}",
+        f"optim.lr={settings.distill_lr}", "optim.warmup_ratio=0.1",
+        f"rollout.prompts_per_step={settings.prompts_per_step}",
+        f"rollout.responses_per_prompt={settings.responses_per_prompt}",
+        f"rollout.max_new_tokens={task.max_solution_chars + 2}", "oprd.positions=all", "oprd.layers=all",
+        f"eval.every={settings.eval_every}", f"eval.samples={settings.eval_samples}",
+        f"eval.max_new_tokens={task.max_solution_chars + 2}", f"data.eval_size={settings.eval_size}"])
+
+
+def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars would bury the demo's own output
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = print if progress else (lambda *a, **k: None)
+    tokenizer = build_char_tokenizer()
+    tokenizer.save_pretrained(out / "tokenizer")
+    task = ArithmeticTask(settings.digits)
+    train = task.sample(settings.sft_examples, random.Random(settings.seed))
+    prompt_examples = task.sample(4096, random.Random(settings.seed + 1))
+    prompts = [{"prompt": e.prompt, "answer": e.answer} for e in prompt_examples]
+    eval_set = [{"prompt": e.prompt, "answer": e.answer}
+                for e in task.sample(settings.eval_size, random.Random(settings.seed + 2))]
+    write_jsonl(out / "prompts.jsonl", prompt_examples)  # the same prompts, for `oprd train`
+
+    log(f"[1/4] supervised teacher: {settings.sft_steps} steps, student kept at step {settings.student_step}")
+    model = _model(tokenizer, settings)
+    student_dir, teacher_dir = out / "models" / "student", out / "models" / "teacher"
+
+    def keep_student(step, m, loss):
+        if step == settings.student_step:
+            m.save_pretrained(student_dir)
+            tokenizer.save_pretrained(student_dir)
+
+    start = time.perf_counter()
+    losses = train_sft(model, tokenizer, train, steps=settings.sft_steps, batch_size=settings.sft_batch,
+                       lr=settings.sft_lr, seed=settings.seed, on_step=keep_student)
+    model.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    sft_seconds = time.perf_counter() - start
+
+    log("[2/4] evaluating teacher and student")
+    teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
+    student0 = LlamaForCausalLM.from_pretrained(student_dir)
+    acc_teacher = _eval(teacher, tokenizer, task, eval_set, settings)
+    acc_student = _eval(student0, tokenizer, task, eval_set, settings)
+    log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
+
+    results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
+                     "sft": {"seconds": sft_seconds, "final_loss": losses[-1]}, "methods": {}}
+    for i, method in enumerate(settings.methods, start=1):
+        log(f"[3/4] distilling with {method} ({i}/{len(settings.methods)})")
+        run_dir = out / "runs" / method.replace("+", "_plus_")
+        config = _distill_config(settings, method, run_dir, task)
+        student = LlamaForCausalLM.from_pretrained(student_dir)
+        trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_set, grader=task.grade)
+        peak = _update_delta_peak(config, student, teacher, tokenizer, prompts, task)
+        start = time.perf_counter()
+        trainer.run(progress=progress)
+        seconds = time.perf_counter() - start
+        student.save_pretrained(run_dir / "final")
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        curve = [(0, acc_student)] + [(m["step"], m["eval/accuracy"]) for m in metrics if "eval/accuracy" in m]
+        cosine = [(m["step"], m["rep/cosine_similarity"]) for m in metrics if "rep/cosine_similarity" in m]
+        final = curve[-1][1]
+        results["methods"][method] = {
+            "accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
+            "seconds_per_step": seconds / settings.distill_steps, "update_delta_peak_mb": peak / 2**20,
+            "accuracy_curve": curve, "cosine_curve": cosine}
+        log(f"      {method}: accuracy {final:.3f}, {seconds:.1f} s")
+    log("[4/4] tables and plots")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    tables = render_tables(results)
+    (out / "tables.md").write_text(tables)
+    plot(results, out / "plots")
+    log(tables)
+    return results
+
+
+def _gap(accuracy: float, student: float, teacher: float) -> float:
+    return (accuracy - student) / (teacher - student) if teacher != student else float("nan")
+
+
+def _update_delta_peak(config, student, teacher, tokenizer, prompts, task) -> int:
+    """Delta-peak of one full update (rollout, teacher pass, student pass, loss, backward, step), measured on a copy
+    of the student so that the measured run itself is untouched."""
+    probe_config = copy.deepcopy(config)
+    probe_config.run.dir = str(Path(config.run.dir) / "probe")
+    probe = Trainer(probe_config, copy.deepcopy(student), teacher, tokenizer, prompts, grader=task.grade)
+    _, peak = delta_peak_bytes(probe.train_step, probe.device)
+    return peak
+
+
+def render_tables(results: dict) -> str:
+    t, s = results["teacher_accuracy"], results["student_accuracy"]
+    n = results["settings"]["eval_samples"]
+    lines = [f"Table 2 (accuracy = avg@{n} exact match on {results['settings']['eval_size']} held-out problems)", "",
+             "| model | accuracy | gap closed |", "|---|---|---|",
+             f"| teacher | {t:.3f} | |", f"| student (before) | {s:.3f} | 0% |"]
+    for method, r in results["methods"].items():
+        lines.append(f"| {method} | {r['accuracy']:.3f} | {100 * r['gap_closed']:.0f}% |")
+    lines += ["", "Table 3 (one CPU process, same step budget; delta-peak of one update, allocator events)", "",
+              "| method | wall-clock s | s/step | update delta-peak MB |", "|---|---|---|---|"]
+    for method, r in results["methods"].items():
+        lines.append(f"| {method} | {r['seconds']:.1f} | {r['seconds_per_step']:.2f} | "
+                     f"{r['update_delta_peak_mb']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, directory: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, name, ylabel in (("accuracy_curve", "accuracy.png", "accuracy (avg@k)"),
+                              ("cosine_curve", "cosine_similarity.png", "rep/cosine_similarity")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, r in results["methods"].items():
+            if r[key]:
+                steps, values = zip(*r[key])
+                ax.plot(steps, values, marker="o" if key == "accuracy_curve" else None, label=method)
+        if key == "accuracy_curve":
+            ax.axhline(results["teacher_accuracy"], color="k", linestyle="--", label="teacher")
+            ax.axhline(results["student_accuracy"], color="gray", linestyle=":", label="student (before)")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(directory / name, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,76 @@
+"""The gradient pass of the fused OPD losses: d loss / d logits is formed one tile at a time and immediately
+multiplied into the gradients of the hidden states and of the LM-head weight (the logits gradient never exists whole).
+
+Every OPD loss here has a logits gradient of the form
+    g[r, v] = dense[r] * p[r, v] + sparse[r, j] * [v == ids[r, j]]          (sampled-token, top-k)
+    g[r, v] = row_weight[r] * p[r, v] * (log p[r, v] - log q[r, v] - KL[r])  (full-vocabulary reverse KL)
+with p = softmax of the student logits, known from the stats pass's log-sum-exp. Vocabulary blocks are the outer
+loop, so each block's weight gradient is accumulated over all rows in the result dtype and written once in the
+weight's dtype; the hidden-state gradient of the live rows accumulates in the result dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from oprd_kernels.opd._tiles import Tiling, in_block, logits_tile
+from oprd_kernels.opd.stats import gather_rows
+
+
+@dataclass(frozen=True)
+class LogitGradient:
+    """What d loss / d logits is, per live row (see the module docstring)."""
+
+    lse: Tensor  # [n] student log-sum-exp
+    dense: Tensor | None = None  # [n] coefficient of p (sampled-token, top-k)
+    ids: Tensor | None = None  # [n, k] where the sparse coefficients sit
+    sparse: Tensor | None = None  # [n, k]
+    kl: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (teacher hidden [N, d_t], teacher weight, lse_q, KL)
+    row_weight: Tensor | None = None  # [n], for the KL form
+
+
+def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: LogitGradient, tiling: Tiling,
+                    mm_dtypes: tuple[torch.dtype, torch.dtype], out_dtype: torch.dtype, *, want_hidden: bool,
+                    want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
+    """(d loss / d hidden [N, d] in hidden's dtype, d loss / d weight [V, d] in weight's dtype); None where unwanted.
+    Rows outside the live set get a zero gradient."""
+    n = hidden.shape[0] if rows is None else rows.shape[0]
+    vocab, dim = weight.shape
+    device = hidden.device
+    d_live = torch.zeros((n, dim), dtype=out_dtype, device=device) if want_hidden else None
+    d_weight = torch.empty_like(weight) if want_weight else None
+    mm = mm_dtypes[0]
+    with torch.no_grad():
+        for v0, v1 in tiling.vocab_ranges(vocab):
+            w_blk = weight[v0:v1]
+            dw_blk = torch.zeros((v1 - v0, dim), dtype=out_dtype, device=device) if want_weight else None
+            for r0, r1 in tiling.row_ranges(n):
+                h = gather_rows(hidden, rows, r0, r1)
+                z = logits_tile(h, w_blk, mm, out_dtype)
+                p = torch.exp(z - grad.lse[r0:r1, None])
+                if grad.kl is not None:
+                    t_hidden, t_weight, lse_q, kl = grad.kl
+                    zq = logits_tile(gather_rows(t_hidden, rows, r0, r1), t_weight[v0:v1], mm_dtypes[1], out_dtype)
+                    log_ratio = (z - grad.lse[r0:r1, None]) - (zq - lse_q[r0:r1, None])
+                    g = p * (log_ratio - kl[r0:r1, None]) * grad.row_weight[r0:r1, None]
+                else:
+                    g = p * grad.dense[r0:r1, None]
+                    col, inside = in_block(grad.ids[r0:r1], v0, v1)
+                    g.scatter_add_(1, col, torch.where(inside, grad.sparse[r0:r1], 0.0))
+                g_mm = g.to(mm)
+                if want_hidden:
+                    d_live[r0:r1] += (g_mm @ w_blk.to(mm)).to(out_dtype)
+                if want_weight:
+                    dw_blk += (g_mm.T @ h.to(mm)).to(out_dtype)
+            if want_weight:
+                d_weight[v0:v1] = dw_blk
+    d_hidden = None
+    if want_hidden:
+        if rows is None:
+            d_hidden = d_live.to(hidden.dtype)
+        else:
+            d_hidden = torch.zeros_like(hidden).index_copy_(0, rows, d_live.to(hidden.dtype))
+    return d_hidden, d_weight

@@ -1,0 +1,61 @@
+"""Validation of the fused OPD losses' inputs: final hidden states and LM-head weights for student and teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
+from oprd_kernels.reference.opd import _check_mask, _check_tokens
+
+
+@dataclass(frozen=True)
+class OPDInputs:
+    """The validated call: [N, d] views of the hidden states, the live rows (None = all N), and their facts."""
+
+    hidden: Tensor  # [N, d_s] view of the student's final hidden states
+    teacher_hidden: Tensor  # [N, d_t] view
+    positions: torch.Size  # the positions' shape ([N] or [B, T])
+    rows: Tensor | None  # int64 [n] live positions (mask true), None when every position is live
+    tokens: Tensor | None  # int64 [n] sampled tokens at the live positions
+    num_live: int
+    out_dtype: torch.dtype
+
+
+def _check_head(func: str, arg: str, weight: object, dim: int, vocab: int | None, device: torch.device) -> Tensor:
+    check_float_tensor(func, arg, weight)
+    expected_v = "V" if vocab is None else str(vocab)
+    if weight.dim() != 2 or weight.shape[1] != dim or weight.shape[0] == 0 or (vocab and weight.shape[0] != vocab):
+        raise fail(ValueError, func, arg, f"must be an LM-head weight [{expected_v}, {dim}] (V >= 1)", describe(weight))
+    check_same_device(func, arg, weight, device)
+    return weight
+
+
+def check_opd_inputs(func: str, hidden: object, weight: object, teacher_hidden: object, teacher_weight: object,
+                     tokens: object, mask: object, *, needs_tokens: bool) -> OPDInputs:
+    check_float_tensor(func, "hidden", hidden)
+    if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
+        raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
+    device, positions = hidden.device, hidden.shape[:-1]
+    _check_head(func, "weight", weight, hidden.shape[-1], None, device)
+    check_float_tensor(func, "teacher_hidden", teacher_hidden)
+    if teacher_hidden.shape[:-1] != positions or teacher_hidden.dim() != hidden.dim() or teacher_hidden.shape[-1] == 0:
+        raise fail(ValueError, func, "teacher_hidden", f"must have the student's positions {tuple(positions)} "
+                   "followed by the teacher's hidden size", describe(teacher_hidden))
+    check_same_device(func, "teacher_hidden", teacher_hidden, device)
+    _check_head(func, "teacher_weight", teacher_weight, teacher_hidden.shape[-1], weight.shape[0], device)
+    mask = _check_mask(func, mask, positions, device)
+    live_tokens = None
+    if needs_tokens:
+        tokens = _check_tokens(func, tokens, positions, weight.shape[0], mask, device)
+        live_tokens = tokens.reshape(-1)
+    rows = None
+    if mask is not None:
+        rows = mask.reshape(-1).bool().nonzero().squeeze(1)
+        live_tokens = live_tokens.index_select(0, rows) if live_tokens is not None else None
+    num = int(positions.numel()) if rows is None else int(rows.shape[0])
+    wide = any(t.dtype == torch.float64 for t in (hidden, weight, teacher_hidden, teacher_weight))
+    return OPDInputs(hidden.reshape(-1, hidden.shape[-1]), teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
+                     positions, rows, live_tokens, num, torch.float64 if wide else torch.float32)

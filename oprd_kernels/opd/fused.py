@@ -1,0 +1,137 @@
+"""Fused OPD losses: sampled-token, top-k and full-vocabulary OPD from the final hidden states and the LM-head weights,
+without ever materialising the [N, |V|] logits (Cut Cross-Entropy / Liger-style).
+
+Same meaning as oprd_kernels.reference's sampled_token_opd_loss, topk_opd_loss and full_vocab_opd_loss applied to
+student_logits = hidden @ weight.T and teacher_logits = teacher_hidden @ teacher_weight.T. The student's logits are
+computed tile by tile in the LM head's own precision and every softmax quantity is taken in float32 (float64 for
+float64 inputs); the gradients of `hidden` and `weight` are produced during the forward pass, right after the
+statistics pass, and scaled by the incoming gradient in backward. The teacher is a constant.
+
+Cost: the student's logits are computed twice (statistics, then gradient) and the teacher's once (twice for the full
+KL); memory is one tile of logits plus O(N * k) statistics, the hidden-state gradient in float32, and one vocabulary
+block's weight gradient in float32. A graph built by these losses supports one backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from oprd_kernels._validation import fail
+from oprd_kernels.opd._gradient import LogitGradient, backprop_logits
+from oprd_kernels.opd._inputs import OPDInputs, check_opd_inputs
+from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
+from oprd_kernels.opd.stats import logit_stats, reverse_kl_stats
+
+KINDS = ("sampled_token", "topk", "full_vocab")
+
+
+def _loss_and_gradient(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling,
+                       mm_dtypes) -> tuple[Tensor, LogitGradient]:
+    """The loss (a scalar in the result dtype) and the description of its logits gradient (for an incoming 1)."""
+    out, n = inp.out_dtype, inp.num_live
+    row_w = torch.full((n,), 1.0 / n, dtype=out, device=weight.device)
+    s_args = (inp.hidden, weight, inp.rows, tiling, mm_dtypes[0], out)
+    t_args = (inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes[1], out)
+    if kind == "full_vocab":
+        st = reverse_kl_stats(inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes, out)
+        grad = LogitGradient(st.lse_student, kl=(inp.teacher_hidden, t_weight, st.lse_teacher, st.kl),
+                             row_weight=row_w)
+        return (row_w * st.kl).sum(), grad
+    if kind == "sampled_token":
+        ids = inp.tokens[:, None]
+        student = logit_stats(*s_args, ids=ids)
+        log_p = student.at_ids - student.logsumexp[:, None]
+    else:
+        student = logit_stats(*s_args, topk=k)
+        ids = student.topk_ids
+        log_p = student.topk_values - student.logsumexp[:, None]
+    teacher = logit_stats(*t_args, ids=ids)
+    log_q = teacher.at_ids - teacher.logsumexp[:, None]
+    if kind == "sampled_token":  # loss_t = -sg(log q - log p) * log p
+        coef = (log_p - log_q) * row_w[:, None]
+    else:  # loss_t = sum_k sg(w_k (log p_k - log q_k)) * log p_k, w = softmax over the k student log-probs
+        coef = torch.softmax(log_p, dim=1) * (log_p - log_q) * row_w[:, None]
+    loss = (coef * log_p).sum()
+    return loss, LogitGradient(student.logsumexp, dense=-coef.sum(1), ids=ids, sparse=coef)
+
+
+class _FusedOPD(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, call):
+        kind, inp, k, tiling, mm_dtypes, want_h, want_w = call
+        if inp.num_live == 0:
+            loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
+            ctx.grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
+            return loss
+        loss, grad = _loss_and_gradient(kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
+        d_hidden = d_weight = None
+        if want_h or want_w:
+            d_hidden, d_weight = backprop_logits(inp.hidden, weight, inp.rows, grad, tiling, mm_dtypes, inp.out_dtype,
+                                                 want_hidden=want_h, want_weight=want_w)
+        ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if ctx.grads is None:
+            raise RuntimeError("fused OPD losses compute their gradient once, in the forward pass: a second backward "
+                               "through the same graph (retain_graph=True) is not supported")
+        d_hidden, d_weight = ctx.grads
+        ctx.grads = None
+        scale = grad_out.to(torch.float32 if grad_out.dtype != torch.float64 else torch.float64)
+        if d_hidden is not None:
+            d_hidden = d_hidden.mul_(scale.to(d_hidden.dtype))
+        if d_weight is not None:
+            d_weight = d_weight.mul_(scale.to(d_weight.dtype))
+        return d_hidden, d_weight, None, None, None
+
+
+def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+           tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None) -> Tensor:
+    for name, value in (("row_block", row_block), ("vocab_block", vocab_block)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise fail(ValueError, func, name, "must be a positive int or None", repr(value))
+    inp = check_opd_inputs(func, hidden, weight, teacher_hidden, teacher_weight, tokens, mask,
+                           needs_tokens=kind == "sampled_token")
+    vocab = weight.shape[0]
+    if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab):
+        raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
+    tiling = choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block)
+    mm_dtypes = (matmul_dtype(hidden, weight), matmul_dtype(teacher_hidden, teacher_weight))
+    grad_on = torch.is_grad_enabled()
+    want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
+    with torch.autocast(hidden.device.type, enabled=False):
+        call = (kind, inp, k, tiling, mm_dtypes, want_h, want_w)
+        return _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
+
+
+def fused_sampled_token_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+                                 tokens: Tensor, mask: Tensor | None = None, *, row_block: int | None = None,
+                                 vocab_block: int | None = None) -> Tensor:
+    """Sampled-token OPD (reference.sampled_token_opd_loss) on the logits hidden @ weight.T, fused.
+
+    hidden: [N, d] or [B, T, d] student final (post-norm) states aligned with `tokens`; weight: [V, d] LM head;
+    teacher_hidden: the teacher's states at the same positions [.., d_t]; teacher_weight: [V, d_t]; tokens: int64
+    sampled tokens; mask: response positions. row_block/vocab_block: tile shape (defaults by device).
+    """
+    return _fused("fused_sampled_token_opd_loss", "sampled_token", hidden, weight, teacher_hidden, teacher_weight,
+                  tokens, mask, 1, row_block, vocab_block)
+
+
+def fused_topk_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+                        mask: Tensor | None = None, *, k: int = 16, row_block: int | None = None,
+                        vocab_block: int | None = None) -> Tensor:
+    """Top-k OPD with the reference code's semantics (reference.topk_opd_loss), fused; arguments as
+    fused_sampled_token_opd_loss."""
+    return _fused("fused_topk_opd_loss", "topk", hidden, weight, teacher_hidden, teacher_weight, None, mask, k,
+                  row_block, vocab_block)
+
+
+def fused_full_vocab_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+                              mask: Tensor | None = None, *, row_block: int | None = None,
+                              vocab_block: int | None = None) -> Tensor:
+    """Exact reverse KL (reference.full_vocab_opd_loss), analytic gradient, fused; arguments as
+    fused_sampled_token_opd_loss."""
+    return _fused("fused_full_vocab_opd_loss", "full_vocab", hidden, weight, teacher_hidden, teacher_weight, None,
+                  mask, 1, row_block, vocab_block)

@@ -1,0 +1,64 @@
+"""No-grad per-position statistics of an LM head's distribution, without the [N, |V|] logits: log-probs at given
+ids, the top-k log-probs and ids, the entropy. The teacher side of OPD and the trainer's OPD metrics use these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
+from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
+from oprd_kernels.opd.stats import logit_stats
+
+
+@dataclass(frozen=True)
+class HeadStats:
+    """Shapes are the positions' ([N] or [B, T]) followed by k where it applies; float32 (float64 inputs: float64)."""
+
+    logsumexp: Tensor
+    log_probs: Tensor | None  # at the requested ids
+    topk_log_probs: Tensor | None
+    topk_ids: Tensor | None
+    entropy: Tensor | None
+
+
+def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, topk: int = 0,
+                  entropy: bool = False, row_block: int | None = None, vocab_block: int | None = None) -> HeadStats:
+    """Statistics of softmax(hidden @ weight.T) at every position. hidden: [N, d] or [B, T, d]; weight: [V, d];
+    ids: int64 [..., k] (positions' shape plus k) in [0, V); topk: 0 or k in [1, V]; entropy: whether to compute it."""
+    func = "lm_head_stats"
+    check_float_tensor(func, "hidden", hidden)
+    if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
+        raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
+    check_float_tensor(func, "weight", weight)
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
+        raise fail(ValueError, func, "weight", f"must be an LM-head weight [V, {hidden.shape[-1]}]", describe(weight))
+    check_same_device(func, "weight", weight, hidden.device)
+    positions, vocab = hidden.shape[:-1], weight.shape[0]
+    if ids is not None:
+        if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
+            raise fail(TypeError, func, "ids", "must be an int64 tensor or None", describe(ids))
+        if ids.dim() != hidden.dim() or ids.shape[:-1] != positions:
+            raise fail(ValueError, func, "ids", f"must have shape {tuple(positions)} + (k,)", describe(ids))
+        check_same_device(func, "ids", ids, hidden.device)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}]",
+                       f"values in [{int(ids.min())}, {int(ids.max())}]")
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 0 <= topk <= vocab:
+        raise fail(ValueError, func, "topk", f"must be an int in [0, V = {vocab}]", repr(topk))
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
+    tiling = choose_tiling(flat.shape[0], vocab, hidden.device, row_block, vocab_block)
+    st = logit_stats(flat, weight.detach(), None, tiling, matmul_dtype(hidden, weight), out,
+                     ids=None if ids is None else ids.reshape(-1, ids.shape[-1]), topk=topk, entropy=entropy)
+    lse = st.logsumexp
+
+    def shaped(x: Tensor | None, per_k: bool) -> Tensor | None:
+        return None if x is None else x.reshape(*positions, *((x.shape[-1],) if per_k else ()))
+
+    return HeadStats(shaped(lse, False),
+                     shaped(None if st.at_ids is None else st.at_ids - lse[:, None], True),
+                     shaped(None if st.topk_values is None else st.topk_values - lse[:, None], True),
+                     shaped(st.topk_ids, True), shaped(st.entropy, False))

@@ -1,7 +1,8 @@
 """oprd_kernels: the On-Policy Representation Distillation losses, one meaning, several backends.
 
 Other trainers import this package alone (it never imports `oprd`, transformers or vllm). `reference` holds the
-plain-PyTorch specification of every op; `alignment_loss` and `bridge_loss` dispatch to the fastest backend.
+plain-PyTorch specification of every op; `alignment_loss` and `bridge_loss` dispatch to the fastest backend;
+`opd` holds the fused OPD losses that never build the [N, |V|] logits.
 """
 
 from oprd_kernels import reference
@@ -9,6 +10,13 @@ from oprd_kernels._build import build_info
 from oprd_kernels.dispatch import BACKENDS, backend_status
 from oprd_kernels.functional import alignment_loss, bridge_loss
 from oprd_kernels.modules import AlignmentLoss, BridgeLoss
+from oprd_kernels.opd import (
+    HeadStats,
+    fused_full_vocab_opd_loss,
+    fused_sampled_token_opd_loss,
+    fused_topk_opd_loss,
+    lm_head_stats,
+)
 from oprd_kernels.reference import NORM_EPS, cosine_similarity, project_teacher
 
 __version__ = "0.1.0"
@@ -16,12 +24,17 @@ __all__ = [
     "AlignmentLoss",
     "BridgeLoss",
     "BACKENDS",
+    "HeadStats",
     "NORM_EPS",
     "alignment_loss",
     "backend_status",
     "bridge_loss",
     "build_info",
     "cosine_similarity",
+    "fused_full_vocab_opd_loss",
+    "fused_sampled_token_opd_loss",
+    "fused_topk_opd_loss",
+    "lm_head_stats",
     "project_teacher",
     "reference",
 ]

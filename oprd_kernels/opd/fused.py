@@ -18,15 +18,15 @@ import torch
 from torch import Tensor
 
 from oprd_kernels._validation import fail
-from oprd_kernels.opd._gradient import LogitGradient, backprop_logits
+from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_opd_inputs
+from oprd_kernels.opd._passes import Passes, resolve_passes
 from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
-from oprd_kernels.opd.stats import logit_stats, reverse_kl_stats
 
 KINDS = ("sampled_token", "topk", "full_vocab")
 
 
-def _loss_and_gradient(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling,
+def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling,
                        mm_dtypes) -> tuple[Tensor, LogitGradient]:
     """The loss (a scalar in the result dtype) and the description of its logits gradient (for an incoming 1)."""
     out, n = inp.out_dtype, inp.num_live
@@ -34,19 +34,19 @@ def _loss_and_gradient(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tens
     s_args = (inp.hidden, weight, inp.rows, tiling, mm_dtypes[0], out)
     t_args = (inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes[1], out)
     if kind == "full_vocab":
-        st = reverse_kl_stats(inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes, out)
+        st = passes.reverse_kl_stats(inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes, out)
         grad = LogitGradient(st.lse_student, kl=(inp.teacher_hidden, t_weight, st.lse_teacher, st.kl),
                              row_weight=row_w)
         return (row_w * st.kl).sum(), grad
     if kind == "sampled_token":
         ids = inp.tokens[:, None]
-        student = logit_stats(*s_args, ids=ids)
+        student = passes.logit_stats(*s_args, ids=ids)
         log_p = student.at_ids - student.logsumexp[:, None]
     else:
-        student = logit_stats(*s_args, topk=k)
+        student = passes.logit_stats(*s_args, topk=k)
         ids = student.topk_ids
         log_p = student.topk_values - student.logsumexp[:, None]
-    teacher = logit_stats(*t_args, ids=ids)
+    teacher = passes.logit_stats(*t_args, ids=ids)
     log_q = teacher.at_ids - teacher.logsumexp[:, None]
     if kind == "sampled_token":  # loss_t = -sg(log q - log p) * log p
         coef = (log_p - log_q) * row_w[:, None]
@@ -59,16 +59,16 @@ def _loss_and_gradient(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tens
 class _FusedOPD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, call):
-        kind, inp, k, tiling, mm_dtypes, want_h, want_w = call
+        passes, kind, inp, k, tiling, mm_dtypes, want_h, want_w = call
         if inp.num_live == 0:
             loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
             ctx.grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
             return loss
-        loss, grad = _loss_and_gradient(kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
+        loss, grad = _loss_and_gradient(passes, kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
         d_hidden = d_weight = None
         if want_h or want_w:
-            d_hidden, d_weight = backprop_logits(inp.hidden, weight, inp.rows, grad, tiling, mm_dtypes, inp.out_dtype,
-                                                 want_hidden=want_h, want_weight=want_w)
+            d_hidden, d_weight = passes.backprop_logits(inp.hidden, weight, inp.rows, grad, tiling, mm_dtypes,
+                                                        inp.out_dtype, want_hidden=want_h, want_weight=want_w)
         ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
         return loss
 
@@ -88,7 +88,8 @@ class _FusedOPD(torch.autograd.Function):
 
 
 def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
-           tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None) -> Tensor:
+           tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
+           backend: str | None) -> Tensor:
     for name, value in (("row_block", row_block), ("vocab_block", vocab_block)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise fail(ValueError, func, name, "must be a positive int or None", repr(value))
@@ -97,41 +98,43 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
     vocab = weight.shape[0]
     if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab):
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
+    passes = resolve_passes(func, backend, hidden.device)
     tiling = choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block)
     mm_dtypes = (matmul_dtype(hidden, weight), matmul_dtype(teacher_hidden, teacher_weight))
     grad_on = torch.is_grad_enabled()
     want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     with torch.autocast(hidden.device.type, enabled=False):
-        call = (kind, inp, k, tiling, mm_dtypes, want_h, want_w)
+        call = (passes, kind, inp, k, tiling, mm_dtypes, want_h, want_w)
         return _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
 
 
 def fused_sampled_token_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
                                  tokens: Tensor, mask: Tensor | None = None, *, row_block: int | None = None,
-                                 vocab_block: int | None = None) -> Tensor:
+                                 vocab_block: int | None = None, backend: str | None = None) -> Tensor:
     """Sampled-token OPD (reference.sampled_token_opd_loss) on the logits hidden @ weight.T, fused.
 
     hidden: [N, d] or [B, T, d] student final (post-norm) states aligned with `tokens`; weight: [V, d] LM head;
     teacher_hidden: the teacher's states at the same positions [.., d_t]; teacher_weight: [V, d_t]; tokens: int64
-    sampled tokens; mask: response positions. row_block/vocab_block: tile shape (defaults by device).
+    sampled tokens; mask: response positions. row_block/vocab_block: tile shape (defaults by device). backend:
+    "chunked", "triton" or "auto" (default: $OPRD_OPD_BACKEND, else triton on CUDA when present, else chunked).
     """
     return _fused("fused_sampled_token_opd_loss", "sampled_token", hidden, weight, teacher_hidden, teacher_weight,
-                  tokens, mask, 1, row_block, vocab_block)
+                  tokens, mask, 1, row_block, vocab_block, backend)
 
 
 def fused_topk_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
                         mask: Tensor | None = None, *, k: int = 16, row_block: int | None = None,
-                        vocab_block: int | None = None) -> Tensor:
+                        vocab_block: int | None = None, backend: str | None = None) -> Tensor:
     """Top-k OPD with the reference code's semantics (reference.topk_opd_loss), fused; arguments as
     fused_sampled_token_opd_loss."""
     return _fused("fused_topk_opd_loss", "topk", hidden, weight, teacher_hidden, teacher_weight, None, mask, k,
-                  row_block, vocab_block)
+                  row_block, vocab_block, backend)
 
 
 def fused_full_vocab_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
                               mask: Tensor | None = None, *, row_block: int | None = None,
-                              vocab_block: int | None = None) -> Tensor:
+                              vocab_block: int | None = None, backend: str | None = None) -> Tensor:
     """Exact reverse KL (reference.full_vocab_opd_loss), analytic gradient, fused; arguments as
     fused_sampled_token_opd_loss."""
     return _fused("fused_full_vocab_opd_loss", "full_vocab", hidden, weight, teacher_hidden, teacher_weight, None,
-                  mask, 1, row_block, vocab_block)
+                  mask, 1, row_block, vocab_block, backend)

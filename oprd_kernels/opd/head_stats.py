@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
+from oprd_kernels.opd._passes import resolve_passes
 from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
-from oprd_kernels.opd.stats import logit_stats
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,11 @@ class HeadStats:
 
 
 def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, topk: int = 0,
-                  entropy: bool = False, row_block: int | None = None, vocab_block: int | None = None) -> HeadStats:
+                  entropy: bool = False, row_block: int | None = None, vocab_block: int | None = None,
+                  backend: str | None = None) -> HeadStats:
     """Statistics of softmax(hidden @ weight.T) at every position. hidden: [N, d] or [B, T, d]; weight: [V, d];
-    ids: int64 [..., k] (positions' shape plus k) in [0, V); topk: 0 or k in [1, V]; entropy: whether to compute it."""
+    ids: int64 [..., k] (positions' shape plus k) in [0, V); topk: 0 or k in [1, V]; entropy: whether to compute it;
+    backend: as for the fused OPD losses."""
     func = "lm_head_stats"
     check_float_tensor(func, "hidden", hidden)
     if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
@@ -51,8 +53,10 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
     tiling = choose_tiling(flat.shape[0], vocab, hidden.device, row_block, vocab_block)
-    st = logit_stats(flat, weight.detach(), None, tiling, matmul_dtype(hidden, weight), out,
-                     ids=None if ids is None else ids.reshape(-1, ids.shape[-1]), topk=topk, entropy=entropy)
+    passes = resolve_passes(func, backend, hidden.device)
+    st = passes.logit_stats(flat, weight.detach(), None, tiling, matmul_dtype(hidden, weight), out,
+                            ids=None if ids is None else ids.reshape(-1, ids.shape[-1]), topk=topk,
+                            entropy=entropy)
     lse = st.logsumexp
 
     def shaped(x: Tensor | None, per_k: bool) -> Tensor | None:

@@ -95,7 +95,8 @@ def test_combined_objective_is_opd_plus_mu_times_oprd():
             torch.testing.assert_close(g_c, want, rtol=1e-5, atol=1e-7)
 
 
-def test_opd_terms_are_the_reference_losses_on_response_logits():
+@pytest.mark.parametrize("opd_impl", ["fused", "naive"])
+def test_opd_terms_are_the_reference_losses_on_response_logits(opd_impl):
     student, teacher = tiny_model(0), tiny_model(1)
     rollouts = fixed_rollouts(student)
     cols = rollouts.response_logit_slice()
@@ -112,9 +113,40 @@ def test_opd_terms_are_the_reference_losses_on_response_logits():
             ("opd_topk", oprd_kernels.reference.topk_opd_loss(s[:, cols], t[:, cols], mask, k=3)),
             ("opd_full", oprd_kernels.reference.full_vocab_opd_loss(s[:, cols], t[:, cols], mask)),
         ]:
-            spec = ObjectiveSpec(method=method, topk=3)
+            spec = ObjectiveSpec(method=method, topk=3, opd_impl=opd_impl)
             got = compute_objective(spec, student, teacher, rollouts, plan_layers(spec, student, teacher))
             torch.testing.assert_close(got.loss, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["opd_top1", "opd_topk", "opd_full", "oprd+opd"])
+def test_fused_opd_matches_the_naive_objective_in_loss_gradients_and_metrics(method):
+    student, teacher = tiny_model(0), tiny_model(1, layers=3)
+    rollouts = fixed_rollouts(student)
+    results, grads = {}, {}
+    for impl in ("fused", "naive"):
+        spec = ObjectiveSpec(method=method, topk=4, positions="last_k", k=5, backend="cpu", opd_impl=impl)
+        results[impl] = compute_objective(spec, student, teacher, rollouts, plan_layers(spec, student, teacher))
+        grads[impl] = torch.autograd.grad(results[impl].loss, list(student.parameters()), allow_unused=True)
+    torch.testing.assert_close(results["fused"].loss, results["naive"].loss, rtol=1e-5, atol=1e-6)
+    named = [n for n, _ in student.named_parameters()]
+    for name, g_f, g_n in zip(named, grads["fused"], grads["naive"]):
+        assert (g_f is None) == (g_n is None), name
+        if g_f is not None:
+            torch.testing.assert_close(g_f, g_n, rtol=1e-4, atol=1e-6, msg=name)
+    assert any("lm_head" in n or "embed" in n for n, g in zip(named, grads["fused"]) if g is not None and g.any())
+    assert results["fused"].metrics.keys() == results["naive"].metrics.keys()
+    for key, value in results["naive"].metrics.items():
+        assert results["fused"].metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_fused_opd_refuses_an_lm_head_with_a_bias():
+    student, teacher = tiny_model(0), tiny_model(1)
+    student.lm_head.bias = torch.nn.Parameter(torch.zeros(student.lm_head.out_features))
+    spec = ObjectiveSpec(method="opd_top1")
+    with pytest.raises(ValueError, match="bias"):
+        compute_objective(spec, student, teacher, fixed_rollouts(teacher), plan_layers(spec, student, teacher))
+    with pytest.raises(ValueError, match="opd_impl"):
+        ObjectiveSpec(method="opd_top1", opd_impl="fast")
 
 
 def test_warmup_cosine_schedule():

@@ -28,6 +28,7 @@ from oprd_kernels import BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
 METHODS = ("oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd")
+OPD_IMPLS = ("fused", "naive")
 LOSS_TYPES = ("mse", "nmse", "cosine")
 KERNEL_BACKENDS = ("auto", *BACKENDS)
 
@@ -62,6 +63,8 @@ class MethodConfig:
     name: str = "oprd"           # "oprd" | "opd_top1" | "opd_topk" | "opd_full" | "oprd+opd"
     topk: int = 16               # >= 1 (opd_topk)
     mu: float = 1.0              # weight of L_OPRD in "oprd+opd", >= 0
+    opd_impl: str = "fused"      # "fused" (no [N, |V|] logits) | "naive" (the reference code's materialised logits)
+    logit_metrics: bool = True   # OPD methods log reward, entropies and top-k overlap (extra no-grad head passes)
 
 
 @dataclass
@@ -182,6 +185,7 @@ _RULES = {
     "method.name": _choice(METHODS),
     "method.topk": _at_least(1),
     "method.mu": _at_least(0),
+    "method.opd_impl": _choice(OPD_IMPLS),
     "oprd.loss_type": _choice(LOSS_TYPES),
     "oprd.layers": (_is_layer_spec, _LAYERS_EXPECTED),
     "oprd.positions": _choice(POSITION_MODES),

@@ -3,9 +3,10 @@
 Each objective runs the teacher once (no grad) and the student once (with grad).
 - OPRD alone never runs an LM head: the teacher pass is truncated into the compact cache, and the student pass stops
   after its deepest distilled layer.
-- OPD needs logits. Both models then run to their final norm, and their LM heads run only on the response columns,
-  [B, T, |V|] rather than [B, P + T, |V|]. The OPD losses are `oprd_kernels.reference`'s faithful ones; fused
-  variants arrive with the benchmark issue.
+- OPD needs the LM heads. Both models run to their final norm, and only the response columns go further. By default
+  (`opd_impl="fused"`) the OPD loss and its metrics come from `oprd_kernels.opd`: final hidden states and LM-head
+  weights in, no [B, T, |V|] logits ever. `opd_impl="naive"` runs the LM heads on the response columns and applies
+  `oprd_kernels.reference`'s faithful losses to the materialised logits: the baseline the benchmarks measure.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class ObjectiveSpec:
     gradient_injection: bool = False
     backend: str | None = None
     log_cosine: bool = True  # OPD methods too log rep/cosine_similarity (their passes run every layer anyway)
+    opd_impl: str = "fused"  # "fused": no logits materialised; "naive": the reference code's logits and losses
+    logit_metrics: bool = True  # OPD methods log reward, entropies and top-k overlap
+
+    def __post_init__(self) -> None:
+        if self.opd_impl not in ("fused", "naive"):
+            raise ValueError(f"ObjectiveSpec: `opd_impl` must be 'fused' or 'naive'; got {self.opd_impl!r}")
 
     @property
     def uses_oprd(self) -> bool:
@@ -86,6 +93,44 @@ def _positions(spec: ObjectiveSpec, rollouts: Rollouts) -> tuple[Tensor, Tensor]
 def _response_logits(model: nn.Module, final: Tensor, rollouts: Rollouts) -> Tensor:
     """LM-head logits [B, T, |V|] at the columns predicting the response tokens only."""
     return decoder_parts(model).lm_head(final[:, rollouts.response_logit_slice()])
+
+
+def _head_weight(model: nn.Module, role: str) -> Tensor:
+    head = decoder_parts(model).lm_head
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(f"compute_objective: the {role}'s LM head has a bias, which the fused OPD losses do not "
+                         f"support; got {type(head).__name__} with a bias (use opd_impl='naive')")
+    return head.weight
+
+
+def _fused_opd_loss(spec: ObjectiveSpec, s_final: Tensor, t_final: Tensor, s_weight: Tensor, t_weight: Tensor,
+                    rollouts: Rollouts) -> Tensor:
+    tokens, mask = rollouts.responses, rollouts.response_mask[:, rollouts.prompt_width:]
+    if spec.method in ("opd_top1", "oprd+opd"):
+        return oprd_kernels.fused_sampled_token_opd_loss(s_final, s_weight, t_final, t_weight, tokens, mask)
+    if spec.method == "opd_topk":
+        return oprd_kernels.fused_topk_opd_loss(s_final, s_weight, t_final, t_weight, mask, k=spec.topk)
+    return oprd_kernels.fused_full_vocab_opd_loss(s_final, s_weight, t_final, t_weight, mask)
+
+
+@torch.no_grad()
+def head_metrics(s_final: Tensor, t_final: Tensor, s_weight: Tensor, t_weight: Tensor, rollouts: Rollouts,
+                 topk: int) -> dict[str, float]:
+    """logit_metrics' numbers from the final states and LM-head weights, without the logits (two no-grad passes)."""
+    mask = rollouts.response_mask[:, rollouts.prompt_width:].bool()
+    if not mask.any():
+        return {}
+    ids = rollouts.responses.masked_fill(~mask, 0).unsqueeze(-1)
+    k = min(topk, s_weight.shape[0])
+    p = oprd_kernels.lm_head_stats(s_final, s_weight, ids=ids, topk=k, entropy=True)
+    q = oprd_kernels.lm_head_stats(t_final, t_weight, ids=ids, topk=k, entropy=True)
+    overlap = (p.topk_ids[mask].unsqueeze(-1) == q.topk_ids[mask].unsqueeze(-2)).any(-1).float().mean(-1)
+    return {
+        "opd/reward": float((q.log_probs - p.log_probs)[mask].mean()),
+        "entropy/student": float(p.entropy[mask].mean()),
+        "entropy/teacher": float(q.entropy[mask].mean()),
+        f"overlap/top{k}": float(overlap.mean()),
+    }
 
 
 def _opd_loss(spec: ObjectiveSpec, student_logits: Tensor, teacher_logits: Tensor, rollouts: Rollouts) -> Tensor:
@@ -154,13 +199,23 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
             oprd_loss = oprd_kernels.alignment_loss(s_states.states, cache, **kwargs)
         metrics["loss/oprd"] = float(oprd_loss.detach())
         total = total + (spec.mu if spec.method == "oprd+opd" else spec.coefficient) * oprd_loss
-    if spec.uses_opd:
+    if spec.uses_opd and spec.opd_impl == "fused":
+        columns = rollouts.response_logit_slice()
+        s_final, t_resp = s_states.final[:, columns], t_final[:, columns]
+        s_weight, t_weight = _head_weight(student, "student"), _head_weight(teacher, "teacher")
+        opd_loss = _fused_opd_loss(spec, s_final, t_resp, s_weight, t_weight, rollouts)
+        metrics["loss/opd"] = float(opd_loss.detach())
+        if spec.logit_metrics:
+            metrics.update(head_metrics(s_final.detach(), t_resp, s_weight.detach(), t_weight, rollouts, spec.topk))
+        total = total + opd_loss
+    elif spec.uses_opd:
         s_logits = _response_logits(student, s_states.final, rollouts)
         with torch.no_grad():
             t_logits = _response_logits(teacher, t_final, rollouts)
         opd_loss = _opd_loss(spec, s_logits, t_logits, rollouts)
         metrics["loss/opd"] = float(opd_loss.detach())
-        metrics.update(logit_metrics(s_logits, t_logits, rollouts, spec.topk))
+        if spec.logit_metrics:
+            metrics.update(logit_metrics(s_logits, t_logits, rollouts, spec.topk))
         total = total + opd_loss
     metrics["loss/total"] = float(total.detach())
     return StepResult(total, metrics)

@@ -47,7 +47,8 @@ def warmup_cosine(steps: int, warmup_ratio: float):
 def objective_spec(config: TrainConfig) -> ObjectiveSpec:
     backend = None if config.run.backend == "auto" else config.run.backend
     o, m = config.oprd, config.method
-    return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, coefficient=o.coefficient, loss_type=o.loss_type,
+    return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, opd_impl=m.opd_impl, logit_metrics=m.logit_metrics,
+                         coefficient=o.coefficient, loss_type=o.loss_type,
                          layers=parse_layers(o.layers), positions=o.positions, k=o.k, weighting=o.weighting,
                          gradient_injection=o.gradient_injection, backend=backend)
 

@@ -13,6 +13,7 @@ from oprd_kernels.modules import AlignmentLoss, BridgeLoss
 from oprd_kernels.opd import (
     HeadStats,
     fused_full_vocab_opd_loss,
+    fused_opd_loss_at_ids,
     fused_sampled_token_opd_loss,
     fused_topk_opd_loss,
     lm_head_stats,
@@ -32,6 +33,7 @@ __all__ = [
     "build_info",
     "cosine_similarity",
     "fused_full_vocab_opd_loss",
+    "fused_opd_loss_at_ids",
     "fused_sampled_token_opd_loss",
     "fused_topk_opd_loss",
     "lm_head_stats",

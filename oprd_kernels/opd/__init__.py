@@ -3,6 +3,7 @@
 from oprd_kernels.opd.fused import (
     KINDS,
     fused_full_vocab_opd_loss,
+    fused_opd_loss_at_ids,
     fused_sampled_token_opd_loss,
     fused_topk_opd_loss,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "HeadStats",
     "KINDS",
     "fused_full_vocab_opd_loss",
+    "fused_opd_loss_at_ids",
     "fused_sampled_token_opd_loss",
     "fused_topk_opd_loss",
     "lm_head_stats",

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
-from oprd_kernels.reference.opd import _check_mask, _check_tokens
+from oprd_kernels.reference.opd import _check_mask, _check_tokens, check_ids_and_log_probs
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class OPDInputs:
     tokens: Tensor | None  # int64 [n] sampled tokens at the live positions
     num_live: int
     out_dtype: torch.dtype
+    ids: Tensor | None = None  # int64 [n, k] precomputed ids at the live positions (fused_opd_loss_at_ids)
+    teacher_log_probs: Tensor | None = None  # [n, k]
 
 
 def _check_head(func: str, arg: str, weight: object, dim: int, vocab: int | None, device: torch.device) -> Tensor:
@@ -59,3 +61,25 @@ def check_opd_inputs(func: str, hidden: object, weight: object, teacher_hidden: 
     wide = any(t.dtype == torch.float64 for t in (hidden, weight, teacher_hidden, teacher_weight))
     return OPDInputs(hidden.reshape(-1, hidden.shape[-1]), teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
                      positions, rows, live_tokens, num, torch.float64 if wide else torch.float32)
+
+
+def check_at_ids_inputs(func: str, hidden: object, weight: object, ids: object, teacher_log_probs: object,
+                        mask: object) -> OPDInputs:
+    """The call of fused_opd_loss_at_ids: the teacher side comes as (ids, teacher_log_probs) instead of a head."""
+    check_float_tensor(func, "hidden", hidden)
+    if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
+        raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
+    device, positions = hidden.device, hidden.shape[:-1]
+    _check_head(func, "weight", weight, hidden.shape[-1], None, device)
+    mask = _check_mask(func, mask, positions, device)
+    ids = check_ids_and_log_probs(func, ids, teacher_log_probs, positions, weight.shape[0], mask, device)
+    k = ids.shape[-1]
+    ids, log_q = ids.reshape(-1, k), teacher_log_probs.reshape(-1, k)
+    rows = None
+    if mask is not None:
+        rows = mask.reshape(-1).bool().nonzero().squeeze(1)
+        ids, log_q = ids.index_select(0, rows), log_q.index_select(0, rows)
+    num = int(positions.numel()) if rows is None else int(rows.shape[0])
+    wide = any(t.dtype == torch.float64 for t in (hidden, weight, teacher_log_probs))
+    out = torch.float64 if wide else torch.float32
+    return OPDInputs(hidden.reshape(-1, hidden.shape[-1]), None, positions, rows, None, num, out, ids, log_q.to(out))

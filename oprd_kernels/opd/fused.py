@@ -19,11 +19,11 @@ from torch import Tensor
 
 from oprd_kernels._validation import fail
 from oprd_kernels.opd._gradient import LogitGradient
-from oprd_kernels.opd._inputs import OPDInputs, check_opd_inputs
+from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
 from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
 
-KINDS = ("sampled_token", "topk", "full_vocab")
+KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
 
 
 def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling,
@@ -38,20 +38,22 @@ def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor
         grad = LogitGradient(st.lse_student, kl=(inp.teacher_hidden, t_weight, st.lse_teacher, st.kl),
                              row_weight=row_w)
         return (row_w * st.kl).sum(), grad
-    if kind == "sampled_token":
-        ids = inp.tokens[:, None]
+    if kind in ("sampled_token", "at_ids"):
+        ids = inp.tokens[:, None] if kind == "sampled_token" else inp.ids
         student = passes.logit_stats(*s_args, ids=ids)
         log_p = student.at_ids - student.logsumexp[:, None]
     else:
         student = passes.logit_stats(*s_args, topk=k)
         ids = student.topk_ids
         log_p = student.topk_values - student.logsumexp[:, None]
-    teacher = passes.logit_stats(*t_args, ids=ids)
-    log_q = teacher.at_ids - teacher.logsumexp[:, None]
-    if kind == "sampled_token":  # loss_t = -sg(log q - log p) * log p
-        coef = (log_p - log_q) * row_w[:, None]
-    else:  # loss_t = sum_k sg(w_k (log p_k - log q_k)) * log p_k, w = softmax over the k student log-probs
-        coef = torch.softmax(log_p, dim=1) * (log_p - log_q) * row_w[:, None]
+    if kind == "at_ids":
+        log_q = inp.teacher_log_probs
+    else:
+        teacher = passes.logit_stats(*t_args, ids=ids)
+        log_q = teacher.at_ids - teacher.logsumexp[:, None]
+    # loss_t = sum_k sg(w_k (log p_k - log q_k)) * log p_k, w = softmax over the k student log-probs; for one id
+    # (sampled-token OPD) w = 1 and this is -sg(log q - log p) * log p
+    coef = torch.softmax(log_p, dim=1) * (log_p - log_q) * row_w[:, None]
     loss = (coef * log_p).sum()
     return loss, LogitGradient(student.logsumexp, dense=-coef.sum(1), ids=ids, sparse=coef)
 
@@ -93,19 +95,34 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
     for name, value in (("row_block", row_block), ("vocab_block", vocab_block)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise fail(ValueError, func, name, "must be a positive int or None", repr(value))
-    inp = check_opd_inputs(func, hidden, weight, teacher_hidden, teacher_weight, tokens, mask,
-                           needs_tokens=kind == "sampled_token")
+    if kind == "at_ids":  # the teacher side arrives precomputed: (ids, log-probs) in the teacher's two slots
+        inp = check_at_ids_inputs(func, hidden, weight, teacher_hidden, teacher_weight, mask)
+    else:
+        inp = check_opd_inputs(func, hidden, weight, teacher_hidden, teacher_weight, tokens, mask,
+                               needs_tokens=kind == "sampled_token")
     vocab = weight.shape[0]
     if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab):
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
     passes = resolve_passes(func, backend, hidden.device)
     tiling = choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block)
-    mm_dtypes = (matmul_dtype(hidden, weight), matmul_dtype(teacher_hidden, teacher_weight))
+    mm_dtypes = (matmul_dtype(hidden, weight),
+                 matmul_dtype(hidden, weight) if kind == "at_ids" else matmul_dtype(teacher_hidden, teacher_weight))
     grad_on = torch.is_grad_enabled()
     want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     with torch.autocast(hidden.device.type, enabled=False):
         call = (passes, kind, inp, k, tiling, mm_dtypes, want_h, want_w)
         return _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
+
+
+def fused_opd_loss_at_ids(hidden: Tensor, weight: Tensor, ids: Tensor, teacher_log_probs: Tensor,
+                          mask: Tensor | None = None, *, row_block: int | None = None, vocab_block: int | None = None,
+                          backend: str | None = None) -> Tensor:
+    """The OPD update phase with the teacher side precomputed (reference.opd_loss_at_ids), fused: ids [..., k] are
+    the sampled tokens (k = 1: sampled-token OPD) or the student's top-k ids from an earlier no-grad pass (top-k OPD),
+    teacher_log_probs [..., k] the teacher's log-probs there (e.g. from lm_head_stats). Other arguments as
+    fused_sampled_token_opd_loss."""
+    return _fused("fused_opd_loss_at_ids", "at_ids", hidden, weight, ids, teacher_log_probs, None, mask, 1,
+                  row_block, vocab_block, backend)
 
 
 def fused_sampled_token_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,

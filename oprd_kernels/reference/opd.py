@@ -137,3 +137,51 @@ def full_vocab_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Te
     log_q = _log_softmax(teacher_logits.detach(), dtype)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     return masked_token_mean(kl, mask)
+
+
+def opd_loss_at_ids(student_logits: Tensor, ids: Tensor, teacher_log_probs: Tensor,
+                    mask: Tensor | None = None) -> Tensor:
+    """The update phase of the reference code's OPD, with the teacher side precomputed (as verl's actor update sees
+    it): ids [..., k] are the sampled tokens (k = 1) or the student's top-k ids from a no-grad pass, and
+    teacher_log_probs [..., k] the teacher's full-vocabulary log-probs there (constants).
+
+    loss = token-mean of sum_k sg(w_k (log p_k - log q_k)) * log p_k with w = softmax over the k student log-probs
+    (w = 1 for k = 1): sampled_token_opd_loss for the sampled tokens, topk_opd_loss for the student's top-k ids.
+    """
+    func = "opd_loss_at_ids"
+    check_float_tensor(func, "student_logits", student_logits)
+    if student_logits.dim() not in (2, 3) or student_logits.shape[-1] == 0:
+        raise fail(ValueError, func, "student_logits", "must have shape [N, V] or [B, T, V] with V >= 1",
+                   describe(student_logits))
+    positions, vocab = student_logits.shape[:-1], student_logits.shape[-1]
+    mask = _check_mask(func, mask, positions, student_logits.device)
+    ids = check_ids_and_log_probs(func, ids, teacher_log_probs, positions, vocab, mask, student_logits.device)
+    dtype = result_dtype(student_logits.dtype, teacher_log_probs.dtype)
+    log_p = _log_softmax(student_logits, dtype).gather(-1, ids)
+    with torch.no_grad():
+        log_q = teacher_log_probs.to(dtype)
+        if mask is not None:  # garbage under the mask must not reach the gradient through 0 * inf
+            log_q = log_q.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        coef = torch.softmax(log_p, dim=-1) * (log_p - log_q)
+    return masked_token_mean((coef * log_p).sum(-1), mask)
+
+
+def check_ids_and_log_probs(func: str, ids: object, teacher_log_probs: object, positions: torch.Size, vocab: int,
+                            mask: Tensor | None, device: torch.device) -> Tensor:
+    """ids: int64 [*positions, k] in [0, V) at unmasked positions; teacher_log_probs: floating, same shape. Returns the
+    ids with masked positions set to 0 (whatever sat there is ignored)."""
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
+        raise fail(TypeError, func, "ids", "must be an int64 tensor", describe(ids))
+    if ids.dim() != len(positions) + 1 or ids.shape[:-1] != positions or ids.shape[-1] == 0:
+        raise fail(ValueError, func, "ids", f"must have shape {tuple(positions)} + (k,) with k >= 1", describe(ids))
+    check_same_device(func, "ids", ids, device)
+    check_float_tensor(func, "teacher_log_probs", teacher_log_probs)
+    if teacher_log_probs.shape != ids.shape:
+        raise fail(ValueError, func, "teacher_log_probs", f"must match ids' shape {tuple(ids.shape)}",
+                   describe(teacher_log_probs))
+    check_same_device(func, "teacher_log_probs", teacher_log_probs, device)
+    live = ids if mask is None else ids[mask.bool()]
+    if live.numel() > 0 and (int(live.min()) < 0 or int(live.max()) >= vocab):
+        raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}] at unmasked positions",
+                   f"values in [{int(live.min())}, {int(live.max())}]")
+    return ids if mask is None else ids.masked_fill(~mask.bool().unsqueeze(-1), 0)

@@ -47,3 +47,21 @@ def test_capture_benchmark_runs_on_the_tiny_case(tmp_path):
     assert all(r["delta_peak_bytes"] > 0 and r["p20"] <= r["p50"] <= r["p80"] for r in rows)
     rendered = table.capture_markdown([json.loads(line) for line in out.read_text().splitlines()])
     assert rendered.count("| plain |") == 4 and "1.00x" in rendered
+
+
+def test_actor_update_benchmark_runs_every_method_on_the_tiny_model(tmp_path, capsys):
+    import bench_actor_update
+
+    out = tmp_path / "actor.jsonl"
+    rows = bench_actor_update.main(["--device", "cpu", "--smoke", "--seqs", "16", "--reps", "1", "--out", str(out)])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == json.loads(json.dumps(rows))
+    assert {(r["method"], r["metric"]) for r in rows} == {(m, metric) for m in bench_actor_update.METHODS
+                                                          for metric in ("time", "delta_peak")}
+    losses = {r["method"]: r["loss"] for r in rows if r["metric"] == "time"}
+    # the same tokens and teacher side: the fused OPD updates compute the naive ones' losses (the student moved by
+    # a few 1e-5-learning-rate steps in between, hence the tolerance), and oprd+opd is their sum with the OPRD term
+    assert losses["opd-top1-fused"] == pytest.approx(losses["opd-top1-naive"], rel=1e-2)
+    assert losses["opd-top16-fused"] == pytest.approx(losses["opd-top16-naive"], rel=1e-2)
+    assert losses["oprd-unoptimised"] == pytest.approx(losses["oprd"], rel=1e-2)
+    assert all(r["p50"] > 0 for r in rows)
+    assert "opd-top16-naive" in capsys.readouterr().out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from oprd_kernels.opd._tiles import Tiling, in_block, logits_tile
+from oprd_kernels.opd._tiles import Tiling, in_block, logits_tile, tile_buffer
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,20 @@ def gather_rows(hidden: Tensor, rows: Tensor | None, start: int, stop: int) -> T
     return hidden[start:stop] if rows is None else hidden.index_select(0, rows[start:stop])
 
 
-def _online_update(m: Tensor, s: Tensor, z: Tensor, extras: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """Fold one tile into the running max `m` and sum of exp(z - m) `s`; each (acc, values) in `extras` accumulates
-    sum exp(z - m) * values with the same rescaling. Returns the new (m, s); extras are updated in place."""
+def _online_update(m: Tensor, s: Tensor, z: Tensor, extra: tuple[Tensor, Tensor] | None = None,
+                   scratch: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Fold one tile z into the running max `m` and sum of exp(z - m) `s`; `extra` = (acc, values) accumulates
+    sum exp(z - m) * values with the same rescaling, in place. Returns the new (m, s). `scratch` (z's shape) receives
+    exp(z - m) when given, so that no tile-sized temporary is allocated; z itself is left intact."""
     m_new = torch.maximum(m, z.amax(dim=1))
     scale = torch.exp(m - m_new)
-    e = torch.exp(z - m_new[:, None])
-    for acc, values in extras:
-        acc.mul_(scale).add_((e * values).sum(dim=1))
-    return m_new, s * scale + e.sum(dim=1)
+    e = torch.sub(z, m_new[:, None], out=scratch) if scratch is not None else z - m_new[:, None]
+    e.exp_()
+    s = s * scale + e.sum(dim=1)
+    if extra is not None:
+        acc, values = extra
+        acc.mul_(scale).add_(e.mul_(values).sum(dim=1))
+    return m_new, s
 
 
 def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Tiling, mm_dtype: torch.dtype,
@@ -58,6 +63,7 @@ def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Til
     top_v = torch.empty((n, topk), dtype=out_dtype, device=device) if topk else None
     top_i = torch.empty((n, topk), dtype=torch.int64, device=device) if topk else None
     ent = torch.empty(n, dtype=out_dtype, device=device) if entropy else None
+    buf, scratch = (tile_buffer(tiling, n, vocab, out_dtype, device) for _ in range(2))
     with torch.no_grad():
         for r0, r1 in tiling.row_ranges(n):
             h = gather_rows(hidden, rows, r0, r1)
@@ -70,8 +76,8 @@ def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Til
                 run_v = torch.full((r1 - r0, 0), 0.0, dtype=out_dtype, device=device)
                 run_i = torch.zeros((r1 - r0, 0), dtype=torch.int64, device=device)
             for v0, v1 in tiling.vocab_ranges(vocab):
-                z = logits_tile(h, weight[v0:v1], mm_dtype, out_dtype)
-                m, s = _online_update(m, s, z, [(ez, z)] if entropy else [])
+                z = logits_tile(h, weight[v0:v1], mm_dtype, out_dtype, buf)
+                m, s = _online_update(m, s, z, (ez, z) if entropy else None, scratch[: z.numel()].view_as(z))
                 if ids is not None:
                     col, inside = in_block(ids[r0:r1], v0, v1)
                     picked = torch.where(inside, z.gather(1, col), picked)
@@ -105,16 +111,18 @@ def reverse_kl_stats(hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight:
     n = hidden.shape[0] if rows is None else rows.shape[0]
     device = hidden.device
     kl, lse_p, lse_q = (torch.empty(n, dtype=out_dtype, device=device) for _ in range(3))
+    buf_p, buf_q, scratch = (tile_buffer(tiling, n, weight.shape[0], out_dtype, device) for _ in range(3))
     with torch.no_grad():
         for r0, r1 in tiling.row_ranges(n):
             h, th = gather_rows(hidden, rows, r0, r1), gather_rows(t_hidden, rows, r0, r1)
             mp = torch.full((r1 - r0,), float("-inf"), dtype=out_dtype, device=device)
             mq, sp, sq, diff = mp.clone(), torch.zeros_like(mp), torch.zeros_like(mp), torch.zeros_like(mp)
             for v0, v1 in tiling.vocab_ranges(weight.shape[0]):
-                zp = logits_tile(h, weight[v0:v1], mm_dtypes[0], out_dtype)
-                zq = logits_tile(th, t_weight[v0:v1], mm_dtypes[1], out_dtype)
-                mp, sp = _online_update(mp, sp, zp, [(diff, zp - zq)])
-                mq, sq = _online_update(mq, sq, zq, [])
+                zp = logits_tile(h, weight[v0:v1], mm_dtypes[0], out_dtype, buf_p)
+                zq = logits_tile(th, t_weight[v0:v1], mm_dtypes[1], out_dtype, buf_q)
+                tmp = scratch[: zp.numel()].view_as(zp)
+                mq, sq = _online_update(mq, sq, zq, None, tmp)
+                mp, sp = _online_update(mp, sp, zp, (diff, zq.neg_().add_(zp)), tmp)
             lse_p[r0:r1], lse_q[r0:r1] = mp + torch.log(sp), mq + torch.log(sq)
             kl[r0:r1] = diff / sp - lse_p[r0:r1] + lse_q[r0:r1]
     return KLStats(kl, lse_p, lse_q)

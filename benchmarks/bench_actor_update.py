@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -95,7 +96,8 @@ def build_models(case: Case, device: torch.device) -> tuple[torch.nn.Module, tor
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        models.append(Qwen2ForCausalLM(case.config()).to(device=device, dtype=dtype))
+        with torch.device(device):  # initialised where it runs: a 1.5B model's CPU init alone takes minutes
+            models.append(Qwen2ForCausalLM(case.config()).to(dtype=dtype))
     student, teacher = models
     if case.checkpointing:
         enable = getattr(student, "activation_checkpointing_enable", None) or student.gradient_checkpointing_enable
@@ -196,6 +198,13 @@ def measure(case: Case, seq: int, method: str, student, optimizer, batch: Batch,
         optimizer.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         return [{**base, "metric": "oom", "unit": "", "p20": None, "p50": None, "p80": None}]
+    except Exception as exc:  # noqa: BLE001 - one failing method must not cost the rest of a GPU run
+        if device.type != "cuda":
+            raise
+        traceback.print_exc()
+        optimizer.zero_grad(set_to_none=True)
+        return [{**base, "metric": "error", "unit": "", "error": repr(exc)[:300], "p20": None, "p50": None,
+                 "p80": None}]
     return [{**base, "metric": "time", "unit": "ms", "loss": loss, **harness.percentiles_dict(times)},
             {**base, "metric": "delta_peak", "unit": "bytes", "p20": peak, "p50": peak, "p80": peak}]
 
@@ -209,8 +218,8 @@ def summarise(rows: list[dict]) -> str:
     for (case, seq), by_method in cells.items():
         base = by_method.get(BASELINE, {})
         for method, c in by_method.items():
-            if "oom" in c:
-                lines.append(f"{case:<20}{seq:>7}  {method:<18}{'OOM':>10}")
+            if "oom" in c or "error" in c:
+                lines.append(f"{case:<20}{seq:>7}  {method:<18}{'OOM' if 'oom' in c else 'ERROR':>10}")
                 continue
             t, m = c.get("time"), c.get("delta_peak")
             tx = base["time"] / t if base.get("time") and t else float("nan")

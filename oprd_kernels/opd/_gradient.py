@@ -20,6 +20,18 @@ from oprd_kernels.opd._tiles import Tiling, in_block, logits_tile, tile_buffer
 from oprd_kernels.opd.stats import gather_rows
 
 
+def product(a: Tensor, b: Tensor, mm_dtype: torch.dtype, out_dtype: torch.dtype) -> Tensor:
+    """a @ b in `out_dtype` without rounding the product to a lower `mm_dtype` per tile (the per-tile sums are added
+    up over many tiles). CUDA: the half-precision matmul with an fp32 output where torch offers it; otherwise (and on
+    CPU) the matmul in `out_dtype` on the upcast operands."""
+    if mm_dtype != out_dtype and a.is_cuda:
+        try:
+            return torch.mm(a.to(mm_dtype), b.to(mm_dtype), out_dtype=out_dtype)
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    return a.to(out_dtype) @ b.to(out_dtype)
+
+
 @dataclass(frozen=True)
 class LogitGradient:
     """What d loss / d logits is, per live row (see the module docstring)."""
@@ -62,11 +74,10 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                     g = log_p.exp_().mul_(grad.dense[r0:r1, None])
                     col, inside = in_block(grad.ids[r0:r1], v0, v1)
                     g.scatter_add_(1, col, torch.where(inside, grad.sparse[r0:r1], 0.0))
-                g_mm = g.to(mm)
                 if want_hidden:
-                    d_live[r0:r1] += (g_mm @ w_blk.to(mm)).to(out_dtype)
+                    d_live[r0:r1] += product(g, w_blk, mm, out_dtype)
                 if want_weight:
-                    dw_blk += (g_mm.T @ h.to(mm)).to(out_dtype)
+                    dw_blk += product(g.T, h, mm, out_dtype)
             if want_weight:
                 d_weight[v0:v1] = dw_blk
     d_hidden = None

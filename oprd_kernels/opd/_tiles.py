@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from oprd_kernels._validation import fail
+
 # Logits per tile when the caller does not choose: ~64 MB of fp32 on a GPU (a few such tiles are live at once),
 # ~4 MB on a CPU where the tile should stay near the caches.
 DEFAULT_TILE_ELEMENTS = {"cuda": 1 << 24, "cpu": 1 << 21}
@@ -31,6 +33,12 @@ class Tiling:
     def row_ranges(self, rows: int) -> Iterator[tuple[int, int]]:
         for start in range(0, rows, self.row_block):
             yield start, min(start + self.row_block, rows)
+
+
+def check_blocks(func: str, row_block: object, vocab_block: object) -> None:
+    for name, value in (("row_block", row_block), ("vocab_block", vocab_block)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise fail(ValueError, func, name, "must be a positive int or None", repr(value))
 
 
 def choose_tiling(rows: int, vocab: int, device: torch.device, row_block: int | None,

@@ -21,7 +21,7 @@ from oprd_kernels._validation import fail
 from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
-from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
+from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
 
 KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
 
@@ -92,9 +92,7 @@ class _FusedOPD(torch.autograd.Function):
 def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
            tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
            backend: str | None) -> Tensor:
-    for name, value in (("row_block", row_block), ("vocab_block", vocab_block)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise fail(ValueError, func, name, "must be a positive int or None", repr(value))
+    check_blocks(func, row_block, vocab_block)
     if kind == "at_ids":  # the teacher side arrives precomputed: (ids, log-probs) in the teacher's two slots
         inp = check_at_ids_inputs(func, hidden, weight, teacher_hidden, teacher_weight, mask)
     else:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
 from oprd_kernels.opd._passes import resolve_passes
-from oprd_kernels.opd._tiles import choose_tiling, matmul_dtype
+from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
         raise fail(ValueError, func, "weight", f"must be an LM-head weight [V, {hidden.shape[-1]}]", describe(weight))
     check_same_device(func, "weight", weight, hidden.device)
+    check_blocks(func, row_block, vocab_block)
     positions, vocab = hidden.shape[:-1], weight.shape[0]
     if ids is not None:
         if not isinstance(ids, Tensor) or ids.dtype != torch.int64:

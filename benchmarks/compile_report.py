@@ -3,6 +3,7 @@ registers, spills (local memory), shared memory, and the widths of the global lo
 
     python benchmarks/compile_report.py              # every variant, sm_90 (H100/H200)
     python benchmarks/compile_report.py --arch 80 --quick
+    python benchmarks/compile_report.py --opd        # the fused OPD kernels (tests/test_triton_opd.py checks them)
 
 This costs no device time (METHOD.md: read what costs no device time). It uses the ptxas and cuobjdump shipped in
 the triton wheel. The pointer arguments are marked 16-byte aligned, as Triton specialises them at run time for
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -26,6 +28,13 @@ from triton.compiler import ASTSource
 
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
+from oprd_kernels.triton_ops.opd_kernels import (
+    opd_grad_tile_kernel,
+    opd_kl_stats_kernel,
+    opd_logits_at_kernel,
+    opd_matmul_acc_kernel,
+    opd_stats_kernel,
+)
 
 INT_ARGS = {"s_seq", "t_seq", "z_seq", "n_sel", "dim", "num_layers", "rank", "p_stride_l",
             "p_stride_r", "p_stride_d"}
@@ -33,6 +42,14 @@ INT_ARGS = {"s_seq", "t_seq", "z_seq", "n_sel", "dim", "num_layers", "rank", "p_
 # specialises on at run time, as it does 16-byte-aligned pointers.
 DIVISIBLE_INTS = {"s_seq", "dim", "n_sel", "p_stride_l", "p_stride_r"}
 FLOAT_ARGS = {"eps_sq"}
+# The fused OPD kernels' integers, at N = 32768, d = 1536, V = 151936 (a multiple of 16), gradient slab 2048 x 8192.
+OPD_INT_ARGS = {"h_sn", "h_sd", "w_sv", "w_sd", "t_sn", "t_sd", "tw_sv", "tw_sd", "ids_sr", "ids_sk", "sp_sr",
+                "sp_sk", "g_sr", "n", "vocab", "t_dim", "v_chunk", "r0", "rs", "v0", "vs", "k", "a_sm", "a_sk", "b_sk",
+                "b_sn", "c_sm", "M", "N", "K"}
+OPD_DIVISIBLE_INTS = {"h_sn", "w_sv", "t_sn", "tw_sv", "g_sr", "n", "vocab", "t_dim", "v_chunk", "r0", "rs", "v0",
+                      "vs", "a_sm", "a_sk", "b_sk", "c_sm", "M", "N", "K"}
+INT_ARGS |= OPD_INT_ARGS
+DIVISIBLE_INTS |= OPD_DIVISIBLE_INTS
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,7 @@ class Variant:
     pointers: dict  # argument -> element type ("bf16", "fp32", "i64", ...) or None when absent
     constexprs: dict
     num_warps: int
+    num_stages: int = 3  # Triton's default on CUDA
 
 
 def _signature(v: Variant) -> tuple[dict, dict, dict]:
@@ -69,7 +87,8 @@ def _signature(v: Variant) -> tuple[dict, dict, dict]:
 def compile_variant(v: Variant, arch: int) -> dict:
     sig, consts, attrs = _signature(v)
     src = ASTSource(fn=v.kernel, signature=sig, constexprs=consts, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": v.num_warps})
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": v.num_warps,
+                                                                                 "num_stages": v.num_stages})
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
@@ -115,14 +134,69 @@ def variants(quick: bool = False) -> list[Variant]:
     return out
 
 
+def opd_variants(quick: bool = False) -> list[Variant]:
+    """The fused OPD kernels at the block sizes oprd_kernels.triton_ops.opd launches on CUDA (bf16 head; fp32 too
+    unless quick), student and teacher alike, live rows gathered through `rows`."""
+    from oprd_kernels.triton_ops import opd
+
+    cuda = torch.device("cuda")
+    out = []
+    for dtype in (["bf16"] if quick else ["bf16", "fp32"]):
+        torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+        dot = dict(DOT=tl.bfloat16 if dtype == "bf16" else tl.float32, EMULATE=0, PREC="ieee")
+        t_dot = {f"T_{key}": value for key, value in dot.items()}
+
+        def launch(name: str) -> tuple[dict, int, int]:
+            opts = opd._blocks(name, cuda, torch_dtype)
+            return opts, opts.pop("num_warps"), opts.pop("num_stages")
+
+        units = dict(H_UNIT=True, W_UNIT=True)
+        head = dict(h_base=dtype, rows="i64", w_base=dtype)
+        stats = [("plain", dict(ENTROPY=False, K_PAD=0)), ("top16", dict(ENTROPY=False, K_PAD=16))]
+        if not quick:
+            stats += [("entropy", dict(ENTROPY=True, K_PAD=0)), ("top64", dict(ENTROPY=True, K_PAD=64))]
+        for label, flags in stats:
+            opts, warps, stages = launch("topk" if flags["K_PAD"] else "stats")
+            ptr = {**head, "part": "fp32", **({"top_v": "fp32", "top_i": "i64"} if flags["K_PAD"] else {})}
+            out.append(Variant(f"opd_stats/{dtype}/{label}", opd_stats_kernel, ptr,
+                               dict(HAS_ROWS=True, **flags, **units, **dot, GROUP_R=opd.GROUP_R["cuda"], **opts),
+                               warps, stages))
+        kl_ptr = {**head, "t_base": dtype, "tw_base": dtype, "part": "fp32"}
+        opts, warps, stages = launch("kl")
+        kl_flags = dict(HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, **dot, **t_dot,
+                        GROUP_R=opd.GROUP_R["cuda"], **opts)
+        out.append(Variant(f"opd_kl_stats/{dtype}", opd_kl_stats_kernel, kl_ptr, kl_flags, warps, stages))
+        opts, warps, stages = launch("at")
+        out.append(Variant(f"opd_logits_at/{dtype}", opd_logits_at_kernel, {**head, "ids": "i64", "out": "fp32"},
+                           dict(HAS_ROWS=True, **units, DOT=dot["DOT"], EMULATE=0, **opts), warps, stages))
+        for form in ("sparse", "kl"):
+            opts, warps, stages = launch("grad_kl" if form == "kl" else "grad")
+            ptr = {**head, "lse": "fp32", "g": dtype}
+            if form == "kl":
+                ptr.update(t_base=dtype, tw_base=dtype, lse_q="fp32", kl="fp32", row_w="fp32")
+            else:
+                ptr.update(dense="fp32", ids="i64", sparse="fp32")
+            flags = dict(KL=form == "kl", HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, **dot, **t_dot,
+                         G_RNE=False, **opts)
+            out.append(Variant(f"opd_grad_tile/{dtype}/{form}", opd_grad_tile_kernel, ptr, flags, warps, stages))
+        opts, warps, stages = launch("mm")
+        for label, layout, b_rows in (("d_hidden", 1, False), ("d_weight", 2, True)):
+            ptr = dict(a=dtype, b=dtype, c="fp32", **({"b_rows": "i64"} if b_rows else {}))
+            flags = dict(A_LAYOUT=layout, B_ROWS=b_rows, B_UNIT=True, **dot, **opts)
+            out.append(Variant(f"opd_matmul_acc/{dtype}/{label}", opd_matmul_acc_kernel, ptr, flags, warps, stages))
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--quick", action="store_true", help="a few representative variants")
+    parser.add_argument("--opd", action="store_true", help="only the fused OPD kernels (else: all but those)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("compile_report.py must run without TRITON_INTERPRET=1")
-    reports = [compile_variant(v, args.arch) for v in variants(args.quick)]
+    chosen = opd_variants(args.quick) if args.opd else variants(args.quick)
+    reports = [compile_variant(v, args.arch) for v in chosen]
     print(f"triton {triton.__version__}, sm_{args.arch}")
     print(f"{'variant':<40}{'regs':>5}{'local B':>8}{'shared B':>9}  global loads / stores")
     for r in reports:

@@ -129,3 +129,10 @@ def test_run_suite_runs_every_part_and_plots(tmp_path):
         rows = [json.loads(line) for line in (tmp_path / f"{part}_smoke.jsonl").read_text().splitlines()]
         assert rows and all(r["suite"] == part for r in rows)
         assert (tmp_path / "plots" / f"{part}_smoke.png").stat().st_size > 0
+    import suite_tables
+
+    text = suite_tables.main([str(p) for p in sorted(tmp_path.glob("*_smoke.jsonl"))])
+    for part, baseline in suite_tables.BASELINES.items():
+        assert f"**{part}**" in text
+        baseline_lines = [line for line in text.splitlines() if f"| {baseline}" in line]
+        assert baseline_lines and all(line.endswith("| 1.00x | 1.00x |") for line in baseline_lines), baseline_lines

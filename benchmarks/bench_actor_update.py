@@ -158,6 +158,24 @@ def method_loss(method: str, student, batch: Batch, layers: list[int]) -> torch.
     return total
 
 
+def update_flops(case: Case, seq: int, method: str) -> float:
+    """Matmul FLOPs of one update, the compute floor: the decoder's linear layers and causal attention run forward,
+    again in the checkpointed recompute, and twice in backward (4 x 2 x params x tokens); the LM head on the response
+    tokens 3 times for naive OPD (forward, two in backward) and 4 for fused OPD (statistics, recompute, two gradient
+    products); the paper's unoptimised OPRD runs it forward only, on every token. OPRD alone never runs it."""
+    head_dim = case.hidden // case.heads
+    per_layer = 2 * case.hidden ** 2 + 2 * case.hidden * case.kv_heads * head_dim + 3 * case.hidden * case.intermediate
+    tokens, width = case.batch * (case.prompt + seq), case.prompt + seq
+    passes = 4 if case.checkpointing else 3
+    decoder = passes * case.layers * (2 * per_layer * tokens + 2 * case.batch * width ** 2 * case.hidden)
+    head = 2 * case.hidden * case.vocab
+    if method == "oprd-unoptimised":
+        return decoder + head * tokens
+    if method == "oprd":
+        return decoder
+    return decoder + head * case.batch * seq * (3 if method.endswith("naive") else 4)
+
+
 def update_fn(method: str, student, optimizer, batch: Batch, layers: list[int]) -> Callable[[], float]:
     def update() -> float:
         loss = method_loss(method, student, batch, layers)
@@ -184,11 +202,13 @@ def timed(fn: Callable[[], object], device: torch.device, reps: int) -> harness.
 
 
 def measure(case: Case, seq: int, method: str, student, optimizer, batch: Batch, device: torch.device,
-            reps: int) -> list[dict]:
+            reps: int, rate: float) -> list[dict]:
     layers = list(range(1, case.layers + 1))
     update = update_fn(method, student, optimizer, batch, layers)
+    flops = update_flops(case, seq, method)
     base = {"suite": "actor_update", "case": case.name, "method": method, "seq": seq, **asdict(case),
-            "tokens": case.batch * (case.prompt + seq), "rows_selected": int(batch.rows.numel())}
+            "tokens": case.batch * (case.prompt + seq), "rows_selected": int(batch.rows.numel()), "flops": flops,
+            "matmul_flops_per_s": rate, "floor_ms": flops / rate * 1e3}
     base.pop("seqs")
     try:
         loss = update()  # warm-up: kernels compiled, allocator primed
@@ -211,10 +231,12 @@ def measure(case: Case, seq: int, method: str, student, optimizer, batch: Batch,
 
 def summarise(rows: list[dict]) -> str:
     """Per (case, seq): each method's update time and delta-peak, and both as ratios against naive top-16 OPD."""
-    lines = [f"{'case':<20}{'seq':>7}  {'method':<18}{'ms':>10}{'peak MB':>10}{'time x':>8}{'mem x':>8}"]
+    lines = [f"{'case':<20}{'seq':>7}  {'method':<18}{'ms':>10}{'peak MB':>10}{'time x':>8}{'mem x':>8}"
+             f"{'floor ms':>10}{'%floor':>8}"]
     cells: dict[tuple, dict[str, dict[str, float]]] = {}
     for r in rows:
-        cells.setdefault((r["case"], r["seq"]), {}).setdefault(r["method"], {})[r["metric"]] = r["p50"]
+        cell = cells.setdefault((r["case"], r["seq"]), {}).setdefault(r["method"], {})
+        cell[r["metric"]], cell["floor"] = r["p50"], r["floor_ms"]
     for (case, seq), by_method in cells.items():
         base = by_method.get(BASELINE, {})
         for method, c in by_method.items():
@@ -224,8 +246,10 @@ def summarise(rows: list[dict]) -> str:
             t, m = c.get("time"), c.get("delta_peak")
             tx = base["time"] / t if base.get("time") and t else float("nan")
             mx = base["delta_peak"] / m if base.get("delta_peak") and m else float("nan")
-            lines.append(f"{case:<20}{seq:>7}  {method:<18}{t:>10.1f}{m / 2**20:>10.1f}{tx:>8.2f}{mx:>8.2f}")
-    lines.append(f"time x / mem x: {BASELINE}'s time / memory over the method's (> 1: the method is faster / leaner)")
+            lines.append(f"{case:<20}{seq:>7}  {method:<18}{t:>10.1f}{m / 2**20:>10.1f}{tx:>8.2f}{mx:>8.2f}"
+                         f"{c['floor']:>10.1f}{100 * c['floor'] / t:>8.1f}")
+    lines.append(f"time x / mem x: {BASELINE}'s time / memory over the method's (> 1: the method is faster / leaner); "
+                 "floor: the update's matmul FLOPs at a matmul rate measured in this run (update_flops)")
     return "\n".join(lines)
 
 
@@ -247,6 +271,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         student.train()
         # fused AdamW: no foreach temporaries the size of the model, which would hide every method's own memory
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
+        rate = harness.matmul_rate(getattr(torch, case.dtype), case.hidden, device)
         for seq in args.seqs or case.seqs:
             if args.time_budget is not None and time.perf_counter() - start > args.time_budget:
                 print(f"time budget reached: {case.name} seq {seq} and longer not measured", flush=True)
@@ -254,7 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             batch = make_batch(case, seq, student, teacher, device)
             for method in args.methods:
                 new = [{**env, **r} for r in measure(case, seq, method, student, optimizer, batch, device,
-                                                     args.reps)]
+                                                     args.reps, rate)]
                 rows += new
                 if args.out:
                     harness.append_rows(args.out, new)

@@ -124,6 +124,7 @@ BAD = {
     "unknown key (override)": (None, ["optim.lrr=1e-4"], ValueError, ["`optim.lrr`", "did you mean `lr`"]),
     "unknown section (override)": (None, ["optimizer.lr=1"], ValueError, ["optimizer.lr=1", "`optimizer`"]),
     "bad method name": (None, ["method.name=opd_top16"], ValueError, ["`method.name`", "'opd_top16'", "opd_topk"]),
+    "bad opd impl": (None, ["method.opd_impl=liger"], ValueError, ["`method.opd_impl`", "'liger'", "naive"]),
     "top_p 0": (None, ["rollout.top_p=0"], ValueError, ["`rollout.top_p`", "(0, 1]", "got 0.0"]),
     "top_p 1.5": ("rollout: {top_p: 1.5}\n", [], ValueError, ["`rollout.top_p`", "got 1.5"]),
     "temperature 0": (None, ["rollout.temperature=0"], ValueError, ["`rollout.temperature`", "> 0"]),

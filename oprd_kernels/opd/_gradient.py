@@ -80,10 +80,11 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                     dw_blk += product(g.T, h, mm, out_dtype)
             if want_weight:
                 d_weight[v0:v1] = dw_blk
-    d_hidden = None
-    if want_hidden:
-        if rows is None:
-            d_hidden = d_live.to(hidden.dtype)
-        else:
-            d_hidden = torch.zeros_like(hidden).index_copy_(0, rows, d_live.to(hidden.dtype))
-    return d_hidden, d_weight
+    return (live_to_dense(d_live, hidden, rows) if want_hidden else None), d_weight
+
+
+def live_to_dense(d_live: Tensor, hidden: Tensor, rows: Tensor | None) -> Tensor:
+    """The hidden-state gradient in hidden's shape and dtype from the live rows' [n, d] gradient (zeros elsewhere)."""
+    if rows is None:
+        return d_live.to(hidden.dtype)
+    return torch.zeros_like(hidden).index_copy_(0, rows, d_live.to(hidden.dtype))

@@ -289,10 +289,4 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                         _matmul_acc(dw_slab[:vs], g.T, hidden, rows_c[r0:r0 + rs], rs, mm)
             if want_weight:
                 d_weight[v0:v0 + vs] = dw_slab[:vs]
-    d_hidden = None
-    if want_hidden:
-        if rows is None:
-            d_hidden = d_live.to(hidden.dtype)
-        else:
-            d_hidden = torch.zeros_like(hidden).index_copy_(0, rows, d_live.to(hidden.dtype))
-    return d_hidden, d_weight
+    return (chunked_gradient.live_to_dense(d_live, hidden, rows) if want_hidden else None), d_weight

@@ -52,7 +52,7 @@ import oprd_kernels  # noqa: E402
 from oprd.memory import delta_peak_bytes  # noqa: E402
 from oprd_kernels import reference  # noqa: E402
 from oprd_kernels.opd import fused_full_vocab_opd_loss, fused_sampled_token_opd_loss, fused_topk_opd_loss  # noqa: E402
-from oprd_kernels.opd._passes import opd_unavailable_reason, resolve_passes  # noqa: E402
+from oprd_kernels.opd._passes import resolve_passes  # noqa: E402
 
 SUITE = "loss_path"
 TOPK = 16
@@ -190,12 +190,9 @@ def oprd_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
 
 
 def fused_backends(device: torch.device) -> list[str]:
-    """The backend `auto` resolves to, plus `chunked` on CUDA when auto is triton."""
+    """The backend `auto` resolves to (triton on CUDA, rowwise on CPU), plus the vocabulary-tiled `chunked` one."""
     auto = resolve_passes("bench_loss_path", "auto", device).name
-    names = [auto]
-    if device.type == "cuda" and opd_unavailable_reason("triton", device) is None and "chunked" not in names:
-        names.append("chunked")
-    return names
+    return [auto] if auto == "chunked" else [auto, "chunked"]
 
 
 def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method], dict[str, str]]:
@@ -216,9 +213,12 @@ def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method]
                           full_est if kind == "full" else naive_est))
     for backend in fused_backends(device):
         for kind in kinds:
-            teacher_passes = 2 if kind == "full" else 1
-            out.append(Method(f"fused-{kind}", backend, _fused(kind, inp, backend), (4 + teacher_passes) * mm,
-                              (2 + teacher_passes) * w_bytes + grad_bytes, fused_est, f"naive-{kind}/eager"))
+            # rowwise: one student product per chunk plus the two gradient products, one teacher product; the tiled
+            # backends recompute the student tile for the gradient (and the teacher's for the full KL)
+            products = 4 if backend == "rowwise" else 5 + (kind == "full")
+            head_reads = 3 if backend == "rowwise" else 4 + (kind == "full")  # W per pass (per chunk for rowwise)
+            out.append(Method(f"fused-{kind}", backend, _fused(kind, inp, backend), products * mm,
+                              head_reads * w_bytes + grad_bytes, fused_est, f"naive-{kind}/eager"))
     sel = case.layers * case.selected * case.dim
     dense = sum(s.numel() for s in inp.student) * e
     oprd_bytes = 2 * sel * e + dense

@@ -33,8 +33,8 @@ def test_loss_path_smoke_rows_agree_and_fused_uses_less_memory(smoke_files):
     out, rows, _ = smoke_files
     assert _read(out / "lp.jsonl") == json.loads(json.dumps(rows))
     measured = {(r["method"], r["backend"], r["metric"]) for r in rows}
-    expected = {(m, "eager" if m.startswith("naive") else "chunked", metric)
-                for m in OPD_METHODS for metric in ("time", "delta_peak")}
+    expected = {(m, b, metric) for m in OPD_METHODS for metric in ("time", "delta_peak")
+                for b in (("eager",) if m.startswith("naive") else ("rowwise", "chunked"))}
     expected |= {("oprd", b, metric) for b in ("cpu", "reference") for metric in ("time", "delta_peak")}
     assert measured == expected
     for r in rows:
@@ -44,14 +44,15 @@ def test_loss_path_smoke_rows_agree_and_fused_uses_less_memory(smoke_files):
         assert r["p20"] <= r["p50"] <= r["p80"] and r["flops"] > 0 and r["floor_ms"] > 0
     by = {(r["method"], r["backend"], r["metric"]): r for r in rows}
     for kind in ("top1", "top16", "full"):  # the runner compared the losses itself and recorded the comparison
-        fused = by[(f"fused-{kind}", "chunked", "time")]
-        assert fused["loss_reference_method"] == f"naive-{kind}/eager"
-        assert fused["loss_reference"] == by[(f"naive-{kind}", "eager", "time")]["loss"]
-        assert fused["loss_rel_diff"] < 1e-3
+        for backend in ("rowwise", "chunked"):
+            fused = by[(f"fused-{kind}", backend, "time")]
+            assert fused["loss_reference_method"] == f"naive-{kind}/eager"
+            assert fused["loss_reference"] == by[(f"naive-{kind}", "eager", "time")]["loss"]
+            assert fused["loss_rel_diff"] < 1e-3
     assert by[("oprd", "cpu", "time")]["loss_rel_diff"] < 1e-3
-    fused_peak = by[("fused-top16", "chunked", "delta_peak")]["p50"]
     naive_peak = by[("naive-top16", "eager", "delta_peak")]["p50"]
-    assert 0 < fused_peak < 0.9 * naive_peak  # [64, 4096] logits: the naive path holds several of them
+    for backend in ("rowwise", "chunked"):  # [64, 4096] logits: the naive path holds several of them
+        assert 0 < by[("fused-top16", backend, "delta_peak")]["p50"] < 0.9 * naive_peak
 
 
 def test_loss_path_raises_when_fused_and_naive_disagree(tmp_path, monkeypatch):

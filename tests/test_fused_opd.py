@@ -32,7 +32,7 @@ KINDS = ("sampled", "topk", "full")
 TRITON_OPD = "oprd_kernels.triton_ops.opd"
 
 
-@pytest.fixture(params=["chunked", "triton"])
+@pytest.fixture(params=["chunked", "rowwise", "triton"])
 def opd_backend(request) -> str:
     """Each implementation of the fused passes; triton runs under TRITON_INTERPRET=1 on CPU (set by conftest)."""
     if request.param == "triton" and importlib.util.find_spec(TRITON_OPD) is None:
@@ -604,11 +604,13 @@ def test_unavailable_triton_warns_and_falls_back(monkeypatch, gen, kind, how):
 # Memory: the [N, V] logits are never materialised
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend,row_block", [("chunked", 64), ("rowwise", 16)])
 @pytest.mark.parametrize("kind", KINDS)
-def test_never_materialises_the_logits(gen, kind):
+def test_never_materialises_the_logits(gen, kind, backend, row_block):
     """Forward + backward delta-peak at N = 256, V = 4096, d = 32 (one fp32 [N, V] tensor: 4 MiB) with 64 x 512
-    tiles: the fused losses stay well below one logits tensor (their floor is the [V, d] weight gradient, 0.5 MiB),
-    the naive reference path (materialised logits) above it."""
+    tiles (chunked) or 16-row whole-vocabulary chunks (rowwise, a few of them live at once): the fused losses stay
+    well below one logits tensor (their floor is the [V, d] weight gradient, 0.5 MiB), the naive reference path
+    (materialised logits) above it."""
     n, vocab, dim = 256, 4096, 32
     inp = draw(gen, (n,), vocab, dim, dim, dtype=torch.float32)
     logits_bytes = n * vocab * 4
@@ -617,7 +619,8 @@ def test_never_materialises_the_logits(gen, kind):
     args = (inp.teacher_hidden, inp.teacher_weight, inp.tokens, None)
 
     def fused():
-        return torch.autograd.grad(fused_loss(kind, h, w, *args, k=16, row_block=64, vocab_block=512), [h, w])
+        loss = fused_loss(kind, h, w, *args, k=16, row_block=row_block, vocab_block=512, backend=backend)
+        return torch.autograd.grad(loss, [h, w])
 
     def naive():
         return torch.autograd.grad(reference_loss(kind, h, w, *args, k=16), [h, w])

@@ -16,7 +16,7 @@ from oprd_kernels.opd import _passes
 TRITON_OPD = "oprd_kernels.triton_ops.opd"
 
 
-@pytest.fixture(params=["chunked", "triton"])
+@pytest.fixture(params=["chunked", "rowwise", "triton"])
 def opd_backend(request) -> str:
     """Each implementation of the statistics pass; triton runs under TRITON_INTERPRET=1 on CPU (set by conftest)."""
     if request.param == "triton" and importlib.util.find_spec(TRITON_OPD) is None:

@@ -22,6 +22,7 @@ from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
+from oprd_kernels.opd.rowwise import row_tiling
 
 KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
 
@@ -66,6 +67,11 @@ class _FusedOPD(torch.autograd.Function):
             loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
             ctx.grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
             return loss
+        if passes.whole_loss is not None:
+            loss, d_hidden, d_weight = passes.whole_loss(kind, inp, weight, teacher_weight, k, tiling, mm_dtypes,
+                                                         want_hidden=want_h, want_weight=want_w)
+            ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
+            return loss
         loss, grad = _loss_and_gradient(passes, kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
         d_hidden = d_weight = None
         if want_h or want_w:
@@ -102,7 +108,8 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
     if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab):
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
     passes = resolve_passes(func, backend, hidden.device)
-    tiling = choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block)
+    tiling = (row_tiling(inp.num_live, vocab, row_block) if passes.whole_loss is not None else
+              choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block))
     mm_dtypes = (matmul_dtype(hidden, weight),
                  matmul_dtype(hidden, weight) if kind == "at_ids" else matmul_dtype(teacher_hidden, teacher_weight))
     grad_on = torch.is_grad_enabled()
@@ -130,8 +137,9 @@ def fused_sampled_token_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden:
 
     hidden: [N, d] or [B, T, d] student final (post-norm) states aligned with `tokens`; weight: [V, d] LM head;
     teacher_hidden: the teacher's states at the same positions [.., d_t]; teacher_weight: [V, d_t]; tokens: int64
-    sampled tokens; mask: response positions. row_block/vocab_block: tile shape (defaults by device). backend:
-    "chunked", "triton" or "auto" (default: $OPRD_OPD_BACKEND, else triton on CUDA when present, else chunked).
+    sampled tokens; mask: response positions. row_block/vocab_block: tile shape (defaults by device; `rowwise` uses
+    whole-vocabulary rows and ignores vocab_block). backend: "chunked", "rowwise", "triton" or "auto" (default:
+    $OPRD_OPD_BACKEND, else triton on CUDA when it can run, else chunked there, and rowwise on CPU).
     """
     return _fused("fused_sampled_token_opd_loss", "sampled_token", hidden, weight, teacher_hidden, teacher_weight,
                   tokens, mask, 1, row_block, vocab_block, backend)

@@ -11,6 +11,7 @@ from torch import Tensor
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
 from oprd_kernels.opd._passes import resolve_passes
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
+from oprd_kernels.opd.rowwise import row_tiling
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
         raise fail(ValueError, func, "topk", f"must be an int in [0, V = {vocab}]", repr(topk))
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
-    tiling = choose_tiling(flat.shape[0], vocab, hidden.device, row_block, vocab_block)
     passes = resolve_passes(func, backend, hidden.device)
+    tiling = (row_tiling(flat.shape[0], vocab, row_block) if passes.whole_loss is not None else
+              choose_tiling(flat.shape[0], vocab, hidden.device, row_block, vocab_block))
     st = passes.logit_stats(flat, weight.detach(), None, tiling, matmul_dtype(hidden, weight), out,
                             ids=None if ids is None else ids.reshape(-1, ids.shape[-1]), topk=topk,
                             entropy=entropy)

@@ -1,11 +1,12 @@
-"""Which implementation runs the fused OPD's three vocabulary passes (statistics, joint KL statistics, gradient).
+"""Which implementation runs the fused OPD's vocabulary passes (statistics, joint KL statistics, gradient).
 
 `chunked`: PyTorch vocabulary tiles (statistics pass, then a gradient pass that recomputes each tile; any device, the
 least memory). `rowwise`: PyTorch chunks of rows over the whole vocabulary, each finished in one pass (rowwise.py;
-three LM-head products like the naive path; the CPU default). `triton`: fused Triton kernels (CUDA, and CPU tensors
-under TRITON_INTERPRET=1 for tests), the CUDA default. The orchestration in `fused.py` and `head_stats.py` is shared, so
-the backends differ in speed and memory, never in meaning. A request comes from the `backend=` argument, else
-$OPRD_OPD_BACKEND, else auto by device; an unavailable backend falls back to `chunked` with a one-time warning.
+three LM-head products like the naive path; the CPU default for fp32 heads). `triton`: fused Triton kernels (CUDA,
+and CPU tensors under TRITON_INTERPRET=1 for tests), the CUDA default. The orchestration in `fused.py` and
+`head_stats.py` is shared, so the backends differ in speed and memory, never in meaning. A request comes from the
+`backend=` argument, else $OPRD_OPD_BACKEND, else auto by device; an unavailable backend falls back to `chunked` with
+a one-time warning.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ def opd_unavailable_reason(backend: str, device: torch.device) -> str | None:
     return reason
 
 
-def resolve_passes(func: str, backend: str | None, device: torch.device) -> Passes:
+def resolve_passes(func: str, backend: str | None, device: torch.device,
+                   weight_dtype: torch.dtype | None = None) -> Passes:
+    """The passes for `backend` (None: $OPRD_OPD_BACKEND, else auto). Auto on CPU picks rowwise, except for an LM-head
+    weight stored below fp32 (`weight_dtype`), whose fp32 gradient accumulator would double the gradient's memory
+    there: the vocabulary tiles then keep only one block of it."""
     source, value = ("backend", backend) if backend is not None else (ENV_VAR, os.environ.get(ENV_VAR, "auto"))
     if not isinstance(value, str) or value.strip().lower() not in ("auto", *OPD_BACKENDS):
         raise fail(ValueError, func, source, f"must be one of {['auto', *OPD_BACKENDS]}", repr(value))
@@ -67,6 +72,8 @@ def resolve_passes(func: str, backend: str | None, device: torch.device) -> Pass
     if name == "auto":
         if device.type == "cuda":
             name = "triton" if opd_unavailable_reason("triton", device) is None else "chunked"
+        elif weight_dtype in (torch.float16, torch.bfloat16):
+            name = "chunked"
         else:
             name = "rowwise"
     reason = opd_unavailable_reason(name, device)

@@ -107,7 +107,7 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
     vocab = weight.shape[0]
     if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab):
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
-    passes = resolve_passes(func, backend, hidden.device)
+    passes = resolve_passes(func, backend, hidden.device, weight.dtype)
     tiling = (row_tiling(inp.num_live, vocab, row_block) if passes.whole_loss is not None else
               choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block))
     mm_dtypes = (matmul_dtype(hidden, weight),
@@ -139,7 +139,8 @@ def fused_sampled_token_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden:
     teacher_hidden: the teacher's states at the same positions [.., d_t]; teacher_weight: [V, d_t]; tokens: int64
     sampled tokens; mask: response positions. row_block/vocab_block: tile shape (defaults by device; `rowwise` uses
     whole-vocabulary rows and ignores vocab_block). backend: "chunked", "rowwise", "triton" or "auto" (default:
-    $OPRD_OPD_BACKEND, else triton on CUDA when it can run, else chunked there, and rowwise on CPU).
+    $OPRD_OPD_BACKEND, else triton on CUDA when it can run, else chunked there; on CPU rowwise, or chunked for a
+    bf16/fp16 weight).
     """
     return _fused("fused_sampled_token_opd_loss", "sampled_token", hidden, weight, teacher_hidden, teacher_weight,
                   tokens, mask, 1, row_block, vocab_block, backend)

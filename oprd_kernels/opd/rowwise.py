@@ -4,7 +4,8 @@ Each chunk's [rows, |V|] logits are computed once by one GEMM, and the chunk's l
 input gradients are finished from them before the next chunk: three student LM-head products in all (as many as the
 naive path) instead of the vocabulary-tiled path's four, and torch.topk over whole rows, so top-k ids and ties come out
 exactly as in the reference. Memory: a few [rows, |V|] chunks (~2^24 logits each unless row_block says otherwise)
-and, for a weight stored below fp32, an fp32 accumulator of the weight gradient [|V|, d]. This is the CPU default:
+and, for a weight stored below fp32, an fp32 accumulator of the weight gradient [|V|, d] (twice the gradient's own
+size, which is why `auto` picks the vocabulary tiles for such weights). This is the CPU default for fp32 heads:
 measured at 256 rows, d = 512, |V| = 151,936, it is 10% faster than the vocabulary tiles (one GEMM per chunk instead of
 two per tile) at 1.6x their memory, and 1.0x to 1.25x the naive path's time at 0.74x its memory.
 """

@@ -273,7 +273,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         student.train()
         # fused AdamW: no foreach temporaries the size of the model, which would hide every method's own memory
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, fused=True)
-        rate = harness.matmul_rate(getattr(torch, case.dtype), case.hidden, device)
+        # the rate of the case's LM-head product over its longest responses, where the OPD methods spend their FLOPs
+        rate = harness.matmul_rate(getattr(torch, case.dtype), case.batch * max(case.seqs), case.hidden, case.vocab,
+                                   device)
         for seq in args.seqs or case.seqs:
             if args.time_budget is not None and time.perf_counter() - start > args.time_budget:
                 print(f"time budget reached: {case.name} seq {seq} and longer not measured", flush=True)

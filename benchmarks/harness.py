@@ -100,10 +100,10 @@ def percentiles_dict(p: Percentiles) -> dict:
     return asdict(p)
 
 
-def matmul_rate(dtype: torch.dtype, dim: int, device: torch.device) -> float:
-    """FLOP/s of a large, compute-bound product in `dtype` with inner size max(dim, 1024): the compute floor's rate."""
-    m, n = (8192, 32768) if device.type == "cuda" else (2048, 8192)
-    a = torch.randn(m, max(dim, 1024), device=device).to(dtype)
-    b = torch.randn(n, a.shape[1], device=device).to(dtype)
+def matmul_rate(dtype: torch.dtype, m: int, k: int, n: int, device: torch.device) -> float:
+    """FLOP/s of the product [m, k] @ [k, n] in `dtype` (the fast end of a few runs): the compute floor's rate, probed
+    on the shape the measured work spends its FLOPs on."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(n, k, device=device).to(dtype)
     ms = time_ms(lambda: a @ b.T, device, warmup=1, reps=5).p20  # the fast end: a limit, not a typical run
-    return 2.0 * m * n * a.shape[1] / (ms * 1e-3)
+    return 2.0 * m * n * k / (ms * 1e-3)

@@ -13,6 +13,7 @@ def collect() -> dict:
 
     from oprd_kernels import _build
     from oprd_kernels.dispatch import backend_status
+    from oprd_kernels.opd._passes import OPD_BACKENDS, opd_unavailable_reason, resolve_passes
 
     try:
         import triton
@@ -21,9 +22,12 @@ def collect() -> dict:
     except ImportError:
         triton_version = None
     error = _build.extension_error()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return {
         "extension": _build.build_info() if error is None else {"error": error},
         "backends": backend_status(),
+        "opd_backends": {name: opd_unavailable_reason(name, device) or "available" for name in OPD_BACKENDS},
+        "opd_auto": resolve_passes("python -m oprd_kernels", "auto", device).name,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,

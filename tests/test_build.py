@@ -36,6 +36,8 @@ def test_python_dash_m_prints_the_build_facts_as_json():
     facts = json.loads(out.stdout)
     assert facts["extension"] == oprd_kernels.build_info()
     assert facts["backends"]["reference"]["alignment_loss"] == "available"
+    assert facts["opd_backends"]["chunked"] == facts["opd_backends"]["rowwise"] == "available"
+    assert facts["opd_auto"] in facts["opd_backends"] and facts["opd_backends"][facts["opd_auto"]] == "available"
     assert facts["torch"] and "python" in facts
 
 

@@ -7,9 +7,10 @@ computed tile by tile in the LM head's own precision and every softmax quantity 
 float64 inputs); the gradients of `hidden` and `weight` are produced during the forward pass, right after the
 statistics pass, and scaled by the incoming gradient in backward. The teacher is a constant.
 
-Cost: the student's logits are computed twice (statistics, then gradient) and the teacher's once (twice for the full
-KL); memory is one tile of logits plus O(N * k) statistics, the hidden-state gradient in float32, and one vocabulary
-block's weight gradient in float32. A graph built by these losses supports one backward pass.
+Cost with vocabulary tiles (`chunked`, `triton`): the student's logits are computed twice (statistics, then gradient)
+and the teacher's once (twice for the full KL); memory is one tile of logits plus O(N * k) statistics, the
+hidden-state gradient in float32, and one vocabulary block's weight gradient in float32. With `rowwise`, each chunk of
+whole rows is computed once (rowwise.py). A graph built by these losses supports one backward pass.
 """
 
 from __future__ import annotations

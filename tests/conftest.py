@@ -46,3 +46,9 @@ def be(request) -> FastBackend:
     if request.param == "triton":
         return FastBackend("triton", "cuda" if torch.cuda.is_available() else "cpu")
     return FastBackend("cpu", "cpu")
+
+
+@pytest.fixture(params=["chunked", "rowwise", "triton"])
+def opd_backend(request) -> str:
+    """Each implementation of the fused OPD passes; triton runs under TRITON_INTERPRET=1 on CPU (set above)."""
+    return request.param

@@ -11,7 +11,6 @@ autocast, argument validation, the backend seam, and the memory property the los
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from dataclasses import dataclass, replace
 
@@ -29,15 +28,6 @@ from oprd_kernels import (
 from oprd_kernels.opd import _passes
 
 KINDS = ("sampled", "topk", "full")
-TRITON_OPD = "oprd_kernels.triton_ops.opd"
-
-
-@pytest.fixture(params=["chunked", "rowwise", "triton"])
-def opd_backend(request) -> str:
-    """Each implementation of the fused passes; triton runs under TRITON_INTERPRET=1 on CPU (set by conftest)."""
-    if request.param == "triton" and importlib.util.find_spec(TRITON_OPD) is None:
-        pytest.skip("triton OPD kernels not present")
-    return request.param
 
 
 # ----------------------------------------------------------------------------------------------------------------

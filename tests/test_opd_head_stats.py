@@ -4,7 +4,6 @@ Fresh random inputs from the per-test generator `gen`; odd vocabularies and tile
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -12,16 +11,6 @@ import torch
 
 from oprd_kernels import HeadStats, lm_head_stats
 from oprd_kernels.opd import _passes
-
-TRITON_OPD = "oprd_kernels.triton_ops.opd"
-
-
-@pytest.fixture(params=["chunked", "rowwise", "triton"])
-def opd_backend(request) -> str:
-    """Each implementation of the statistics pass; triton runs under TRITON_INTERPRET=1 on CPU (set by conftest)."""
-    if request.param == "triton" and importlib.util.find_spec(TRITON_OPD) is None:
-        pytest.skip("triton OPD kernels not present")
-    return request.param
 
 
 def draw(gen: torch.Generator, positions: tuple[int, ...], vocab: int, dim: int, num_ids: int,

@@ -4,6 +4,10 @@ A *layer table* turns L tensors (HF `hidden_states` entries, views with any stri
 int64 [L, 4] table of (element offset from the base, stride_b, stride_s, stride_d): the kernel addresses row n of
 layer l at base + offset_l + (n // S) * stride_b + (n % S) * stride_s. Nothing is stacked or copied.
 
+The table owns every tensor it describes (`tensors`): a kernel reads layers 1..L-1 through offsets from `base`, so
+whatever keeps the table (a saved Plan, through to the backward) must keep all of them alive, not only the first.
+It also records their version counters, so that a backward can refuse a cache modified in place since the forward.
+
 *Row slots* make the backward deterministic and atomic-free when `rows` repeats a student row: entries are sorted by
 student row (stably), each distinct row gets one slot, and the program of a slot sums its run of entries before it
 writes the row's gradient once. Built with device ops only: no host sync.
@@ -21,10 +25,21 @@ from torch import Tensor
 @dataclass(frozen=True)
 class LayerTable:
     base: Tensor  # one of the layer tensors: the kernel's base pointer and element type
+    tensors: tuple[Tensor, ...]  # every tensor the table addresses: held so that none is freed while it is read
+    versions: tuple[int, ...]  # their version counters when the table was built
     table: Tensor  # int64 [L, 4] on the device: offset from base (elements), stride_b, stride_s, stride_d
     seq_len: int  # S: rows per sample, to split a flat row index n into (n // S, n % S)
     unit_stride_d: bool  # every layer has stride_d == 1 (contiguous rows)
     align: int  # every row starts on a 16-byte boundary: this many elements (lets loads vectorise); else 1
+
+    def check_unchanged(self, func: str, arg: str) -> None:
+        """Raise if a described tensor was modified in place since the table was built (the backward would read
+        values the forward never saw), as autograd does for saved tensors."""
+        for i, (t, v) in enumerate(zip(self.tensors, self.versions)):
+            if t._version != v:
+                raise RuntimeError(f"{func}: `{arg}` (layer {i}) was modified in place between the forward and the "
+                                   f"backward (version {v} -> {t._version}); the backward reads it again, so keep "
+                                   f"it unchanged until backward has run")
 
 
 def layer_table(layers: Sequence[Tensor]) -> LayerTable:
@@ -47,7 +62,8 @@ def layer_table(layers: Sequence[Tensor]) -> LayerTable:
         aligned &= t.data_ptr() % 16 == 0 and stride_b % vec == 0 and stride_s % vec == 0
     seq_len = base.shape[0] if base.dim() == 2 else base.shape[1]
     table = torch.tensor(entries, dtype=torch.int64).to(base.device, non_blocking=True)
-    return LayerTable(base, table, max(seq_len, 1), unit, 16 // size if aligned and unit else 1)
+    return LayerTable(base, tuple(layers), tuple(t._version for t in layers), table, max(seq_len, 1), unit,
+                      16 // size if aligned and unit else 1)
 
 
 @dataclass(frozen=True)

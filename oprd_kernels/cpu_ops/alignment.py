@@ -80,6 +80,7 @@ class CpuAlignmentFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         plan: Plan = ctx.plan
         student = ctx.saved_tensors
+        plan.cache.check_unchanged("alignment_loss", "teacher")
         needs = ctx.needs_input_grad[2:]
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)
         grads, ctx.grads = ctx.grads, None

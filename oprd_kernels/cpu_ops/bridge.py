@@ -98,6 +98,7 @@ class CpuBridgeFunction(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         plan: Plan = ctx.plan
         proj, *student = ctx.saved_tensors
+        plan.cache.check_unchanged("bridge_loss", "teacher_z")
         grads, ctx.grads = ctx.grads, None
         factors = grad_out.expand(plan.num_layers).to(plan.out_dtype)
         if grads is None or not bool((factors == 1).all()):

@@ -62,6 +62,7 @@ class AlignmentFunction(torch.autograd.Function):
     def backward(ctx, grad_per_layer: Tensor):
         plan: Plan = ctx.plan
         stats, *student = ctx.saved_tensors
+        plan.cache.check_unchanged("alignment_loss", "teacher")
         needs = ctx.needs_input_grad[2:]
         layers = student_layers(ctx.stacked, student)
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)

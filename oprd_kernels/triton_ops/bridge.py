@@ -57,6 +57,7 @@ class BridgeFunction(torch.autograd.Function):
     def backward(ctx, grad_per_layer: Tensor):
         plan: Plan = ctx.plan
         proj, *student = ctx.saved_tensors
+        plan.cache.check_unchanged("bridge_loss", "teacher_z")
         proj_needs, needs = ctx.needs_input_grad[2], ctx.needs_input_grad[3:]
         layers = student_layers(ctx.stacked, student)
         wanted = wanted_layers(ctx.stacked, needs, plan.num_layers)

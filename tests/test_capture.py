@@ -69,10 +69,10 @@ def test_captured_states_are_hf_hidden_states(family):
         assert torch.equal(state, reference[index])
     assert torch.equal(student.final, reference[4])
     rows, _ = select_positions(response, "last_k", 2)
-    cache = teacher_cache(model, ids, mask, "odd", rows, dtype=torch.float32)
+    cache = teacher_cache(model, ids, mask, "even", rows, dtype=torch.float32)
     expected = torch.stack([reference[i].reshape(-1, 32)[rows] for i in (1, 3)])
     assert cache.shape == (2, rows.numel(), 32) and torch.equal(cache, expected)
-    bf16 = teacher_cache(model, ids, mask, "odd", rows)
+    bf16 = teacher_cache(model, ids, mask, "even", rows)
     assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, expected.bfloat16())
 
 

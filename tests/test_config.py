@@ -246,7 +246,7 @@ def test_parse_layers_rejects_non_strings_and_feeds_resolve_layers():
     with pytest.raises(TypeError, match="`oprd.layers`"):
         parse_layers([1, 2])
     assert resolve_layers(parse_layers("1,-1"), 4) == [1, 4]
-    assert resolve_layers(parse_layers("even"), 4) == [2, 4]
+    assert resolve_layers(parse_layers("even"), 4) == [1, 3]
 
 
 def test_resolve_device(monkeypatch):

@@ -1,22 +1,31 @@
 """oprd.layers against hand-worked cases."""
 
+from fractions import Fraction
+
 import pytest
+import torch
 
 from oprd.layers import hidden_state_pairs, proportional_map, resolve_layers
 
 
 def test_modes_on_a_28_block_model():
+    # even / odd count 0-based blocks, as the authors' code: even = blocks 0, 2, ... = hidden_states 1, 3, ...
     assert resolve_layers("last", 28) == [28]
     assert resolve_layers("all", 28) == list(range(1, 29))
-    assert resolve_layers("even", 28) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28]
-    assert resolve_layers("odd", 28) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27]
+    assert resolve_layers("even", 28) == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27]
+    assert resolve_layers("odd", 28) == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28]
 
 
 def test_modes_on_odd_and_single_depth():
-    assert resolve_layers("even", 5) == [2, 4]
-    assert resolve_layers("odd", 5) == [1, 3, 5]
-    assert resolve_layers("even", 1) == []
+    assert resolve_layers("even", 5) == [1, 3, 5]
+    assert resolve_layers("odd", 5) == [2, 4]
+    assert resolve_layers("even", 1) == [1]
     assert resolve_layers("all", 1) == [1]
+
+
+def test_a_mode_selecting_nothing_is_an_error():
+    with pytest.raises(ValueError, match="'odd' selects no layer of a model with 1 block"):
+        resolve_layers("odd", 1)
 
 
 def test_explicit_lists_sorted_with_negative_and_embedding_indices():
@@ -69,12 +78,39 @@ def test_proportional_map_edge_depths():
     assert proportional_map(1, 36) == [35]  # the single block is the last: last with last
     assert proportional_map(36, 1) == [0] * 36
     assert proportional_map(2, 36) == [0, 35]
-    assert proportional_map(3, 2) == [0, 1, 1]  # 0.5 rounds half up
-    assert proportional_map(5, 3) == [0, 1, 1, 2, 2]  # 0, .5, 1, 1.5, 2
+    assert proportional_map(3, 2) == [0, 0, 1]  # 0.5 rounds half to even, as torch.round in the reference
+    assert proportional_map(5, 3) == [0, 0, 1, 2, 2]  # 0, .5, 1, 1.5, 2 -> half to even
+
+
+def _reference_map(num_student: int, num_teacher: int) -> list[int]:
+    """The authors' rule, written out: identity for equal depths, last for a one-block student, zeros for a
+    one-block teacher, else torch's float32 linspace rounded by torch (half to even)."""
+    if num_student == num_teacher:
+        return list(range(num_student))
+    if num_student == 1:
+        return [num_teacher - 1]
+    if num_teacher == 1:
+        return [0] * num_student
+    return [int(torch.round(x)) for x in torch.linspace(0, num_teacher - 1, num_student)]
+
+
+def test_proportional_map_is_the_reference_rule_on_a_sweep_of_depths():
+    for ls in range(1, 70):
+        for lt in range(1, 70):
+            assert proportional_map(ls, lt) == _reference_map(ls, lt), (ls, lt)
+
+
+def test_proportional_map_follows_float32_where_exact_arithmetic_would_tie():
+    # 23 -> 14: block 11 sits at 11 * 13 / 22 = 6.5 exactly (half to even: 6), but torch's float32 linspace puts
+    # it at 6.5000005, which rounds to 7. The reference pairs by the float value; so do we.
+    exact = [round(Fraction(i * 13, 22)) for i in range(23)]
+    assert proportional_map(23, 14) != exact
+    assert proportional_map(23, 14)[11] == 7 and exact[11] == 6
+    assert proportional_map(23, 14) == _reference_map(23, 14)
 
 
 def test_proportional_map_matches_the_float_formula_away_from_ties():
-    for ls, lt in [(28, 36), (36, 28), (24, 40), (7, 64), (12, 7)]:
+    for ls, lt in [(28, 36), (36, 28), (24, 40), (7, 65), (12, 7)]:
         expected = [int((i / (ls - 1)) * (lt - 1) + 0.5) for i in range(ls)]
         assert proportional_map(ls, lt) == expected
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence, Union
 
+import torch
+
 LAYER_MODES = ("last", "all", "even", "odd")
 LayerSpec = Union[str, Sequence[int]]
 
@@ -24,9 +26,10 @@ def _check_depth(func: str, arg: str, value: object) -> int:
 def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
     """Sorted `hidden_states` indices selected by `spec` for a model with `num_layers` blocks.
 
-    spec: "last" -> [L]; "all" -> [1..L] (every block output, as the paper's "all 28 layers"); "even" / "odd" ->
-    the even / odd indices among 1..L; or an explicit sequence of ints in [0, L] (0 = embeddings), negative
-    ints counting from the end as in Python (-1 = L). Duplicates are rejected.
+    spec: "last" -> [L]; "all" -> [1..L] (every block output, as the paper's "all 28 layers"); "even" / "odd"
+    count 0-based blocks as the authors' code does: "even" = blocks 0, 2, 4, ... = indices 1, 3, 5, ...; "odd" =
+    blocks 1, 3, 5, ... = indices 2, 4, 6, ...; or an explicit sequence of ints in [0, L] (0 = embeddings),
+    negative ints counting from the end as in Python (-1 = L). Duplicates and empty selections are rejected.
     """
     func = "resolve_layers"
     num_layers = _check_depth(func, "num_layers", num_layers)
@@ -39,7 +42,11 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
             return [num_layers]
         if spec == "all":
             return list(blocks)
-        return [i for i in blocks if i % 2 == (0 if spec == "even" else 1)]
+        selected = [i for i in blocks if (i - 1) % 2 == (0 if spec == "even" else 1)]
+        if not selected:
+            raise ValueError(f"{func}: mode {spec!r} selects no layer of a model with {num_layers} block(s) (it "
+                             f"counts 0-based blocks: 'odd' needs at least 2); use 'all' or 'last'")
+        return selected
     if not isinstance(spec, (list, tuple)) or len(spec) == 0:
         raise TypeError(f"{func}: `spec` must be a mode name or a non-empty sequence of ints; got {spec!r}")
     indices = []
@@ -56,19 +63,26 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
 
 
 def proportional_map(num_student: int, num_teacher: int) -> list[int]:
-    """0-based teacher block for each 0-based student block, per PAPER_NOTES Eq. 11.
+    """0-based teacher block for each 0-based student block, per PAPER_NOTES Eq. 11 as the authors' code computes it.
 
-    Student block l (1-based, of L_S) pairs with teacher block round((l - 1) / (L_S - 1) * (L_T - 1)) + 1: first
-    with first, last with last, evenly in between. Ties round half up; the arithmetic is exact (integers). A
-    one-block student pairs its block with the teacher's last block (the "last with last" rule).
+    Student block i pairs with teacher block round(linspace(0, L_T - 1, L_S)[i]), first with first and last with
+    last: the linspace is torch's float32 one and the rounding torch's, half to even (3 student blocks on 2 teacher
+    blocks -> [0, 0, 1]). That float arithmetic is kept on purpose: in some pairs (23 -> 14, for one) a position that
+    is a tie in exact arithmetic lands one ulp off it, and the reference pairs by where it lands. Equal depths give
+    the identity; a one-block student pairs with the teacher's last block; a one-block teacher takes every student
+    block.
     """
     func = "proportional_map"
     num_student = _check_depth(func, "num_student", num_student)
     num_teacher = _check_depth(func, "num_teacher", num_teacher)
+    if num_student == num_teacher:
+        return list(range(num_student))
     if num_student == 1:
         return [num_teacher - 1]
-    span_s, span_t = num_student - 1, num_teacher - 1
-    return [(2 * i * span_t + span_s) // (2 * span_s) for i in range(num_student)]
+    if num_teacher == 1:
+        return [0] * num_student
+    positions = torch.linspace(0, num_teacher - 1, steps=num_student, dtype=torch.float32, device="cpu")
+    return positions.round().long().tolist()
 
 
 def hidden_state_pairs(student_indices: Sequence[int], num_student: int, num_teacher: int) -> list[int]:

@@ -18,6 +18,7 @@ from oprd_kernels._tables import LayerTable, layer_table
 from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
+from oprd_kernels.triton_ops.common import cuda_grid
 
 MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)
 
@@ -29,6 +30,16 @@ def tile_and_warps(dim: int) -> tuple[int, int]:
 
 def accumulator(plan: Plan) -> tl.dtype:
     return tl.float64 if plan.out_dtype == torch.float64 else tl.float32
+
+
+def fwd_grid(num_layers: int, num_sel: int) -> tuple[int, int]:
+    """One program per (cache entry, layer): entries along dimension 0, which has room for 2^31 - 1."""
+    return cuda_grid("alignment_loss", num_sel, num_layers)
+
+
+def bwd_grid(num_wanted: int, num_sel: int) -> tuple[int, int]:
+    """One program per (row slot, layer wanting a gradient)."""
+    return cuda_grid("alignment_loss", num_sel, num_wanted)
 
 
 def _flags(plan: Plan, student: LayerTable) -> dict:
@@ -50,7 +61,7 @@ class AlignmentFunction(torch.autograd.Function):
         if plan.num_sel > 0:
             table = layer_table(student_layers(stacked, student))
             t = plan.cache
-            alignment_fwd_kernel[(plan.num_layers, plan.num_sel)](
+            alignment_fwd_kernel[fwd_grid(plan.num_layers, plan.num_sel)](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
                 plan.rows, plan.weights, plan.layer_map, per_row, stats,
                 plan.num_sel, plan.dim, NORM_EPS * NORM_EPS, **_flags(plan, table))
@@ -74,7 +85,7 @@ class AlignmentFunction(torch.autograd.Function):
             device = layers[0].device
             grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
             t = plan.cache
-            alignment_bwd_kernel[(len(wanted), plan.num_sel)](
+            alignment_bwd_kernel[bwd_grid(len(wanted), plan.num_sel)](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, *slot_arrays(plan.rows),
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grads.base(layers[0]),
                 grads.offsets, plan.num_sel, plan.num_layers, plan.dim, G_ALIGN=grads.align,

@@ -1,10 +1,10 @@
 """Triton kernels of the multi-layer alignment loss (semantics: oprd_kernels/reference/alignment.py).
 
-Forward: grid (L, N_sel), one selected row of one layer per program. It reads the student row in place (layer table)
+Forward: grid (N_sel, L), one selected row of one layer per program. It reads the student row in place (layer table)
 and its teacher cache row once, in D tiles, accumulating in ACC (fp32; fp64 for fp64 inputs), and writes the
 weighted row loss plus, for nmse/cosine, three per-row scalars (1/|s|, 1/|t|, cos) that the backward reuses.
 
-Backward: grid (layers needing a gradient, N_sel slots). A slot is one distinct student row (_tables.row_slots); its
+Backward: grid (N_sel slots, layers needing a gradient). A slot is one distinct student row (_tables.row_slots); its
 program re-reads that row and the teacher rows of its entries, sums their gradients in registers and writes the
 row of the dense gradient once. No atomics, deterministic. The gradient is recomputed rather than kept from the
 forward: the same bytes move either way (forward 2 reads + backward 2 reads + 1 write, against forward 2 reads +
@@ -30,8 +30,8 @@ def alignment_fwd_kernel(
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, T_UNIT: tl.constexpr, T_ALIGN: tl.constexpr,
     ACC: tl.constexpr, TILE_D: tl.constexpr,
 ):
-    layer = tl.program_id(0).to(tl.int64)
-    entry = tl.program_id(1).to(tl.int64)
+    entry = tl.program_id(0).to(tl.int64)
+    layer = tl.program_id(1).to(tl.int64)
     zero = tl.zeros([], dtype=ACC)
     inv_n = 1.0 / (n_sel + zero)  # exact in ACC (a float argument would be rounded to fp32)
     inv_dim = 1.0 / (dim + zero)
@@ -79,7 +79,7 @@ def alignment_fwd_kernel(
             loss = (ss * inv_s * inv_s + tt * inv_t * inv_t - 2.0 * cos) * inv_dim
         else:
             loss = 1.0 - cos
-        plane = n_sel * tl.num_programs(0)
+        plane = n_sel * tl.num_programs(1).to(tl.int64)
         tl.store(stats + out, inv_s)
         tl.store(stats + plane + out, inv_t)
         tl.store(stats + 2 * plane + out, cos)
@@ -98,8 +98,8 @@ def alignment_bwd_kernel(
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, T_UNIT: tl.constexpr, T_ALIGN: tl.constexpr,
     ACC: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr, G_ALIGN: tl.constexpr,
 ):
-    g_index = tl.program_id(0).to(tl.int64)
-    slot = tl.program_id(1).to(tl.int64)
+    slot = tl.program_id(0).to(tl.int64)
+    g_index = tl.program_id(1).to(tl.int64)
     zero = tl.zeros([], dtype=ACC)
     inv_n = 1.0 / (n_sel + zero)
     inv_dim = 1.0 / (dim + zero)
@@ -119,7 +119,7 @@ def alignment_bwd_kernel(
     limit = tl.where(row >= 0, dim, 0)  # unused slots (fewer distinct rows than entries) touch nothing
     s_start, s_stride = row_starts(s_table, layer, tl.maximum(row, 0), s_seq, S_ALIGN)
     g_layer = tl.load(grad_out + layer).to(ACC)
-    plane = n_sel * num_layers
+    plane = (slot * 0 + n_sel) * num_layers  # int64: L * N_sel may pass 2^31
     g_start = tl.load(grad_offsets + g_index) + tl.maximum(row, 0) * dim
     if G_ALIGN > 1:  # checked on the host: lets the stores vectorise
         g_start = (g_start // G_ALIGN) * G_ALIGN

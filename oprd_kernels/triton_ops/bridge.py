@@ -17,6 +17,7 @@ from oprd_kernels._validation import assert_values_async, check_bridge, device_o
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment import accumulator
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
+from oprd_kernels.triton_ops.common import cuda_grid
 
 BLOCK_R = 16  # rows per program (tl.dot needs >= 16)
 MAX_TILE_D = 64
@@ -32,8 +33,9 @@ def _flags(plan: Plan, student: LayerTable, proj: Tensor) -> dict:
                 TILE_D=max(16, min(triton.next_power_of_2(plan.dim), MAX_TILE_D)), num_warps=4)
 
 
-def _grid(plan: Plan) -> tuple[int, int]:
-    return plan.num_layers, triton.cdiv(plan.num_sel, BLOCK_R)
+def row_block_grid(num_layers: int, num_sel: int) -> tuple[int, int]:
+    """One program per (block of BLOCK_R entries or slots, layer): row blocks along dimension 0 (up to 2^31 - 1)."""
+    return cuda_grid("bridge_loss", triton.cdiv(num_sel, BLOCK_R), num_layers)
 
 
 class BridgeFunction(torch.autograd.Function):
@@ -45,7 +47,7 @@ class BridgeFunction(torch.autograd.Function):
         if plan.num_sel > 0:
             table = layer_table(student_layers(stacked, student))
             z = plan.cache
-            bridge_fwd_kernel[_grid(plan)](
+            bridge_fwd_kernel[row_block_grid(plan.num_layers, plan.num_sel)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
                 proj, *proj.stride(), plan.rows, plan.weights, per_row,
                 plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, **_flags(plan, table, proj))
@@ -71,7 +73,7 @@ class BridgeFunction(torch.autograd.Function):
                 index[layer] = slot
             grad_index = torch.tensor(index, dtype=torch.int64).to(proj.device, non_blocking=True)
             z = plan.cache
-            bridge_bwd_kernel[_grid(plan)](
+            bridge_bwd_kernel[row_block_grid(plan.num_layers, plan.num_sel)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
                 proj, *proj.stride(), *slot_arrays(plan.rows),
                 plan.weights, grad_per_layer.contiguous(), grad_index, grads.base(layers[0]), grads.offsets, proj_grad,

@@ -3,8 +3,8 @@
 The projection z = P_S h ([r] per row, r <= 64) lives only in registers: a program takes BLOCK_R rows of one layer,
 forms Z = S @ P^T with tl.dot over D tiles, and compares Z with the precomputed teacher rows.
 
-Forward: grid (L, cdiv(N_sel, BLOCK_R)) over cache entries; writes the weighted row losses [L, N_sel].
-Backward: grid (L, cdiv(N_sel, BLOCK_R)) over row slots (_tables.row_slots). Pass 1 recomputes Z for the slot's
+Forward: grid (cdiv(N_sel, BLOCK_R), L) over cache entries; writes the weighted row losses [L, N_sel].
+Backward: grid (cdiv(N_sel, BLOCK_R), L) over row slots (_tables.row_slots). Pass 1 recomputes Z for the slot's
 student row; the gradients dZ of the slot's entries are summed in registers; pass 2 writes dS = dZ @ P into the
 row of the dense student gradient and, when P_S needs a gradient, adds dZ^T @ S into an fp32 [L, r, D] buffer with
 atomics (Stage 1 only; atomics make its summation order, and so its last bits, vary between runs). Nothing
@@ -79,8 +79,8 @@ def bridge_fwd_kernel(
     ACC: tl.constexpr,
     BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr,
 ):
-    layer = tl.program_id(0).to(tl.int64)
-    entries = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    entries = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    layer = tl.program_id(1).to(tl.int64)
     live = entries < n_sel
     zero = tl.zeros([], dtype=ACC)
     if HAS_ROWS:
@@ -117,8 +117,8 @@ def bridge_bwd_kernel(
     BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
     G_ALIGN: tl.constexpr,
 ):
-    layer = tl.program_id(0).to(tl.int64)
-    slots = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    slots = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    layer = tl.program_id(1).to(tl.int64)
     in_range = slots < n_sel
     zero = tl.zeros([], dtype=ACC)
     if HAS_ROWS:

@@ -4,10 +4,24 @@ the accumulation dtype, the zero-norm guard, and bf16 rounding.
 Row starts are made visibly aligned by arithmetic, `(start // ALIGN) * ALIGN`, an identity once the host has
 checked the alignment. The compiler's alignment analysis sees through that even across helper calls, where a
 `tl.multiple_of` hint on a helper's result is lost on Triton 3.6. benchmarks/compile_report.py showed it: 2-byte
-loads with the hint, 16-byte loads with the arithmetic, on 3.6 and 3.9."""
+loads with the hint, 16-byte loads with the arithmetic, on 3.6 and 3.9.
+
+Launch grids: CUDA allows up to 2^31 - 1 programs along grid dimension 0 but only 65,535 along 1 and 2, so every
+launch puts its unbounded dimension (rows, row blocks) first and layers second; `cuda_grid` checks a grid."""
 
 import triton
 import triton.language as tl
+
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def cuda_grid(func: str, *grid: int) -> tuple[int, ...]:
+    """`grid` itself, after checking it against CUDA's limits (a clear error instead of a failed launch)."""
+    for axis, (size, limit) in enumerate(zip(grid, CUDA_GRID_LIMITS)):
+        if not 0 < size <= limit:
+            raise ValueError(f"{func}: launch grid {grid} has {size} programs along dimension {axis}; CUDA allows "
+                             f"1 to {limit} there")
+    return tuple(grid)
 
 
 @triton.jit

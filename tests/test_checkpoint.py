@@ -1,7 +1,11 @@
-"""oprd.checkpoint: exact round trip and continuation, crash safety, retention, and no code execution on load."""
+"""oprd.checkpoint: exact round trip and continuation, crash safety, retention, integrity checks with fallback to the
+newest intact checkpoint, and no code execution on load."""
 
+import functools
+import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from oprd import checkpoint
-from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from oprd.checkpoint import (CheckpointError, CheckpointWarning, TrainerState, latest_checkpoint, load_checkpoint,
+                             save_checkpoint)
 
 transformers = pytest.importorskip("transformers")
 
@@ -209,9 +214,10 @@ def test_latest_fallback_and_resave(tmp_path):
     assert latest_checkpoint(tmp_path) == ckpt_dir / "step_00000003"
     (ckpt_dir / "latest").write_text("step_00000009\n")  # names a missing directory
     assert latest_checkpoint(tmp_path) == ckpt_dir / "step_00000003"
-    (ckpt_dir / "step_00000003" / "trainer_state.json").unlink()  # incomplete: ignored
+    (ckpt_dir / "step_00000003" / "trainer_state.json").unlink()  # incomplete: skipped with a warning
     (ckpt_dir / "latest").write_text("step_00000003\n")
-    assert latest_checkpoint(tmp_path) == ckpt_dir / "step_00000001"
+    with pytest.warns(CheckpointWarning, match="step_00000003 is broken, skipped: trainer_state.json is missing"):
+        assert latest_checkpoint(tmp_path) == ckpt_dir / "step_00000001"
 
     path = save(tmp_path, run, step=3, again=True)  # a re-save of a step replaces it
     assert load_checkpoint(path, model=make_run(seed=1)[0], restore_rng=False).extra == {"again": True}
@@ -254,11 +260,11 @@ def test_not_a_checkpoint_names_the_path(tmp_path):
         load_checkpoint(tmp_path / "nowhere", model=model)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="empty.*trainer_state.json"):
+    with pytest.raises(CheckpointError, match="empty is not an intact checkpoint: manifest.json is missing"):
         load_checkpoint(empty, model=model)
     path = save(tmp_path, trained_run(), step=1)
     (path / "trainer_state.json").unlink()
-    with pytest.raises(ValueError, match=f"{path.name}.*trainer_state.json"):
+    with pytest.raises(CheckpointError, match=f"{path.name} is not an intact checkpoint: trainer_state.json is missing"):
         load_checkpoint(path, model=model)
 
 
@@ -269,6 +275,7 @@ def test_state_dict_key_mismatch(tmp_path):
     del tensors["model.norm.weight"]
     tensors["model.extra.weight"] = torch.zeros(2)
     save_file(tensors, weights, metadata={"format": "pt"})
+    checkpoint._write_manifest(path)  # a consistent checkpoint whose keys do not match
     with pytest.raises(ValueError, match=r"missing keys \['model.norm.weight'\].*unexpected keys \['model.extra"):
         load_checkpoint(path, model=make_run()[0])
 
@@ -297,8 +304,105 @@ def test_files_load_weights_only_and_pickle_payload_refused(tmp_path):
 
     torch.save({"state": {}, "param_groups": [], "evil": Payload()}, path / "optimizer.pt")
     model, optimizer, _ = make_run()
+    with pytest.raises(CheckpointError, match="optimizer.pt"):  # the manifest notices the replaced file first
+        load_checkpoint(path, model=model, optimizer=optimizer)
+    checkpoint._write_manifest(path)  # whoever can replace the file can rewrite the manifest: weights_only stops it
     with pytest.raises(ValueError, match="optimizer.pt"):
         load_checkpoint(path, model=model, optimizer=optimizer)
     assert not marker.exists()
     torch.load(path / "optimizer.pt", weights_only=False)  # proof that the payload is live
     assert marker.is_dir()
+
+
+# --- integrity: the manifest, fallback to the newest intact checkpoint ----------------------------------------------
+
+def truncate_half(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+def overwrite_4kb_in_the_middle(file: Path) -> None:
+    """Same size, different bytes (each one inverted, so the content surely changes)."""
+    data = bytearray(file.read_bytes())
+    start = len(data) // 2 - 2048
+    assert start > 0, "file too small for the test"
+    data[start:start + 4096] = bytes(b ^ 0xFF for b in data[start:start + 4096])
+    file.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated model.safetensors": ("model/model.safetensors", truncate_half,
+                                    r"model/model.safetensors has \d+ bytes, the manifest says \d+"),
+    "truncated optimizer.pt": ("optimizer.pt", truncate_half, r"optimizer.pt has \d+ bytes, the manifest says \d+"),
+    "4 KB overwritten in model.safetensors": ("model/model.safetensors", overwrite_4kb_in_the_middle,
+                                              "model/model.safetensors has the recorded size but not the recorded "
+                                              "SHA-256"),
+    "missing scheduler.pt": ("scheduler.pt", Path.unlink, "scheduler.pt is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", CORRUPTIONS)
+def test_a_broken_newest_checkpoint_falls_back_to_the_intact_one(tmp_path, damage):
+    older = trained_run(steps=1)
+    save(tmp_path, older, step=1)
+    newest = save(tmp_path, trained_run(steps=2), step=2)
+    rel, corrupt, problem = CORRUPTIONS[damage]
+    corrupt(newest / rel)
+
+    with pytest.warns(CheckpointWarning, match=f"checkpoint {re.escape(str(newest))} is broken, skipped: {problem}"):
+        found = latest_checkpoint(tmp_path)
+    assert found == tmp_path / "checkpoints" / "step_00000001"
+    model, optimizer, scheduler = make_run(seed=1)
+    assert load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler).step == 1
+    assert_same_params(older[0], model)
+    assert scheduler.last_epoch == 1
+    with pytest.raises(CheckpointError, match=f"{newest.name} is not an intact checkpoint: {problem}"):
+        load_checkpoint(newest, model=make_run(seed=1)[0])  # a direct load refuses it as well
+
+
+def test_no_intact_checkpoint_is_one_clear_error(tmp_path):
+    run = trained_run()
+    first, second = save(tmp_path, run, step=1), save(tmp_path, run, step=2)
+    truncate_half(first / "optimizer.pt")
+    (second / "model" / "model.safetensors").unlink()
+    with pytest.warns(CheckpointWarning) as warned:
+        with pytest.raises(CheckpointError) as error:
+            latest_checkpoint(tmp_path)
+    assert len(warned) == 2
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path}: no intact checkpoint to resume from")
+    assert f"{second} (model/model.safetensors is missing)" in message
+    assert re.search(f"{re.escape(str(first))} \\(optimizer.pt has \\d+ bytes", message)
+    assert "--overwrite" in message and "\n" not in message
+
+
+def test_a_checkpoint_without_a_manifest_cannot_be_verified(tmp_path):
+    path = save(tmp_path, trained_run(), step=1)
+    (path / "manifest.json").unlink()  # what a checkpoint of the previous format looks like
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="older than checkpoint manifests"):
+        latest_checkpoint(tmp_path)
+    (path / "manifest.json").write_text('{"format": 1, "files": {"optimizer.pt": {"size": "big"}}}')
+    with pytest.raises(CheckpointError, match="manifest.json is not a manifest of format 1"):
+        load_checkpoint(path, model=make_run()[0])
+
+
+def test_the_manifest_covers_every_file_and_ignores_unlisted_ones(tmp_path):
+    path = save(tmp_path, trained_run(), step=1)
+    listed = set(json.loads((path / "manifest.json").read_text())["files"])
+    on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert listed == on_disk and {"trainer_state.json", "optimizer.pt", "model/model.safetensors"} <= listed
+    (path / "notes.txt").write_text("a file a person added")
+    assert latest_checkpoint(tmp_path) == path  # unlisted files are not checked (and never read)
+
+
+def test_sharded_weights_verify_and_load(tmp_path):
+    run = trained_run()
+    run[0].save_pretrained = functools.partial(run[0].save_pretrained, max_shard_size="8KB")
+    path = save(tmp_path, run, step=1)
+    shards = sorted(p.name for p in (path / "model").glob("*.safetensors"))
+    assert len(shards) > 1 and (path / "model" / "model.safetensors.index.json").is_file()
+    model = make_run(seed=1)[0]
+    load_checkpoint(path, model=model, restore_rng=False)
+    assert_same_params(run[0], model)
+    truncate_half(path / "model" / shards[-1])
+    with pytest.raises(CheckpointError, match=f"model/{shards[-1]} has"):
+        load_checkpoint(path, model=model)

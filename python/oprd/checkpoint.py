@@ -1,4 +1,4 @@
-"""Crash-safe training checkpoints that resume a run exactly.
+"""Crash-safe training checkpoints that resume a run exactly, and that are checked before they are trusted.
 
 A checkpoint is the directory `<run_dir>/checkpoints/step_<step:08d>/`:
 
@@ -6,15 +6,22 @@ A checkpoint is the directory `<run_dir>/checkpoints/step_<step:08d>/`:
     optimizer.pt         optimizer state dict
     scheduler.pt         LR scheduler state dict
     rng_state.pt         Python `random`, NumPy global, torch CPU and CUDA generator states
-    trainer_state.json   step, data position, `extra`; written last, so it marks the checkpoint complete
+    trainer_state.json   step, data position, `extra`
+    manifest.json        size and SHA-256 of every file above (`oprd.manifest`); written last, it marks completion
 
-Atomicity: everything is written into `.tmp-...` next to the target, fsynced, and then renamed into place with
-`os.replace`, so a crash at any point leaves either no `step_*` directory or a complete one. `latest` (a text file
-naming the newest checkpoint directory) is replaced the same way. Old checkpoints are renamed to `.tmp-...` before
-deletion, so a crash mid-delete never leaves a partial `step_*` either. `.tmp-*` leftovers are ignored by
-`latest_checkpoint` and removed by the next successful save. One writer per run directory. Re-saving an existing
-step moves the old directory aside first; a hard kill between the two renames leaves `latest_checkpoint` on the
-step before (both copies sit in `.tmp-*` until the next save).
+Atomicity: everything is written into `.tmp-...` next to the target and fsynced. Then the manifest is written (to a
+temporary name, fsynced, renamed), and the directory is renamed into place with `os.replace`. A crash at any point
+therefore leaves either no `step_*` directory or a complete one. `latest` (a text file naming the newest checkpoint,
+for people and tools) is replaced the same way. Old checkpoints are renamed to `.tmp-...` before deletion.
+`.tmp-*` leftovers are never read, and the next save removes them (so does the trainer when a run starts). One
+writer per run directory. Re-saving an existing step moves the old directory aside first. A hard kill between the
+two renames leaves the step before as the newest checkpoint, and both copies stay in `.tmp-*` until the next save.
+
+Integrity: `latest_checkpoint` returns the highest-numbered checkpoint whose manifest verifies: every listed file is
+present with its recorded size and SHA-256. It warns about each newer broken checkpoint, naming it and what is
+wrong, and raises `CheckpointError` when none verifies. Files the manifest does not list are ignored and never read.
+A `step_*` directory without a manifest (saved by an oprd older than manifests, or not by oprd) cannot be verified
+and counts as broken: such a run cannot be resumed, only started again.
 
 Safety: every `.pt` file is read with `torch.load(weights_only=True)`, so a checkpoint file cannot run code (the
 reference implementation's `weights_only=False` could). Hence the RNG states are stored as tensors and plain types.
@@ -37,14 +44,25 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-__all__ = ["TrainerState", "save_checkpoint", "latest_checkpoint", "load_checkpoint"]
+from oprd.manifest import MANIFEST, build_manifest, check_manifest
 
-_MARKER = "trainer_state.json"
-_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pt", "model/config.json")
-_WEIGHTS = ("model/model.safetensors", "model/model.safetensors.index.json")  # single file or sharded
+__all__ = ["TrainerState", "CheckpointError", "CheckpointWarning", "save_checkpoint", "latest_checkpoint",
+           "load_checkpoint", "checkpoint_problems"]
+
+_STATE = "trainer_state.json"
+_FILES = (_STATE, "optimizer.pt", "scheduler.pt", "rng_state.pt", "model/config.json")
+_SINGLE, _INDEX = "model/model.safetensors", "model/model.safetensors.index.json"  # single file or sharded weights
 _TMP = ".tmp-"
 _STEP_DIR = re.compile(r"step_(\d+)")
 _FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or every checkpoint of a run) is broken; the message names each one and what is wrong."""
+
+
+class CheckpointWarning(UserWarning):
+    """A broken checkpoint was skipped in favour of an older intact one."""
 
 
 @dataclass
@@ -57,14 +75,15 @@ class TrainerState:
 
 
 def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: TrainerState, keep: int = 2) -> Path:
-    """Writes <run_dir>/checkpoints/step_<step:08d> atomically, updates <run_dir>/checkpoints/latest (a small text file
-    naming the newest checkpoint directory, itself replaced atomically), and deletes older checkpoints beyond `keep`
-    (never the one just written). Returns the checkpoint path.
+    """Writes <run_dir>/checkpoints/step_<step:08d> atomically, with its manifest last, then updates
+    <run_dir>/checkpoints/latest (a small text file naming the newest checkpoint directory, itself replaced
+    atomically). Then deletes older complete checkpoints beyond `keep`, never the one just written. Returns the
+    checkpoint path.
 
     A checkpoint already present for the same step is replaced. `state.extra` must survive a JSON round trip
     unchanged (no tuples, non-string keys or NaN), so that a resumed run sees exactly what was saved."""
-    marker_text = _marker_text(state)  # validate before anything touches the disk
-    if not isinstance(keep, int) or keep < 1:
+    state_text = _state_text(state)  # validate before anything touches the disk
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
         raise ValueError(f"keep must be an int >= 1, got {keep!r}")
     ckpt_dir = Path(run_dir) / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -76,9 +95,9 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng_state.pt")
+        _write_synced(tmp / _STATE, state_text)
         _fsync_tree(tmp)
-        _write_synced(tmp / _MARKER, marker_text)  # last: its presence means everything above is on disk
-        _fsync_dir(tmp)
+        _write_manifest(tmp)  # last: its presence means everything it lists is on disk
         if final.exists():  # re-save of a step: a rename cannot replace a non-empty directory, so move it aside
             aside = tempfile.mkdtemp(prefix=f"{_TMP}old-{final.name}-", dir=ckpt_dir)
             os.replace(final, aside)
@@ -96,46 +115,71 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
     os.replace(latest_tmp, ckpt_dir / "latest")
     _fsync_dir(ckpt_dir)
 
-    others = sorted((p for p in _complete_steps(ckpt_dir) if p != final), key=_step_of, reverse=True)
+    others = sorted((p for p in _step_dirs(ckpt_dir) if p != final and (p / MANIFEST).is_file()), key=_step_of,
+                    reverse=True)
     for old in others[keep - 1:]:
         os.replace(old, tempfile.mkdtemp(prefix=f"{_TMP}del-{old.name}-", dir=ckpt_dir))  # atomic "delete"
-    for leftover in ckpt_dir.glob(f"{_TMP}*"):  # crash debris, replaced and retired checkpoints
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+    remove_temporaries(ckpt_dir)
     _fsync_dir(ckpt_dir)
     return final
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (via `latest`; if `latest` is missing or names a missing directory, fall back to
-    the highest-numbered complete step_* directory, where complete = has its marker file written last), or None."""
+    """The highest-numbered checkpoint of `run_dir` that verifies, or None when it has no `step_*` directory.
+
+    Verifying means that every file in the manifest is present with its recorded size and SHA-256. Each newer
+    checkpoint that fails gets a CheckpointWarning naming its path and what is wrong. When none verifies,
+    CheckpointError names the run directory and every broken checkpoint."""
     ckpt_dir = Path(run_dir) / "checkpoints"
-    try:
-        name = (ckpt_dir / "latest").read_text().strip()
-    except FileNotFoundError:
-        name = ""
-    if _STEP_DIR.fullmatch(name) and not _missing_files(ckpt_dir / name):
-        return ckpt_dir / name
-    complete = _complete_steps(ckpt_dir) if ckpt_dir.is_dir() else []
-    return max(complete, key=_step_of) if complete else None
+    broken = []
+    for path in sorted(_step_dirs(ckpt_dir), key=_step_of, reverse=True):
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        warnings.warn(f"checkpoint {path} is broken, skipped: {'; '.join(problems)}", CheckpointWarning,
+                      stacklevel=2)
+        broken.append(f"{path} ({'; '.join(problems)})")
+    if broken:
+        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from; broken: {', '.join(broken)}. "
+                              "Restore an intact checkpoint there, or start the run again with --overwrite")
+    return None
 
 
-def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
-                    restore_rng: bool = True) -> TrainerState:
+def checkpoint_problems(path: str | Path, hashes: bool = True) -> list[str]:
+    """What is wrong with the checkpoint at `path` (empty: intact). With `hashes=False` only presence and sizes are
+    checked, which is cheap, and overwritten bytes go unnoticed."""
+    path = Path(path)
+    if not path.is_dir():
+        return ["not a directory"]
+    if not (path / MANIFEST).is_file():
+        return [f"{MANIFEST} is missing (saved by an oprd older than checkpoint manifests, or not by oprd): "
+                "cannot be verified"]
+    listed, problems = check_manifest(path, hashes)
+    if not problems:
+        required = [*_FILES, _INDEX if _INDEX in listed else _SINGLE]
+        problems = [f"{MANIFEST} does not list {f}" for f in required if f not in listed]
+    return problems
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True,
+                    verify: bool = True) -> TrainerState:
     """Loads weights into `model` in place (from safetensors, strict key match: ValueError naming missing/unexpected
     keys), then optimizer and scheduler state when given, restores the RNG states, and returns the TrainerState.
-    A path that is not a complete checkpoint raises ValueError/FileNotFoundError naming it. `.pt` files are read with
-    `torch.load(weights_only=True)`: one holding anything but tensors and plain types raises ValueError."""
+
+    The checkpoint is checked against its manifest first, and any problem raises CheckpointError naming the path and
+    the file. With `verify=False` only the files' presence and sizes are checked: pass that only right after
+    `latest_checkpoint` has verified the path, to avoid hashing everything twice. A missing directory raises
+    FileNotFoundError. `.pt` files are read with `torch.load(weights_only=True)`, and one holding anything but
+    tensors and plain types raises ValueError."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    missing = _missing_files(path)
-    if missing:
-        raise ValueError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
-    state = _parse_marker(path / _MARKER)
-    _load_model_weights(model, path / "model")
+    problems = checkpoint_problems(path, hashes=verify)
+    if problems:
+        raise CheckpointError(f"{path} is not an intact checkpoint: {'; '.join(problems)}")
+    listed, _ = check_manifest(path, hashes=False)
+    state = _parse_state(path / _STATE)
+    _load_model_weights(model, path / "model", sharded=_INDEX in listed)
     if optimizer is not None:
         optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
     if scheduler is not None:
@@ -145,10 +189,23 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     return state
 
 
+def remove_temporaries(ckpt_dir: str | Path) -> None:
+    """Deletes the `.tmp-*` entries of a checkpoints directory: the debris of crashed saves, and replaced or retired
+    checkpoints. Only safe while no save is running in that directory (one writer per run directory)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return
+    for leftover in ckpt_dir.glob(f"{_TMP}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 # --- trainer state --------------------------------------------------------------------------------------------------
 
-def _marker_text(state: TrainerState) -> str:
-    """The marker's JSON; rejects states that would not come back unchanged from it."""
+def _state_text(state: TrainerState) -> str:
+    """trainer_state.json's text; rejects states that would not come back unchanged from it."""
     for name in ("step", "data_position"):
         value = getattr(state, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -165,16 +222,16 @@ def _marker_text(state: TrainerState) -> str:
     return text
 
 
-def _parse_marker(file: Path) -> TrainerState:
+def _parse_state(file: Path) -> TrainerState:
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise ValueError(f"{file}: not a checkpoint marker of format {_FORMAT}")
+        raise ValueError(f"{file}: not a trainer state of format {_FORMAT}")
     state = TrainerState(data.get("step"), data.get("data_position"), data.get("extra"))
     try:
-        _marker_text(state)
+        _state_text(state)
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from e
     return state
@@ -182,16 +239,11 @@ def _parse_marker(file: Path) -> TrainerState:
 
 # --- files -----------------------------------------------------------------------------------------------------------
 
-def _missing_files(path: Path) -> list[str]:
-    """Required files absent from `path` (all of them when it is not a directory); empty means complete."""
-    missing = [f for f in (_MARKER, *_FILES) if not (path / f).is_file()]
-    if not any((path / f).is_file() for f in _WEIGHTS):
-        missing.append(" or ".join(_WEIGHTS))
-    return missing
-
-
-def _complete_steps(ckpt_dir: Path) -> list[Path]:
-    return [p for p in ckpt_dir.iterdir() if _STEP_DIR.fullmatch(p.name) and p.is_dir() and not _missing_files(p)]
+def _step_dirs(ckpt_dir: Path) -> list[Path]:
+    """Every `step_*` directory of `ckpt_dir`, complete or not."""
+    if not ckpt_dir.is_dir():
+        return []
+    return [p for p in ckpt_dir.iterdir() if _STEP_DIR.fullmatch(p.name) and p.is_dir()]
 
 
 def _step_of(path: Path) -> int:
@@ -212,6 +264,14 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_manifest(root: Path) -> None:
+    """Writes root/manifest.json atomically (temporary name, fsync, rename, fsync of the directory)."""
+    tmp = root / (MANIFEST + ".tmp")
+    _write_synced(tmp, build_manifest(root))
+    os.replace(tmp, root / MANIFEST)
+    _fsync_dir(root)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -235,13 +295,13 @@ def _load_pt(file: Path):
 
 # --- model weights ---------------------------------------------------------------------------------------------------
 
-def _load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
+def _load_model_weights(model: torch.nn.Module, model_dir: Path, sharded: bool) -> None:
     """Loads the safetensors weights of `model_dir` into `model`, one shard at a time, after a strict key check.
 
     A key may be absent from the files only when it shares storage with a present one (tied weights, which
     `save_pretrained` writes once)."""
     index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
+    if sharded:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = {model_dir / f: [k for k, v in weight_map.items() if v == f] for f in sorted(set(weight_map.values()))}
     else:

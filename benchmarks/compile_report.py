@@ -1,5 +1,5 @@
 """Compile the Triton kernels for a GPU architecture without a GPU and report what the compiler made of them:
-registers, spills (local memory), shared memory, and the widths of the global loads in the SASS.
+registers, spills (local memory), shared memory, the widths of the global loads in the SASS, and any atomics.
 
     python benchmarks/compile_report.py              # every variant, sm_90 (H100/H200)
     python benchmarks/compile_report.py --arch 80 --quick
@@ -27,7 +27,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
-from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel
+from oprd_kernels.triton_ops.bridge import PROJ_GRAD_BLOCKS
+from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel, bridge_proj_grad_kernel
 from oprd_kernels.triton_ops.opd_kernels import (
     opd_grad_tile_kernel,
     opd_kl_stats_kernel,
@@ -37,10 +38,10 @@ from oprd_kernels.triton_ops.opd_kernels import (
 )
 
 INT_ARGS = {"s_seq", "t_seq", "z_seq", "n_sel", "dim", "num_layers", "rank", "p_stride_l",
-            "p_stride_r", "p_stride_d"}
+            "p_stride_r", "p_stride_d", "k_chunk"}
 # Integers Triton would see as multiples of 16 at the paper's shapes (D = 1536, S = 16384, N_sel = 4000), which it
 # specialises on at run time, as it does 16-byte-aligned pointers.
-DIVISIBLE_INTS = {"s_seq", "dim", "n_sel", "p_stride_l", "p_stride_r"}
+DIVISIBLE_INTS = {"s_seq", "dim", "n_sel", "p_stride_l", "p_stride_r", "k_chunk"}
 FLOAT_ARGS = {"eps_sq"}
 # The fused OPD kernels' integers, at N = 32768, d = 1536, V = 151936 (a multiple of 16), gradient slab 2048 x 8192.
 OPD_INT_ARGS = {"h_sn", "h_sd", "w_sv", "w_sd", "t_sn", "t_sd", "tw_sv", "tw_sd", "ids_sr", "ids_sk", "sp_sr",
@@ -101,7 +102,8 @@ def compile_variant(v: Variant, arch: int) -> dict:
     return {"variant": v.name, "arch": arch, "registers": int(facts["REG"]), "local_bytes": int(facts["LOCAL"]),
             "stack_bytes": int(facts["STACK"]), "shared_bytes": int(facts["SHARED"]),
             "global_loads": sorted(set(re.findall(r"LDG\.E[.\w]*", sass))),
-            "global_stores": sorted(set(re.findall(r"STG\.E[.\w]*", sass)))}
+            "global_stores": sorted(set(re.findall(r"STG\.E[.\w]*", sass))),
+            "atomics": sorted(set(re.findall(r"\b(?:RED|ATOMG|ATOM)\.[.\w]*", sass)))}
 
 
 def variants(quick: bool = False) -> list[Variant]:
@@ -127,10 +129,17 @@ def variants(quick: bool = False) -> list[Variant]:
                            flags, 4))
         for proj_grad in ((True,) if quick else (False, True)):
             bwd = {**ptr, "order": "i64", "slot_rows": "i64", "slot_start": "i64", "grad_out": "fp32",
-                   "grad_index": "i64", "grad": "bf16", "grad_offsets": "i64",
-                   "proj_grad": "fp32" if proj_grad else None}
+                   "grad_index": "i64", "grad": "bf16", "grad_offsets": "i64"}
+            if proj_grad:
+                bwd["dz_out"] = "fp32"
             out.append(Variant(f"bridge_bwd/bf16/r{r_pad}/proj_grad={proj_grad}", bridge_bwd_kernel, bwd,
                                {**flags, "PROJ_GRAD": proj_grad, "BF16_RNE": False, "G_ALIGN": 8}, 4))
+        opts = dict(PROJ_GRAD_BLOCKS["cuda"])
+        warps, stages = opts.pop("num_warps"), opts.pop("num_stages")
+        pg_ptr = dict(s_base="bf16", s_table="i64", slot_rows="i64", dz="fp32", out="fp32")
+        out.append(Variant(f"bridge_proj_grad/bf16/r{r_pad}", bridge_proj_grad_kernel, pg_ptr,
+                           dict(HAS_ROWS=True, S_UNIT=True, S_ALIGN=8, ACC=tl.float32, R_PAD=r_pad, **opts), warps,
+                           stages))
     return out
 
 
@@ -198,10 +207,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     chosen = opd_variants(args.quick) if args.opd else variants(args.quick)
     reports = [compile_variant(v, args.arch) for v in chosen]
     print(f"triton {triton.__version__}, sm_{args.arch}")
-    print(f"{'variant':<40}{'regs':>5}{'local B':>8}{'shared B':>9}  global loads / stores")
+    print(f"{'variant':<40}{'regs':>5}{'local B':>8}{'shared B':>9}  global loads / stores [atomics]")
     for r in reports:
         print(f"{r['variant']:<40}{r['registers']:>5}{r['local_bytes']:>8}{r['shared_bytes']:>9}  "
-              f"{' '.join(r['global_loads'])} / {' '.join(r['global_stores'])}")
+              f"{' '.join(r['global_loads'])} / {' '.join(r['global_stores'])}"
+              + (f" [{' '.join(r['atomics'])}]" if r["atomics"] else ""))
     return reports
 
 

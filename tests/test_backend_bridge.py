@@ -122,6 +122,58 @@ def test_non_contiguous_student_and_projector(be, gen):
         assert_matches(be, student, teacher_z, proj, 2e-5, rows=rows, loss_type=loss_type)
 
 
+PROJ_GRAD_CASES = {
+    "all-rows-L2": dict(L=2, B=3, S=7, D=37, r=5, rows=None, weights=None),  # 21 slots: two blocks
+    "few-rows-many-repeats-L4": dict(L=4, D=29, r=3, n_sel=50, rows="few"),  # runs of entries, unused slots
+    "column-tiles-L3": dict(L=3, B=3, S=12, D=70, r=17, n_sel=33, rows="perm"),  # D over several tiles, r > 16
+}
+
+
+@pytest.mark.parametrize("case", PROJ_GRAD_CASES)
+@pytest.mark.parametrize("student_grad", ["all", "some", "none"])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_projector_gradient(be, gen, case, student_grad, loss_type, dtype):
+    """P_S's gradient (Stage 1 trains it, with the backbone frozen or not) against the reference."""
+    kw = dict(PROJ_GRAD_CASES[case])
+    few = kw.get("rows") == "few"
+    if few:
+        kw["rows"] = "perm"
+    student, teacher_z, proj, rows, weights = make(gen, be, dtype=dtype, **kw)
+    if few:  # 50 entries over 6 distinct student rows
+        rows = torch.randint(0, 6, (rows.numel(),), generator=gen).to(be.device) * 3
+    if student_grad != "all":
+        student = [s.detach().requires_grad_(student_grad == "some" and i % 2 == 0) for i, s in enumerate(student)]
+    tol = 2e-5 if dtype == torch.float32 else 1e-11
+    scale = torch.linspace(-1.5, 2.0, len(student), device=be.device)
+    assert_matches(be, student, teacher_z, proj, tol, grad_scale=scale, rows=rows, weights=weights,
+                   loss_type=loss_type, reduction="none")
+
+
+def test_projector_gradient_is_deterministic(be, gen):
+    """Two identical backward calls give bitwise identical gradients (no atomics, fixed summation order)."""
+    student, teacher_z, proj, rows, weights = make(gen, be, L=2, B=3, S=16, D=40, r=6, n_sel=45)
+    runs = [values_and_grads(be.bridge_loss, student, teacher_z, proj, rows=rows, weights=weights) for _ in range(2)]
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert torch.equal(a, b)
+    assert runs[0][1][-1].shape == proj.shape and bool(runs[0][1][-1].abs().sum() > 0)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_bf16_frozen_student_fp32_projector(be, gen, loss_type):
+    """Stage 1 as trained: bf16 backbone, frozen; fp32 projector. Error no worse than the reference's own."""
+    student, teacher_z, proj, rows, weights = make(gen, be, dtype=torch.bfloat16, L=2, D=45, r=8, n_sel=30)
+    student = [s.detach() for s in student]
+    proj = proj.detach().float().requires_grad_()
+    kw = dict(rows=rows, weights=weights, loss_type=loss_type, reduction="none")
+    _, (truth,) = values_and_grads(ref.bridge_loss, [s.double() for s in student], teacher_z.double(),
+                                   proj.double(), **kw)
+    _, (got,) = values_and_grads(be.bridge_loss, student, teacher_z, proj, **kw)
+    _, (base,) = values_and_grads(ref.bridge_loss, student, teacher_z, proj, **kw)
+    assert got.dtype == torch.float32
+    assert (got.double() - truth).norm() <= (base.double() - truth).norm() * 1.05 + 1e-6 * truth.norm()
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_empty_row_set(be, gen, loss_type):
     student, teacher_z, proj, _, _ = make(gen, be)

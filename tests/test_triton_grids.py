@@ -22,10 +22,19 @@ def within_cuda_limits(grid: tuple[int, ...]) -> bool:
     return 1 <= len(grid) <= 3 and all(1 <= size <= limit for size, limit in zip(grid, limits))
 
 
+def proj_grad_grid(layers: int, dim: int, n_sel: int) -> tuple[int, int]:
+    """The projector-gradient GEMM's grid as the launch picks it on an H200 (132 SMs)."""
+    blocks = tri_bridge.PROJ_GRAD_BLOCKS["cuda"]
+    target = tri_bridge.PROJ_GRAD_TARGET["cuda"] * 132
+    splits, _ = tri_bridge.proj_grad_split(layers, dim, n_sel, target, blocks["BLOCK_K"], blocks["TILE_D"])
+    return tri_bridge.proj_grad_grid(layers, dim, splits, blocks["TILE_D"])
+
+
 GRIDS = {
     "alignment_fwd": lambda layers, n_sel: tri_align.fwd_grid(layers, n_sel),
     "alignment_bwd": lambda layers, n_sel: tri_align.bwd_grid(layers, n_sel),
     "bridge_rows": lambda layers, n_sel: tri_bridge.row_block_grid(layers, n_sel),
+    "bridge_proj_grad": lambda layers, n_sel: proj_grad_grid(layers, 1536, n_sel),
 }
 
 
@@ -95,7 +104,7 @@ def test_alignment_launches_put_rows_first(monkeypatch, with_rows):
 
 def test_bridge_launches_put_row_blocks_first(monkeypatch):
     L, B, S, D, r, n_sel = 2, 2, 20, 9, 4, 37  # 3 row blocks, 2 layers: a swapped grid shows
-    rec = record(monkeypatch, tri_bridge, "bridge_fwd_kernel", "bridge_bwd_kernel")
+    rec = record(monkeypatch, tri_bridge, "bridge_fwd_kernel", "bridge_bwd_kernel", "bridge_proj_grad_kernel")
     student = [torch.randn(B, S, D, requires_grad=True) for _ in range(L)]
     proj = torch.randn(L, r, D, requires_grad=True)
     rows = torch.randint(0, B * S, (n_sel,))
@@ -103,3 +112,8 @@ def test_bridge_launches_put_row_blocks_first(monkeypatch):
     blocks = -(-n_sel // tri_bridge.BLOCK_R)
     assert rec["bridge_fwd_kernel"].grids == [(blocks, L)]
     assert rec["bridge_bwd_kernel"].grids == [(blocks, L)]
+    opts = tri_bridge.PROJ_GRAD_BLOCKS["cpu"]
+    splits, _ = tri_bridge.proj_grad_split(L, D, n_sel, tri_bridge.PROJ_GRAD_TARGET["cpu"], opts["BLOCK_K"],
+                                           opts["TILE_D"])
+    assert splits > 1  # 37 slots in 16-slot steps: the interpreter's target asks for a split
+    assert rec["bridge_proj_grad_kernel"].grids == [tri_bridge.proj_grad_grid(L, D, splits, opts["TILE_D"])]

@@ -6,9 +6,10 @@ forms Z = S @ P^T with tl.dot over D tiles, and compares Z with the precomputed 
 Forward: grid (cdiv(N_sel, BLOCK_R), L) over cache entries; writes the weighted row losses [L, N_sel].
 Backward: grid (cdiv(N_sel, BLOCK_R), L) over row slots (_tables.row_slots). Pass 1 recomputes Z for the slot's
 student row; the gradients dZ of the slot's entries are summed in registers; pass 2 writes dS = dZ @ P into the
-row of the dense student gradient and, when P_S needs a gradient, adds dZ^T @ S into an fp32 [L, r, D] buffer with
-atomics (Stage 1 only; atomics make its summation order, and so its last bits, vary between runs). Nothing
-[N_sel, r]-sized is written.
+row of the dense student gradient (skipped for layers that want none). When P_S needs a gradient (Stage 1), dZ is
+also written to an [L, N_sel, r] buffer (per slot, in the accumulation dtype), and bridge_proj_grad_kernel forms
+dP_l = dZ_l^T @ S_l: a GEMM over the slots that reads the student rows in place, with a fixed summation order and
+no atomics, so the projector gradient is deterministic.
 
 Loss codes: 0 = mse, 1 = nmse, 2 = cosine; all over the r-dimensional projected rows.
 """
@@ -109,7 +110,7 @@ def bridge_bwd_kernel(
     proj, p_stride_l, p_stride_r, p_stride_d,
     order, slot_rows, slot_start,
     weights, grad_out, grad_index,  # grad_index: int64 [L], slot of each layer in `grad`, -1 when not wanted
-    grad, grad_offsets, proj_grad,  # dense gradients [B*S, D] at grad + grad_offsets[slot]; fp32 [L, r, D] or unused
+    grad, grad_offsets, dz_out,  # dense gradients [B*S, D] at grad + grad_offsets[slot]; [L, N_sel, r] or unused
     n_sel, rank, dim, eps_sq,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, PROJ_GRAD: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr,
@@ -158,25 +159,60 @@ def bridge_bwd_kernel(
         coef = w * g_layer
         dz += (coef * a)[:, None] * z + (coef * b)[:, None] * zt
 
+    if PROJ_GRAD:  # unused slots store their zero dZ
+        tl.store(dz_out + (layer * n_sel + slots)[:, None] * rank + ranks[None, :], dz,
+                 mask=in_range[:, None] & (ranks[None, :] < rank))
     g_slot = tl.load(grad_index + layer)
-    s_live = live & ((rows_blk * 0 + g_slot) >= 0)  # broadcast first: the interpreter rejects vector & scalar masks
-    g_starts = tl.load(grad_offsets + tl.maximum(g_slot, 0)) + rows_blk * dim
-    if G_ALIGN > 1:  # checked on the host: lets the stores vectorise
-        g_starts = (g_starts // G_ALIGN) * G_ALIGN
-    g_rows = grad + g_starts
-    for d0 in range(0, dim, TILE_D):
-        cols = d0 + tl.arange(0, TILE_D)
-        col_ok = cols[None, :] < dim
-        p = _load_proj(p_layer, ranks, cols, p_stride_r, p_stride_d, (ranks[:, None] < rank) & col_ok,
-                       P_UNIT).to(ACC)
-        ds = tl.dot(dz, p, input_precision="ieee", out_dtype=ACC)  # [BLOCK_R, TILE_D]
-        g_mask = s_live[:, None] & col_ok
-        if BF16_RNE:
-            tl.store(g_rows[:, None] + cols[None, :], bf16_round_nearest_even(ds.to(tl.float32)), mask=g_mask)
+    if g_slot >= 0:
+        g_starts = tl.load(grad_offsets + g_slot) + rows_blk * dim
+        if G_ALIGN > 1:  # checked on the host: lets the stores vectorise
+            g_starts = (g_starts // G_ALIGN) * G_ALIGN
+        g_rows = grad + g_starts
+        for d0 in range(0, dim, TILE_D):
+            cols = d0 + tl.arange(0, TILE_D)
+            col_ok = cols[None, :] < dim
+            p = _load_proj(p_layer, ranks, cols, p_stride_r, p_stride_d, (ranks[:, None] < rank) & col_ok,
+                           P_UNIT).to(ACC)
+            ds = tl.dot(dz, p, input_precision="ieee", out_dtype=ACC)  # [BLOCK_R, TILE_D]
+            g_mask = live[:, None] & col_ok
+            if BF16_RNE:
+                tl.store(g_rows[:, None] + cols[None, :], bf16_round_nearest_even(ds.to(tl.float32)), mask=g_mask)
+            else:
+                tl.store(g_rows[:, None] + cols[None, :], ds.to(grad.dtype.element_ty), mask=g_mask)
+
+
+@triton.jit
+def bridge_proj_grad_kernel(
+    s_base, s_table, s_seq,
+    slot_rows,  # int64 [N_sel]: the student row of each slot, -1 for unused ones (unused without rows)
+    dz, out,  # in: dZ [L, N_sel, r]; out: [splits, L, r, D], one partial dP per split of the slots (ACC dtype)
+    n_sel, rank, dim, k_chunk,  # k_chunk: slots per split, a multiple of BLOCK_K
+    HAS_ROWS: tl.constexpr, S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_K: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr,
+):
+    """One [r, TILE_D] tile of sum over the slots of split `split` of dZ_u^T s_u, for one layer; slots in order."""
+    d_tiles = tl.cdiv(dim, TILE_D)
+    pid = tl.program_id(0).to(tl.int64)
+    split = pid // d_tiles
+    cols = (pid - split * d_tiles) * TILE_D + tl.arange(0, TILE_D)
+    layer = tl.program_id(1).to(tl.int64)
+    ranks = tl.arange(0, R_PAD)
+    col_ok = cols < dim
+    acc = tl.zeros([R_PAD, TILE_D], dtype=ACC)
+    k_start = split * k_chunk
+    k_stop = tl.minimum(k_start + k_chunk, n_sel)
+    for k0 in range(k_start, k_stop, BLOCK_K):
+        slots = k0 + tl.arange(0, BLOCK_K)
+        in_range = slots < k_stop
+        if HAS_ROWS:
+            rows_blk = tl.load(slot_rows + slots, mask=in_range, other=-1)
         else:
-            tl.store(g_rows[:, None] + cols[None, :], ds.to(grad.dtype.element_ty), mask=g_mask)
-        if PROJ_GRAD:
-            s = load_rows(s_base, s_starts, s_stride, cols, live[:, None] & col_ok, S_UNIT).to(ACC)
-            dp = tl.dot(tl.trans(dz), s, input_precision="ieee", out_dtype=ACC)  # [R_PAD, TILE_D]
-            tl.atomic_add(proj_grad + layer * rank * dim + ranks[:, None] * dim + cols[None, :], dp,
-                          mask=(ranks[:, None] < rank) & col_ok)
+            rows_blk = tl.where(in_range, slots, -1)
+        live = rows_blk >= 0
+        s_starts, s_stride = row_starts(s_table, layer, tl.maximum(rows_blk, 0), s_seq, S_ALIGN)
+        s = load_rows(s_base, s_starts, s_stride, cols, live[:, None] & col_ok[None, :], S_UNIT).to(ACC)
+        g = tl.load(dz + (layer * n_sel + slots)[:, None] * rank + ranks[None, :],
+                    mask=live[:, None] & (ranks[None, :] < rank), other=0.0)
+        acc += tl.dot(tl.trans(g), s, input_precision="ieee", out_dtype=ACC)
+    at = ((split * tl.num_programs(1) + layer) * rank + ranks[:, None]) * dim + cols[None, :]
+    tl.store(out + at, acc, mask=(ranks[:, None] < rank) & col_ok[None, :])

@@ -264,7 +264,7 @@ def test_not_a_checkpoint_names_the_path(tmp_path):
         load_checkpoint(empty, model=model)
     path = save(tmp_path, trained_run(), step=1)
     (path / "trainer_state.json").unlink()
-    with pytest.raises(CheckpointError, match=f"{path.name} is not an intact checkpoint: trainer_state.json is missing"):
+    with pytest.raises(CheckpointError, match=f"{path.name} is not an intact checkpoint: trainer_state.json is miss"):
         load_checkpoint(path, model=model)
 
 

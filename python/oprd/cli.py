@@ -1,7 +1,7 @@
 """The `oprd` command: `demo`, `train`, `eval`.
 
     oprd demo [--out DIR] [--quick] [--seed N]
-    oprd train --config run.yaml [section.key=value ...] [--resume]
+    oprd train --config run.yaml [section.key=value ...] [--resume | --overwrite]
     oprd eval --model DIR --prompts FILE [--samples K] [--temperature T] [--max-new-tokens N] [--size N]
 
 Configuration errors, missing model directories and prompt files without the required fields are reported before
@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
     teacher = _load_model(config.model.teacher, "model.teacher", resolve_dtype(config.model.dtype, device))
     tokenizer = _load_tokenizer(config.model.student)
     trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_prompts)
-    last = trainer.run(resume=args.resume)
+    last = trainer.run(resume=args.resume, overwrite=args.overwrite)
     final = Path(config.run.dir) / "final"
     student.save_pretrained(final)
     tokenizer.save_pretrained(final)
@@ -97,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="distil a local student from a local teacher on a JSONL prompt file")
     train.add_argument("--config", default=None, help="YAML config (see docs/trainer.md)")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start again in a run directory that holds a run: delete its checkpoints, metrics, final")
     train.add_argument("overrides", nargs="*", help="section.key=value")
     train.set_defaults(run=cmd_train)
     ev = sub.add_parser("eval", help="avg@k accuracy of a local model on a JSONL prompt file with answers")

@@ -102,6 +102,7 @@ class RunConfig:
     dir: str = "runs/oprd"       # run directory
     seed: int = 0
     save_every: int = 0          # checkpoint every N steps (0: only at the end), >= 0
+    keep_checkpoints: int = 2    # how many checkpoints are kept (the newest ones), >= 1
     device: str = "auto"         # "auto" | "cpu" | "cuda" | "cuda:N"
     backend: str = "auto"        # kernel backend: "auto" | "reference" | "triton" | "cpu"
     log_every: int = 1           # >= 1
@@ -204,6 +205,7 @@ _RULES = {
     "eval.temperature": _POSITIVE,
     "eval.max_new_tokens": _at_least(1),
     "run.save_every": _at_least(0),
+    "run.keep_checkpoints": _at_least(1),
     "run.device": ((lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) is not None),
                    '"auto", "cpu", "cuda" or "cuda:N"'),
     "run.backend": _choice(KERNEL_BACKENDS),

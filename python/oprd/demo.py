@@ -142,7 +142,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
         trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_set, grader=task.grade)
         peak = _update_delta_peak(config, student, teacher, tokenizer, prompts, task)
         start = time.perf_counter()
-        trainer.run(progress=progress)
+        trainer.run(progress=progress, overwrite=True)  # the demo rebuilt its models: an earlier run is stale
         seconds = time.perf_counter() - start
         student.save_pretrained(run_dir / "final")
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -11,9 +11,7 @@ A resumed run continues exactly: same prompts, same random stream, same metrics 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -23,12 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from oprd import metrics_log
 from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
 from oprd.objective import ObjectiveSpec, compute_objective, plan_layers
 from oprd.rollout import generate_rollouts
+from oprd.run_dir import prepare_fresh_run, remove_leftovers
 
 
 def warmup_cosine(steps: int, warmup_ratio: float):
@@ -76,18 +76,26 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the loop
 
-    def run(self, resume: bool = False, progress: bool = True) -> dict:
-        """Train to `optim.steps` (resuming from the latest checkpoint when asked); returns the last metrics."""
+    def run(self, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+        """Train to `optim.steps`; returns the last metrics. `resume` continues from the newest intact checkpoint
+        (CheckpointError when there are checkpoints and none is intact). A fresh run into a directory that holds
+        another run's outputs raises RunDirError, unless `overwrite` deletes them first."""
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: --resume continues the run in "
+                             f"{self.run_dir}, --overwrite deletes it")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
+        remove_leftovers(self.run_dir)
+        if not resume:
+            prepare_fresh_run(self.run_dir, overwrite)
         if resume and (checkpoint := latest_checkpoint(self.run_dir)) is not None:
             state = load_checkpoint(checkpoint, model=self.student, optimizer=self.optimizer,
-                                    scheduler=self.scheduler)
+                                    scheduler=self.scheduler, verify=False)  # latest_checkpoint has verified it
             self.step, self.stream.position = state.step, state.data_position
             self._truncate_metrics(self.step)
         else:
             torch.manual_seed(self.config.run.seed)
             self.metrics_path.unlink(missing_ok=True)
+        save_config(self.config, self.run_dir / "config.yaml")
         last: dict = {}
         bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not progress, desc="oprd",
                    dynamic_ncols=True)
@@ -102,7 +110,8 @@ class Trainer:
             save_every = self.config.run.save_every
             if (save_every and self.step % save_every == 0) or is_last:
                 save_checkpoint(self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
-                                state=TrainerState(self.step, self.stream.position, {}))
+                                state=TrainerState(self.step, self.stream.position, {}),
+                                keep=self.config.run.keep_checkpoints)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss/total", "eval/accuracy")})
         bar.close()
@@ -160,18 +169,11 @@ class Trainer:
         return {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     def _log(self, metrics: dict) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        metrics_log.append(self.metrics_path, metrics)
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop lines logged after the checkpoint we resume from (a crash may have left them), atomically."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        """Drop lines logged after the checkpoint we resume from (a crash may have left them, the last one torn)."""
+        metrics_log.truncate(self.metrics_path, step)
 
 
 def describe(config: TrainConfig) -> str:

@@ -57,9 +57,10 @@ from oprd_kernels.opd._passes import resolve_passes  # noqa: E402
 SUITE = "loss_path"
 TOPK = 16
 LOSS_RTOL = 1e-3  # fused vs naive (and fast OPRD backend vs reference) loss value, relative
-# Top-k on 16-bit logits: at V = 151936 the bf16 logits tie at the k-th place in about half the rows, and the fused
-# (per-tile top-k, then merged) and the naive (one top-k over the row) paths break those ties differently, so the
-# selected ids, and the loss, differ in those rows (0.5% on the CPU bf16 case) though the logits are bit-identical.
+# Top-k on 16-bit logits: at V = 151936 the bf16 logits tie at the k-th place in about half the rows. Every path
+# breaks exact ties by the same rule (larger logit, then smaller id: oprd_kernels._topk, since issue 11; before it
+# the loss differed by 0.5% on the CPU bf16 case with bit-identical logits), but the triton tiles keep fp32 logits
+# that the naive path rounds to bf16, so there a bf16 tie is no tie and the two may still pick different ids.
 LOSS_RTOL_TOPK_16BIT = 5e-2
 BASELINE = "naive-top16"
 

@@ -7,6 +7,7 @@ plain-PyTorch specification of every op; `alignment_loss` and `bridge_loss` disp
 
 from oprd_kernels import reference
 from oprd_kernels._build import build_info
+from oprd_kernels._topk import ordered_topk
 from oprd_kernels.dispatch import BACKENDS, backend_status
 from oprd_kernels.functional import alignment_loss, bridge_loss
 from oprd_kernels.modules import AlignmentLoss, BridgeLoss
@@ -37,6 +38,7 @@ __all__ = [
     "fused_sampled_token_opd_loss",
     "fused_topk_opd_loss",
     "lm_head_stats",
+    "ordered_topk",
     "project_teacher",
     "reference",
 ]

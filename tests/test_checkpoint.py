@@ -17,8 +17,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from oprd import checkpoint
-from oprd.checkpoint import (CheckpointError, CheckpointWarning, TrainerState, latest_checkpoint, load_checkpoint,
-                             save_checkpoint)
+from oprd.checkpoint import (
+    CheckpointError,
+    CheckpointWarning,
+    TrainerState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from oprd_kernels._topk import ordered_topk
 from oprd_kernels.opd._tiles import Tiling, in_block, logits_tile, tile_buffer
 
 
@@ -21,7 +22,7 @@ class LogitStats:
 
     logsumexp: Tensor  # [n]
     at_ids: Tensor | None = None  # [n, k] logits at the requested ids
-    topk_values: Tensor | None = None  # [n, k] the k largest logits, descending
+    topk_values: Tensor | None = None  # [n, k] the k largest logits, descending; ties: smaller id first
     topk_ids: Tensor | None = None  # [n, k] int64 their vocabulary ids
     entropy: Tensor | None = None  # [n] entropy of softmax(z) in nats
 
@@ -81,11 +82,12 @@ def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Til
                 if ids is not None:
                     col, inside = in_block(ids[r0:r1], v0, v1)
                     picked = torch.where(inside, z.gather(1, col), picked)
-                if topk:
-                    tv, ti = z.topk(min(topk, v1 - v0), dim=1)
+                if topk:  # the tile's best by (value, then smaller id); the running set's ids are all smaller, so
+                    # a stable descending sort of [running, tile] keeps that order across tiles
+                    tv, ti = ordered_topk(z, min(topk, v1 - v0))
                     cat_v, cat_i = torch.cat([run_v, tv], 1), torch.cat([run_i, ti + v0], 1)
-                    run_v, sel = cat_v.topk(min(topk, cat_v.shape[1]), dim=1)
-                    run_i = cat_i.gather(1, sel)
+                    run_v, sel = cat_v.sort(dim=1, descending=True, stable=True)
+                    run_v, run_i = run_v[:, :topk], cat_i.gather(1, sel[:, :topk])
             lse[r0:r1] = m + torch.log(s)
             if ids is not None:
                 at_ids[r0:r1] = picked

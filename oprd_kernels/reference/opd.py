@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from oprd_kernels._topk import ordered_topk
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail, result_dtype
 
 
@@ -99,7 +100,7 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
                   k: int = 16) -> Tensor:
     """Top-k OPD exactly as the reference code does it (verl, strategy `only_stu`, weights `student_p`).
 
-    1. ids = the k largest student logits per position (no gradient);
+    1. ids = the k largest student logits per position (no gradient), ties to the smaller id (oprd_kernels._topk);
     2. log q_k = teacher log-probs at ids, normalised over the full vocabulary;
     3. w_k = softmax of the k student log-probs (detached); advantage A_k = -w_k (log p_k - log q_k), detached;
     4. loss_t = sum_k -A_k * log p_k with log p_k from a full-vocabulary log_softmax; token-mean over the mask.
@@ -115,7 +116,7 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
     log_p_all = _log_softmax(student_logits, dtype)
     with torch.no_grad():
-        ids = log_p_all.topk(k, dim=-1).indices
+        ids = ordered_topk(student_logits.detach(), k)[1]
         log_q = _log_softmax(teacher_logits, dtype).gather(-1, ids)
     log_p = log_p_all.gather(-1, ids)
     with torch.no_grad():

@@ -10,7 +10,8 @@ Statistics (logit_stats, reverse_kl_stats): one fused pass, a grouped grid of ro
 here with [splits, n] torch ops; they keep the operand panels in flight L2-resident and fill the GPU when n is
 small); nothing of size [n, V] touches memory. The logits at `ids` come from a separate kernel of n * k row dots.
 Top-k runs in the statistics kernel: each split keeps its K_PAD = next_pow2(k) largest logits per row as packed
-(logit, id) int64 keys (opd_kernels._merge_topk), merged here by torch.topk over [n, splits * K_PAD].
+(logit, id) int64 keys (opd_kernels._merge_topk), merged here over [n, splits * K_PAD] by the project's one order
+(larger logit, then smaller id: oprd_kernels._topk).
 
 Gradient (backprop_logits): per slab of the live rows x vocabulary (`tiling`'s row_block x vocab_block), one kernel
 recomputes the logits (and the teacher's for the KL form), forms d loss / d z in registers and writes it once in the
@@ -32,6 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from oprd_kernels._topk import merge_topk
 from oprd_kernels.opd import _gradient as chunked_gradient
 from oprd_kernels.opd import stats as chunked_stats
 from oprd_kernels.opd._gradient import LogitGradient
@@ -185,8 +187,7 @@ def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Til
         if topk:
             cand_v = top_v.permute(1, 0, 2).reshape(n, splits * k_pad)
             cand_i = top_i.permute(1, 0, 2).reshape(n, splits * k_pad)
-            values, sel = cand_v.topk(topk, dim=1)
-            indices = cand_i.gather(1, sel)
+            values, indices = merge_topk(cand_v, cand_i, topk)  # ties across splits: the smaller id
     return LogitStats(lse, at_ids, values, indices, ent)
 
 

@@ -82,7 +82,7 @@ def grouped(pid, tiles_m, tiles_n, GROUP: tl.constexpr):
 def _pack(z, cols):
     """int64 keys whose signed order is (logit, then the smaller vocabulary id): the float's bits made
     order-preserving in the high word, 0x7FFFFFFF - id in the low word."""
-    bits = z.to(tl.int32, bitcast=True)
+    bits = (z + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 becomes +0.0, so equal zeros tie (and go by id)
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return (key.to(tl.int64) << 32) | (0x7FFFFFFF - cols).to(tl.int64)
 

@@ -152,7 +152,8 @@ def logit_metrics(student_logits: Tensor, teacher_logits: Tensor, rollouts: Roll
     log_q = torch.log_softmax(teacher_logits.float(), -1)[mask]
     tokens = rollouts.responses[mask].unsqueeze(-1)
     k = min(topk, log_p.shape[-1])
-    top_p, top_q = log_p.topk(k, -1).indices, log_q.topk(k, -1).indices
+    top_p = oprd_kernels.ordered_topk(student_logits.detach()[mask], k)[1]  # ties: the smaller id, as the fused path
+    top_q = oprd_kernels.ordered_topk(teacher_logits[mask], k)[1]
     overlap = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(-1).float().mean(-1)
     return {
         "opd/reward": float((log_q.gather(-1, tokens) - log_p.gather(-1, tokens)).mean()),

@@ -68,6 +68,23 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class TokenCounts:
+    """What the token-means of one optimizer step divide by, summed over its micro-batches (verl's global token-mean):
+    the rows the OPRD term selects (with oprd.weighting "sample": the samples that have any) and the response tokens
+    the OPD term averages over."""
+
+    oprd: float = 0.0
+    opd: float = 0.0
+
+    def __add__(self, other: "TokenCounts") -> "TokenCounts":
+        return TokenCounts(self.oprd + other.oprd, self.opd + other.opd)
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     """Student hidden_states indices, the unique teacher indices cached, and the cache layer of each student layer."""
 
@@ -88,6 +105,22 @@ def plan_layers(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module) -> 
 def _positions(spec: ObjectiveSpec, rollouts: Rollouts) -> tuple[Tensor, Tensor]:
     k = spec.k if spec.positions in ("last_k", "first_k") else None
     return select_positions(rollouts.response_mask, spec.positions, k, weighting=spec.weighting)
+
+
+def _oprd_count(spec: ObjectiveSpec, rows: Tensor, seq_len: int) -> float:
+    if spec.weighting == "token":
+        return float(rows.numel())
+    return float(torch.unique(torch.div(rows, seq_len, rounding_mode="floor")).numel())
+
+
+def token_counts(spec: ObjectiveSpec, rollouts: Rollouts) -> TokenCounts:
+    """This micro-batch's share of the normalisers (see TokenCounts)."""
+    oprd = 0.0
+    if spec.uses_oprd:
+        rows, _ = _positions(spec, rollouts)
+        oprd = _oprd_count(spec, rows, rollouts.input_ids.shape[1])
+    opd = float(rollouts.response_mask[:, rollouts.prompt_width:].sum()) if spec.uses_opd else 0.0
+    return TokenCounts(oprd, opd)
 
 
 def _response_logits(model: nn.Module, final: Tensor, rollouts: Rollouts) -> Tensor:
@@ -164,15 +197,25 @@ def logit_metrics(student_logits: Tensor, teacher_logits: Tensor, rollouts: Roll
 
 
 def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, rollouts: Rollouts,
-                      plan: LayerPlan) -> StepResult:
-    """The loss of `spec.method` on `rollouts` (student forward with grad), and its metrics."""
+                      plan: LayerPlan, window: TokenCounts | None = None) -> StepResult:
+    """The loss of `spec.method` on `rollouts` (student forward with grad), and its metrics.
+
+    Each term is a token-mean over this batch; with `window` (the counts of every micro-batch of one optimizer step)
+    it is this batch's share of the token-mean over the whole window instead: its token sum divided by the window's
+    count, so that the micro-batches' losses add up to the one-batch loss. The `loss/*` metrics are then those
+    shares too (they add up over the window); the other metrics are this batch's."""
     ids, mask = rollouts.input_ids, rollouts.attention_mask
+    oprd_scale = opd_scale = 1.0
     metrics: dict[str, float] = {}
     rows = weights = cache = None
     t_final = None
     with torch.no_grad():
         if spec.needs_states:
             rows, weights = _positions(spec, rollouts)
+        if window is not None:
+            if spec.uses_oprd:
+                oprd_scale = _share(_oprd_count(spec, rows, ids.shape[1]), window.oprd)
+            opd_scale = _share(float(rollouts.response_mask[:, rollouts.prompt_width:].sum()), window.opd)
         if spec.uses_oprd and not spec.uses_opd:
             cache = teacher_cache(teacher, ids, mask, plan.teacher, rows)
         else:  # one teacher pass serves both terms: cached rows and the final state for its LM head
@@ -193,7 +236,8 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
         metrics["rep/cosine_similarity"] = float(per_layer.mean())
         metrics.update({f"rep/cosine_similarity/layer{i}": float(c) for i, c in zip(plan.student, per_layer)})
     if spec.uses_oprd:
-        kwargs = dict(rows=rows, weights=weights, layer_map=layer_map, loss_type=spec.loss_type, backend=spec.backend)
+        kwargs = dict(rows=rows, weights=weights * oprd_scale, layer_map=layer_map, loss_type=spec.loss_type,
+                      backend=spec.backend)
         if spec.gradient_injection:
             oprd_loss = injected_alignment_loss(s_states.states, cache, **kwargs)
         else:
@@ -204,7 +248,7 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
         columns = rollouts.response_logit_slice()
         s_final, t_resp = s_states.final[:, columns], t_final[:, columns]
         s_weight, t_weight = _head_weight(student, "student"), _head_weight(teacher, "teacher")
-        opd_loss = _fused_opd_loss(spec, s_final, t_resp, s_weight, t_weight, rollouts)
+        opd_loss = _fused_opd_loss(spec, s_final, t_resp, s_weight, t_weight, rollouts) * opd_scale
         metrics["loss/opd"] = float(opd_loss.detach())
         if spec.logit_metrics:
             metrics.update(head_metrics(s_final.detach(), t_resp, s_weight.detach(), t_weight, rollouts, spec.topk))
@@ -213,7 +257,7 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
         s_logits = _response_logits(student, s_states.final, rollouts)
         with torch.no_grad():
             t_logits = _response_logits(teacher, t_final, rollouts)
-        opd_loss = _opd_loss(spec, s_logits, t_logits, rollouts)
+        opd_loss = _opd_loss(spec, s_logits, t_logits, rollouts) * opd_scale
         metrics["loss/opd"] = float(opd_loss.detach())
         if spec.logit_metrics:
             metrics.update(logit_metrics(s_logits, t_logits, rollouts, spec.topk))

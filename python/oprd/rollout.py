@@ -37,6 +37,24 @@ class Rollouts:
         return slice(self.prompt_width - 1, self.input_ids.shape[1] - 1)
 
 
+def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
+    """One batch holding every row of `parts`: prompts left-padded and responses right-padded to the widest part.
+    Position ids are counted from the attention mask, so the extra padding changes no real token's outputs."""
+    width = max(p.prompt_width for p in parts)
+    total = max(p.input_ids.shape[1] - p.prompt_width for p in parts)
+
+    def widen(t: Tensor, p: Rollouts, fill: int) -> Tensor:
+        left = width - p.prompt_width
+        right = total - (t.shape[1] - p.prompt_width)
+        return torch.nn.functional.pad(t, (left, right), value=fill)
+
+    offsets = torch.cumsum(torch.tensor([0] + [int(p.prompt_index.max()) + 1 for p in parts[:-1]]), 0)
+    return Rollouts(torch.cat([widen(p.input_ids, p, pad_token_id) for p in parts]),
+                    torch.cat([widen(p.attention_mask, p, 0) for p in parts]),
+                    torch.cat([widen(p.response_mask, p, 0) for p in parts]), width,
+                    torch.cat([p.prompt_index + int(o) for p, o in zip(parts, offsets)]))
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
     """Left-padded [B, P] ids and attention mask (with BOS when the tokenizer adds one)."""
     if tokenizer.padding_side != "left":

@@ -26,7 +26,8 @@ from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, sa
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
-from oprd.objective import ObjectiveSpec, compute_objective, plan_layers
+from oprd.accumulation import accumulate_gradients
+from oprd.objective import ObjectiveSpec, plan_layers
 from oprd.rollout import generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
 
@@ -125,21 +126,10 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.student.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        tokens = 0
-        for _ in range(cfg.optim.grad_accum):
-            prompts = [p["prompt"] for p in self.stream.take(cfg.rollout.prompts_per_step)]
-            rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
-                                         responses_per_prompt=cfg.rollout.responses_per_prompt,
-                                         max_new_tokens=cfg.rollout.max_new_tokens,
-                                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p)
-            with self._autocast():
-                result = compute_objective(self.spec, self.student, self.teacher, rollouts, self.plan)
-            (result.loss / cfg.optim.grad_accum).backward()
-            tokens += int(rollouts.response_mask.sum())
-            result.metrics["response/length"] = float(rollouts.response_lengths.float().mean())
-            for key, value in result.metrics.items():
-                sums[key] = sums.get(key, 0.0) + value / cfg.optim.grad_accum
+        batches = [self._rollouts() for _ in range(cfg.optim.grad_accum)]  # all first: the window's token counts
+        sums = accumulate_gradients(self.spec, self.student, self.teacher, batches, self.plan, self._autocast)
+        tokens = sum(int(b.response_mask.sum()) for b in batches)
+        sums["response/length"] = float(sum(b.response_lengths.float().mean() for b in batches)) / len(batches)
         if cfg.optim.grad_clip > 0:
             sums["grad/norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip))
         sums["lr"] = self.scheduler.get_last_lr()[0]
@@ -157,6 +147,13 @@ class Trainer:
                         seed=self.config.run.seed + 1)
 
     # ------------------------------------------------------------------------------------------------ helpers
+
+    def _rollouts(self):
+        """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now."""
+        r = self.config.rollout
+        prompts = [p["prompt"] for p in self.stream.take(r.prompts_per_step)]
+        return generate_rollouts(self.student, self.tokenizer, prompts, responses_per_prompt=r.responses_per_prompt,
+                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
 
     def _autocast(self):
         if self.device.type == "cuda":

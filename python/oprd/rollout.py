@@ -2,7 +2,7 @@
 
 The batch layout is the one the rest of `oprd` expects. Columns 0..P-1 hold the prompts, left-padded to a common
 width P; columns P.. hold the responses, right-padded. `response_mask` marks the response tokens up to and including
-the first EOS. Position t of a model's output predicts token t + 1, so the logits for the responses are at columns
+the first EOS, of any id in the model's EOS set. Position t of a model's output predicts token t + 1, so the logits for the responses are at columns
 P-1 .. P+T-2.
 """
 
@@ -64,9 +64,25 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> t
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
-def response_mask_from(responses: Tensor, eos_token_id: int, pad_token_id: int) -> Tensor:
-    """1 on generated tokens up to and including the first EOS (everything before it when there is none)."""
-    is_eos = responses == eos_token_id
+def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
+    """Every id that ends a response: the model's generation config's EOS set (an int or a list: Qwen2.5-Instruct
+    and Llama-3 stop on several) and the tokenizer's EOS. Passing only the tokenizer's to `generate` would replace
+    the model's list; a response that stopped on another id would then run on, or be masked as unfinished."""
+    ids: list[int] = []
+    config = getattr(model, "generation_config", None)
+    for source in (getattr(config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        for i in (source if isinstance(source, (list, tuple)) else [source]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("generate_rollouts: neither the model's generation config nor the tokenizer names an EOS "
+                         "token; set generation_config.eos_token_id or the tokenizer's eos_token")
+    return ids
+
+
+def response_mask_from(responses: Tensor, eos_token_ids: Sequence[int]) -> Tensor:
+    """1 on generated tokens up to and including the first EOS, any id of `eos_token_ids` (everything when none)."""
+    is_eos = torch.isin(responses, torch.as_tensor(list(eos_token_ids), device=responses.device))
     before_or_at_eos = (torch.cumsum(is_eos.long(), dim=1) - is_eos.long()) == 0
     return before_or_at_eos.long()
 
@@ -76,18 +92,19 @@ def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, re
                       max_new_tokens: int, temperature: float, top_p: float) -> Rollouts:
     """Sample `responses_per_prompt` responses per prompt from `model` (its current weights: on-policy)."""
     device = next(model.parameters()).device
+    eos = eos_token_ids(model, tokenizer)
     ids, mask = encode_prompts(tokenizer, prompts, device)
     was_training = model.training
     model.eval()
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=top_p,
                              top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=responses_per_prompt,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
     finally:
         model.train(was_training)
     width = ids.shape[1]
     responses = out[:, width:]
-    resp_mask = response_mask_from(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    resp_mask = response_mask_from(responses, eos)
     prompt_mask = mask.repeat_interleave(responses_per_prompt, dim=0)
     attention = torch.cat([prompt_mask, resp_mask], dim=1)
     responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, tokenizer.pad_token_id))

@@ -208,3 +208,30 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert without_timings(read_metrics(resumed.metrics_path)) == without_timings(read_metrics(straight.metrics_path))
     for (name, a), b in zip(straight.student.named_parameters(), resumed.student.parameters()):
         assert torch.equal(a, b), name
+
+
+def wide_teacher(seed: int = 1) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(TOKENIZER), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=TOKENIZER.pad_token_id, bos_token_id=TOKENIZER.bos_token_id,
+                         eos_token_id=TOKENIZER.eos_token_id)
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("method", ["opd_top1", "opd_topk", "opd_full"])
+def test_opd_trains_with_a_teacher_of_another_width(tmp_path, method):
+    config = load_config(overrides=[f"run.dir={tmp_path / 'run'}", "optim.steps=2", "run.device=cpu",
+                                    f"method.name={method}", "method.topk=4", "rollout.prompts_per_step=2",
+                                    "rollout.max_new_tokens=8", "optim.lr=1e-3"])
+    trainer = Trainer(config, tiny_model(0), wide_teacher(), TOKENIZER, prompts(8))
+    last = trainer.run(progress=False)
+    assert last["step"] == 2 and last["loss/opd"] == last["loss/opd"]  # trained, finite
+    assert not any(k.startswith("rep/cosine") for k in last)  # no diagnostic across widths
+
+
+@pytest.mark.parametrize("method", ["oprd", "oprd+opd"])
+def test_oprd_vanilla_refuses_a_teacher_of_another_width_before_any_model_work(method):
+    spec = ObjectiveSpec(method=method)
+    with pytest.raises(ValueError, match=r"`model.teacher` has hidden size 48 and `model.student` 32.*Bridge"):
+        plan_layers(spec, tiny_model(0), wide_teacher())

@@ -20,6 +20,7 @@ import oprd_kernels
 from oprd.capture import capture_student, decoder_parts, teacher_cache
 from oprd.injection import injected_alignment_loss
 from oprd.layers import hidden_state_pairs, resolve_layers
+from oprd.pairing import check_widths, hidden_size
 from oprd.positions import select_positions
 from oprd.rollout import Rollouts
 
@@ -55,11 +56,6 @@ class ObjectiveSpec:
     def uses_opd(self) -> bool:
         return self.method != "oprd"
 
-    @property
-    def needs_states(self) -> bool:
-        """Whether the distilled layers are captured: for the OPRD loss, or for the cosine diagnostic."""
-        return self.uses_oprd or self.log_cosine
-
 
 @dataclass
 class StepResult:
@@ -91,15 +87,25 @@ class LayerPlan:
     student: list[int]
     teacher: list[int]
     layer_map: list[int]
+    same_width: bool = True  # the two models' hidden states can be compared (the cosine diagnostic needs it)
 
 
 def plan_layers(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module) -> LayerPlan:
+    """The layers of `spec` for this pair. A pair of different widths is refused for OPRD-Vanilla (it aligns the
+    states directly) and trains OPD without the cosine diagnostic, which has no meaning across widths."""
+    s_width, t_width = hidden_size(student.config), hidden_size(teacher.config)
+    check_widths(spec.method, s_width, t_width)
     num_s = decoder_parts(student).num_layers
     num_t = decoder_parts(teacher).num_layers
     s_layers = resolve_layers(spec.layers, num_s)
     paired = hidden_state_pairs(s_layers, num_s, num_t)
     t_layers = sorted(set(paired))
-    return LayerPlan(s_layers, t_layers, [t_layers.index(t) for t in paired])
+    return LayerPlan(s_layers, t_layers, [t_layers.index(t) for t in paired], s_width == t_width)
+
+
+def _needs_states(spec: ObjectiveSpec, plan: LayerPlan) -> bool:
+    """Whether the distilled layers are captured: for the OPRD loss, or for the cosine diagnostic."""
+    return spec.uses_oprd or (spec.log_cosine and plan.same_width)
 
 
 def _positions(spec: ObjectiveSpec, rollouts: Rollouts) -> tuple[Tensor, Tensor]:
@@ -206,11 +212,12 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
     shares too (they add up over the window); the other metrics are this batch's."""
     ids, mask = rollouts.input_ids, rollouts.attention_mask
     oprd_scale = opd_scale = 1.0
+    needs_states = _needs_states(spec, plan)
     metrics: dict[str, float] = {}
     rows = weights = cache = None
     t_final = None
     with torch.no_grad():
-        if spec.needs_states:
+        if needs_states:
             rows, weights = _positions(spec, rollouts)
         if window is not None:
             if spec.uses_oprd:
@@ -219,17 +226,17 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
         if spec.uses_oprd and not spec.uses_opd:
             cache = teacher_cache(teacher, ids, mask, plan.teacher, rows)
         else:  # one teacher pass serves both terms: cached rows and the final state for its LM head
-            t_states = capture_student(teacher, ids, mask, plan.teacher if spec.needs_states else "last",
+            t_states = capture_student(teacher, ids, mask, plan.teacher if needs_states else "last",
                                        final_state=True)
             t_final = t_states.final
-            if spec.needs_states:
+            if needs_states:
                 cache = torch.stack([s.reshape(-1, s.shape[-1]).index_select(0, rows) for s in t_states.states])
                 cache = cache.to(torch.bfloat16)
             del t_states
-    s_states = capture_student(student, ids, mask, plan.student if spec.needs_states else "last",
+    s_states = capture_student(student, ids, mask, plan.student if needs_states else "last",
                                final_state=spec.uses_opd)
     total = torch.zeros((), device=ids.device)
-    if spec.needs_states:
+    if needs_states:
         layer_map = torch.tensor(plan.layer_map, device=ids.device)
         per_layer = oprd_kernels.cosine_similarity([s.detach() for s in s_states.states], cache, rows=rows,
                                                    weights=weights, layer_map=layer_map, reduction="none")

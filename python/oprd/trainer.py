@@ -61,11 +61,11 @@ class Trainer:
                  prompts: Sequence[dict], eval_prompts: Sequence[dict] = (), grader: Grader = default_grader) -> None:
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.device = resolve_device(config.run.device)
+        self.spec = objective_spec(config)
+        self.plan = plan_layers(self.spec, student, teacher)  # refuses an unusable pair before any model work
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
-        self.spec = objective_spec(config)
-        self.plan = plan_layers(self.spec, self.student, self.teacher)
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=tuple(o.betas),
                                            weight_decay=o.weight_decay)

@@ -1,6 +1,7 @@
 """Prompt files and the order prompts are consumed in.
 
-A prompt file is JSON lines, one object per prompt, with a prompt field and (for graded evaluation) an answer field.
+A prompt file is UTF-8 JSON lines, one object per prompt, with a prompt field and (for graded evaluation) an answer
+field, both strings. Lines are split at "\\n" only (a JSON string may hold U+2028 and other Unicode line breaks).
 Prompts are consumed in a seeded shuffled order, epoch after epoch. The position in that stream (the number of
 prompts consumed) is all a checkpoint needs to resume at the same prompt.
 """
@@ -12,15 +13,41 @@ import random
 from pathlib import Path
 
 
+class MissingFieldError(ValueError):
+    """A line of a prompt file lacks a required field; callers add what to do (which key or flag to change)."""
+
+    def __init__(self, message: str, field: str, kind: str) -> None:
+        super().__init__(message)
+        self.field, self.kind = field, kind  # kind: "prompt" or "answer"
+
+
+def _lines(path: Path):
+    """(line number, text) of every non-blank line; ValueError naming the file and line of bytes that are not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"load_prompts: cannot read prompt file {path} ({exc.strerror or exc})") from None
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"load_prompts: {path}:{number} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                             f"column {exc.start + 1}); save the file as UTF-8") from None
+        if text.strip():
+            yield number, text
+
+
 def load_prompts(path: str | Path, prompt_field: str = "prompt", answer_field: str = "") -> list[dict]:
-    """[{"prompt": ..., "answer": ...}] from a JSONL file; every line must hold the required fields (as strings)."""
+    """[{"prompt": ..., "answer": ...}] from a JSONL file. Every line must hold the prompt field, and the answer field
+    when `answer_field` is given ("" = answers are not read), each as a JSON string: a null, number or list is
+    rejected rather than trained on as its text ("None"). A missing field raises MissingFieldError."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"load_prompts: {path} is a directory; give the path of a JSONL prompt file")
     if not path.is_file():
         raise FileNotFoundError(f"load_prompts: prompt file {str(path)!r} does not exist")
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in _lines(path):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -32,12 +59,27 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", answer_field: s
             if not field:
                 continue
             if field not in record:
-                raise ValueError(f"load_prompts: {path}:{number} has no field {field!r} (fields: {sorted(record)})")
-            item[key] = str(record[field])
+                raise MissingFieldError(f"load_prompts: {path}:{number} has no field {field!r} (fields: "
+                                        f"{sorted(record)})", field, key)
+            value = record[field]
+            if not isinstance(value, str):
+                raise ValueError(f"load_prompts: {path}:{number}: field {field!r} must be a string; got "
+                                 f"{_json_type(value)}; write it as a JSON string (in quotes)")
+            item[key] = value
         prompts.append(item)
     if not prompts:
         raise ValueError(f"load_prompts: {path} holds no prompts")
     return prompts
+
+
+def _json_type(value) -> str:
+    """How a JSON value that is not a string reads in a message: `null`, `a number (42)`, `a list ([1, 2])`."""
+    if value is None:
+        return "null"
+    kind = "a boolean" if isinstance(value, bool) else {int: "a number", float: "a number", list: "a list",
+                                                        dict: "an object"}.get(type(value), type(value).__name__)
+    text = json.dumps(value)
+    return f"{kind} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
 class PromptStream:

@@ -24,6 +24,7 @@ class OPDInputs:
     out_dtype: torch.dtype
     ids: Tensor | None = None  # int64 [n, k] precomputed ids at the live positions (fused_opd_loss_at_ids)
     teacher_log_probs: Tensor | None = None  # [n, k]
+    shared_vocab: int = 0  # min(V_s, V_t): the ids both heads have (0 for fused_opd_loss_at_ids: the student's V)
 
 
 def _check_head(func: str, arg: str, weight: object, dim: int, vocab: int | None, device: torch.device) -> Tensor:
@@ -47,11 +48,12 @@ def check_opd_inputs(func: str, hidden: object, weight: object, teacher_hidden: 
         raise fail(ValueError, func, "teacher_hidden", f"must have the student's positions {tuple(positions)} "
                    "followed by the teacher's hidden size", describe(teacher_hidden))
     check_same_device(func, "teacher_hidden", teacher_hidden, device)
-    _check_head(func, "teacher_weight", teacher_weight, teacher_hidden.shape[-1], weight.shape[0], device)
+    _check_head(func, "teacher_weight", teacher_weight, teacher_hidden.shape[-1], None, device)
+    shared = min(weight.shape[0], teacher_weight.shape[0])  # padded heads: each normalises over its own rows
     mask = _check_mask(func, mask, positions, device)
     live_tokens = None
     if needs_tokens:
-        tokens = _check_tokens(func, tokens, positions, weight.shape[0], mask, device)
+        tokens = _check_tokens(func, tokens, positions, shared, mask, device)
         live_tokens = tokens.reshape(-1)
     rows = None
     if mask is not None:
@@ -60,7 +62,8 @@ def check_opd_inputs(func: str, hidden: object, weight: object, teacher_hidden: 
     num = int(positions.numel()) if rows is None else int(rows.shape[0])
     wide = any(t.dtype == torch.float64 for t in (hidden, weight, teacher_hidden, teacher_weight))
     return OPDInputs(hidden.reshape(-1, hidden.shape[-1]), teacher_hidden.reshape(-1, teacher_hidden.shape[-1]),
-                     positions, rows, live_tokens, num, torch.float64 if wide else torch.float32)
+                     positions, rows, live_tokens, num, torch.float64 if wide else torch.float32,
+                     shared_vocab=shared)
 
 
 def check_at_ids_inputs(func: str, hidden: object, weight: object, ids: object, teacher_log_probs: object,

@@ -22,6 +22,7 @@ from oprd_kernels._validation import fail
 from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
+from oprd_kernels.opd._shared_vocab import head_statistics, reverse_kl
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
 from oprd_kernels.opd.rowwise import row_tiling
 
@@ -29,23 +30,24 @@ KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
 
 
 def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling,
-                       mm_dtypes) -> tuple[Tensor, LogitGradient]:
-    """The loss (a scalar in the result dtype) and the description of its logits gradient (for an incoming 1)."""
+                       mm_dtypes) -> tuple[Tensor, list[tuple[slice, LogitGradient]]]:
+    """The loss (a scalar in the result dtype) and its logits gradient (for an incoming 1), as (rows of the student
+    head, gradient) parts: one part, unless the heads differ in size (_shared_vocab.py)."""
     out, n = inp.out_dtype, inp.num_live
+    shared = inp.shared_vocab or weight.shape[0]
     row_w = torch.full((n,), 1.0 / n, dtype=out, device=weight.device)
-    s_args = (inp.hidden, weight, inp.rows, tiling, mm_dtypes[0], out)
+    s_args = (inp.hidden, weight, inp.rows, tiling, mm_dtypes[0], out, shared)
     t_args = (inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes[1], out)
     if kind == "full_vocab":
-        st = passes.reverse_kl_stats(inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes, out)
-        grad = LogitGradient(st.lse_student, kl=(inp.teacher_hidden, t_weight, st.lse_teacher, st.kl),
-                             row_weight=row_w)
-        return (row_w * st.kl).sum(), grad
+        st, parts = reverse_kl(passes, inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes,
+                               out, shared, row_w)
+        return (row_w * st.kl).sum(), parts
     if kind in ("sampled_token", "at_ids"):
         ids = inp.tokens[:, None] if kind == "sampled_token" else inp.ids
-        student = passes.logit_stats(*s_args, ids=ids)
+        student = head_statistics(passes, *s_args, ids=ids)
         log_p = student.at_ids - student.logsumexp[:, None]
     else:
-        student = passes.logit_stats(*s_args, topk=k)
+        student = head_statistics(passes, *s_args, topk=k)
         ids = student.topk_ids
         log_p = student.topk_values - student.logsumexp[:, None]
     if kind == "at_ids":
@@ -57,7 +59,22 @@ def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor
     # (sampled-token OPD) w = 1 and this is -sg(log q - log p) * log p
     coef = torch.softmax(log_p, dim=1) * (log_p - log_q) * row_w[:, None]
     loss = (coef * log_p).sum()
-    return loss, LogitGradient(student.logsumexp, dense=-coef.sum(1), ids=ids, sparse=coef)
+    return loss, [(slice(None), LogitGradient(student.logsumexp, dense=-coef.sum(1), ids=ids, sparse=coef))]
+
+
+def _backprop(passes: Passes, inp: OPDInputs, weight: Tensor, parts, tiling, mm_dtypes, want_h: bool,
+              want_w: bool) -> tuple[Tensor | None, Tensor | None]:
+    """d hidden (summed over the parts) and d weight (the parts' row ranges, in order) of the logits gradient."""
+    pieces = [passes.backprop_logits(inp.hidden, weight[head_rows], inp.rows, grad, tiling, mm_dtypes, inp.out_dtype,
+                                     want_hidden=want_h, want_weight=want_w) for head_rows, grad in parts]
+    d_hidden = d_weight = None
+    if want_h:
+        d_hidden = pieces[0][0]
+        for extra, _ in pieces[1:]:
+            d_hidden = d_hidden.add_(extra)
+    if want_w:
+        d_weight = pieces[0][1] if len(pieces) == 1 else torch.cat([w for _, w in pieces])
+    return d_hidden, d_weight
 
 
 class _FusedOPD(torch.autograd.Function):
@@ -73,11 +90,10 @@ class _FusedOPD(torch.autograd.Function):
                                                          want_hidden=want_h, want_weight=want_w)
             ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
             return loss
-        loss, grad = _loss_and_gradient(passes, kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
+        loss, parts = _loss_and_gradient(passes, kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
         d_hidden = d_weight = None
         if want_h or want_w:
-            d_hidden, d_weight = passes.backprop_logits(inp.hidden, weight, inp.rows, grad, tiling, mm_dtypes,
-                                                        inp.out_dtype, want_hidden=want_h, want_weight=want_w)
+            d_hidden, d_weight = _backprop(passes, inp, weight, parts, tiling, mm_dtypes, want_h, want_w)
         ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
         return loss
 
@@ -106,8 +122,9 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
         inp = check_opd_inputs(func, hidden, weight, teacher_hidden, teacher_weight, tokens, mask,
                                needs_tokens=kind == "sampled_token")
     vocab = weight.shape[0]
-    if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab):
-        raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
+    shared = inp.shared_vocab or vocab
+    if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= shared):
+        raise fail(ValueError, func, "k", f"must be an int in [1, V = {shared}] (the ids both heads have)", repr(k))
     passes = resolve_passes(func, backend, hidden.device, weight.dtype)
     tiling = (row_tiling(inp.num_live, vocab, row_block) if passes.whole_loss is not None else
               choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block))

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
 from oprd_kernels.opd._passes import resolve_passes
+from oprd_kernels.opd._shared_vocab import head_statistics
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
 from oprd_kernels.opd.rowwise import row_tiling
 
@@ -26,11 +27,12 @@ class HeadStats:
 
 
 def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, topk: int = 0,
-                  entropy: bool = False, row_block: int | None = None, vocab_block: int | None = None,
-                  backend: str | None = None) -> HeadStats:
+                  entropy: bool = False, topk_among: int | None = None, row_block: int | None = None,
+                  vocab_block: int | None = None, backend: str | None = None) -> HeadStats:
     """Statistics of softmax(hidden @ weight.T) at every position. hidden: [N, d] or [B, T, d]; weight: [V, d];
     ids: int64 [..., k] (positions' shape plus k) in [0, V); topk: 0 or k in [1, V]; entropy: whether to compute it;
-    backend: as for the fused OPD losses."""
+    topk_among: take the top-k among the ids below it only (the ids another, differently padded head shares; the
+    softmax is still over all V rows; `ids` must then lie below it too); backend: as for the fused OPD losses."""
     func = "lm_head_stats"
     check_float_tensor(func, "hidden", hidden)
     if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
@@ -50,16 +52,24 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}]",
                        f"values in [{int(ids.min())}, {int(ids.max())}]")
-    if isinstance(topk, bool) or not isinstance(topk, int) or not 0 <= topk <= vocab:
-        raise fail(ValueError, func, "topk", f"must be an int in [0, V = {vocab}]", repr(topk))
+    if topk_among is not None and (isinstance(topk_among, bool) or not isinstance(topk_among, int)
+                                   or not 1 <= topk_among <= vocab):
+        raise fail(ValueError, func, "topk_among", f"must be None or an int in [1, V = {vocab}]", repr(topk_among))
+    among = vocab if topk_among is None else topk_among
+    if topk and ids is not None and among < vocab and ids.numel() and int(ids.max()) >= among:
+        raise fail(ValueError, func, "ids", f"must be below topk_among = {among} when a top-k is asked for too",
+                   f"ids up to {int(ids.max())}")
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 0 <= topk <= among:
+        raise fail(ValueError, func, "topk", f"must be an int in [0, {among}] (V = {vocab}, topk_among = "
+                   f"{topk_among})", repr(topk))
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
     passes = resolve_passes(func, backend, hidden.device)
     tiling = (row_tiling(flat.shape[0], vocab, row_block) if passes.whole_loss is not None else
               choose_tiling(flat.shape[0], vocab, hidden.device, row_block, vocab_block))
-    st = passes.logit_stats(flat, weight.detach(), None, tiling, matmul_dtype(hidden, weight), out,
-                            ids=None if ids is None else ids.reshape(-1, ids.shape[-1]), topk=topk,
-                            entropy=entropy)
+    st = head_statistics(passes, flat, weight.detach(), None, tiling, matmul_dtype(hidden, weight), out,
+                         among if topk else vocab, ids=None if ids is None else ids.reshape(-1, ids.shape[-1]),
+                         topk=topk, entropy=entropy)
     lse = st.logsumexp
 
     def shaped(x: Tensor | None, per_k: bool) -> Tensor | None:

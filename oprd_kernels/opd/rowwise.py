@@ -36,10 +36,13 @@ def _chunk_loss(kind: str, inp: OPDInputs, z: Tensor, t_weight: Tensor, r0: int,
     the teacher's matmul dtype."""
     out = z.dtype
     lse = torch.logsumexp(z, dim=1, keepdim=True)
+    shared = inp.shared_vocab or z.shape[1]
     teacher = None
     if kind != "at_ids":
         teacher = logits_tile(gather_rows(inp.teacher_hidden, inp.rows, r0, r1), t_weight, mm_t, out)
         teacher.sub_(torch.logsumexp(teacher, dim=1, keepdim=True))  # log q
+    if kind == "full_vocab" and not shared == z.shape[1] == teacher.shape[1]:
+        return _padded_kl(z.sub_(lse), teacher, shared, row_w, want_grad)
     if kind == "full_vocab":  # KL_t = sum_v p (log p - log q); d/dz = p (log p - log q - KL_t)
         log_p = z.sub_(lse)
         log_ratio = teacher.neg_().add_(log_p)
@@ -51,7 +54,7 @@ def _chunk_loss(kind: str, inp: OPDInputs, z: Tensor, t_weight: Tensor, r0: int,
     if kind == "sampled_token":
         ids = inp.tokens[r0:r1, None]
     elif kind == "topk":
-        ids = ordered_topk(z, k)[1]
+        ids = ordered_topk(z[:, :shared], k)[1]  # among the ids both heads have
     else:
         ids = inp.ids[r0:r1]
     log_p = z.gather(1, ids) - lse
@@ -62,6 +65,22 @@ def _chunk_loss(kind: str, inp: OPDInputs, z: Tensor, t_weight: Tensor, r0: int,
         return loss, None
     g = z.sub_(lse).exp_().mul_(-coef.sum(dim=1, keepdim=True))
     return loss, g.scatter_add_(1, ids, coef)
+
+
+def _padded_kl(log_p: Tensor, log_q: Tensor, shared: int, row_w: float,
+               want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """The reverse KL over the shared ids of two heads of different sizes (see _shared_vocab.py), and its logits
+    gradient over the whole student head, written over log_p."""
+    ratio = log_p[:, :shared] - log_q[:, :shared]
+    p = log_p.exp_()
+    kl = (p[:, :shared] * ratio).sum(dim=1, keepdim=True)
+    if not want_grad:
+        return kl.sum() * row_w, None
+    p_shared = p[:, :shared].sum(dim=1, keepdim=True)
+    bonus = p[:, :shared] * ratio.add_(1.0)
+    g = p.mul_(-(kl + p_shared))
+    g[:, :shared] += bonus
+    return kl.sum() * row_w, g.mul_(row_w)
 
 
 def _hidden_grad(g: Tensor, w_mm: Tensor, mm: torch.dtype, out: torch.dtype) -> Tensor:

@@ -2,7 +2,9 @@
 
 Common inputs (logits already aligned with the tokens: position t of the logits predicts tokens[t]):
     student_logits: [N, V] or [B, T, V] floating, with gradient (the student's LM-head output).
-    teacher_logits: same shape, any floating dtype; a constant (no gradient flows into it).
+    teacher_logits: the same positions, any floating dtype; a constant (no gradient flows into it). Its vocabulary
+        may have another size V_t (padded heads: Qwen2.5-1.5B has 151,936 rows, Qwen2.5-7B 152,064, one tokenizer):
+        each model normalises over its own head, and the losses compare the shared ids [0, min(V_s, V_t)).
     mask: None (all positions) or a bool/0-1 tensor of shape [N] or [B, T] marking response tokens; whatever sits
         at masked positions (padding ids such as -100, non-finite logits) is ignored.
 All three losses are token-means over the mask: sum_t m_t * loss_t / sum_t m_t (0 when the mask is empty). They are
@@ -21,16 +23,20 @@ from oprd_kernels._topk import ordered_topk
 from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail, result_dtype
 
 
-def _check_logits(func: str, student_logits: object, teacher_logits: object) -> None:
+def _check_logits(func: str, student_logits: object, teacher_logits: object) -> int:
+    """Validate both logits tensors; returns the shared vocabulary size min(V_s, V_t)."""
     check_float_tensor(func, "student_logits", student_logits)
     check_float_tensor(func, "teacher_logits", teacher_logits)
     if student_logits.dim() not in (2, 3) or student_logits.shape[-1] == 0:
         raise fail(ValueError, func, "student_logits", "must have shape [N, V] or [B, T, V] with V >= 1",
                    describe(student_logits))
-    if teacher_logits.shape != student_logits.shape:
-        raise fail(ValueError, func, "teacher_logits", f"must match student_logits' shape "
-                   f"{tuple(student_logits.shape)}", describe(teacher_logits))
+    positions = student_logits.shape[:-1]
+    if teacher_logits.dim() != student_logits.dim() or teacher_logits.shape[:-1] != positions or \
+            teacher_logits.shape[-1] == 0:
+        raise fail(ValueError, func, "teacher_logits", f"must have student_logits' positions {tuple(positions)} "
+                   f"followed by the teacher's vocabulary size (V_t >= 1)", describe(teacher_logits))
     check_same_device(func, "teacher_logits", teacher_logits, student_logits.device)
+    return min(student_logits.shape[-1], teacher_logits.shape[-1])
 
 
 def _check_mask(func: str, mask: object, positions: torch.Size, device: torch.device) -> Tensor | None:
@@ -83,10 +89,10 @@ def sampled_token_opd_loss(student_logits: Tensor, teacher_logits: Tensor, token
     sampled response tokens y_t.
     """
     func = "sampled_token_opd_loss"
-    _check_logits(func, student_logits, teacher_logits)
+    shared = _check_logits(func, student_logits, teacher_logits)
     positions = student_logits.shape[:-1]
     mask = _check_mask(func, mask, positions, student_logits.device)
-    tokens = _check_tokens(func, tokens, positions, student_logits.shape[-1], mask, student_logits.device)
+    tokens = _check_tokens(func, tokens, positions, shared, mask, student_logits.device)
     index = tokens.unsqueeze(-1)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
     log_p = _log_softmax(student_logits, dtype).gather(-1, index).squeeze(-1)
@@ -105,18 +111,17 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
     3. w_k = softmax of the k student log-probs (detached); advantage A_k = -w_k (log p_k - log q_k), detached;
     4. loss_t = sum_k -A_k * log p_k with log p_k from a full-vocabulary log_softmax; token-mean over the mask.
     A score-function gradient sum_k w_k (log p_k - log q_k) grad log p_k, not the KL's analytic gradient; the
-    log-ratio is not renormalised on the top-k set. k must be in [1, V].
+    log-ratio is not renormalised on the top-k set. k must be in [1, min(V_s, V_t)].
     """
     func = "topk_opd_loss"
-    _check_logits(func, student_logits, teacher_logits)
-    vocab = student_logits.shape[-1]
+    vocab = _check_logits(func, student_logits, teacher_logits)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
-        raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}]", repr(k))
+        raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}] (the shared vocabulary)", repr(k))
     mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
     log_p_all = _log_softmax(student_logits, dtype)
     with torch.no_grad():
-        ids = ordered_topk(student_logits.detach(), k)[1]
+        ids = ordered_topk(student_logits.detach()[..., :vocab], k)[1]  # among the ids the teacher has
         log_q = _log_softmax(teacher_logits, dtype).gather(-1, ids)
     log_p = log_p_all.gather(-1, ids)
     with torch.no_grad():
@@ -126,16 +131,17 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
 
 
 def full_vocab_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Exact reverse KL per position, sum_v p_t(v) (log p_t(v) - log q_t(v)), token-mean over the mask.
+    """Exact reverse KL per position, sum_v p_t(v) (log p_t(v) - log q_t(v)), token-mean over the mask; with
+    vocabularies of different sizes the sum runs over the shared ids (each distribution normalised over its head).
 
     Differentiated analytically by autograd (not a score-function estimate).
     """
     func = "full_vocab_opd_loss"
-    _check_logits(func, student_logits, teacher_logits)
+    shared = _check_logits(func, student_logits, teacher_logits)
     mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
-    log_p = _log_softmax(student_logits, dtype)
-    log_q = _log_softmax(teacher_logits.detach(), dtype)
+    log_p = _log_softmax(student_logits, dtype)[..., :shared]
+    log_q = _log_softmax(teacher_logits.detach(), dtype)[..., :shared]
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     return masked_token_mean(kl, mask)
 

@@ -160,9 +160,10 @@ def head_metrics(s_final: Tensor, t_final: Tensor, s_weight: Tensor, t_weight: T
     if not mask.any():
         return {}
     ids = rollouts.responses.masked_fill(~mask, 0).unsqueeze(-1)
-    k = min(topk, s_weight.shape[0])
-    p = oprd_kernels.lm_head_stats(s_final, s_weight, ids=ids, topk=k, entropy=True)
-    q = oprd_kernels.lm_head_stats(t_final, t_weight, ids=ids, topk=k, entropy=True)
+    shared = min(s_weight.shape[0], t_weight.shape[0])  # padded heads: compare the ids both have
+    k = min(topk, shared)
+    p = oprd_kernels.lm_head_stats(s_final, s_weight, ids=ids, topk=k, entropy=True, topk_among=shared)
+    q = oprd_kernels.lm_head_stats(t_final, t_weight, ids=ids, topk=k, entropy=True, topk_among=shared)
     overlap = (p.topk_ids[mask].unsqueeze(-1) == q.topk_ids[mask].unsqueeze(-2)).any(-1).float().mean(-1)
     return {
         "opd/reward": float((q.log_probs - p.log_probs)[mask].mean()),
@@ -190,9 +191,10 @@ def logit_metrics(student_logits: Tensor, teacher_logits: Tensor, rollouts: Roll
     log_p = torch.log_softmax(student_logits.float(), -1)[mask]
     log_q = torch.log_softmax(teacher_logits.float(), -1)[mask]
     tokens = rollouts.responses[mask].unsqueeze(-1)
-    k = min(topk, log_p.shape[-1])
-    top_p = oprd_kernels.ordered_topk(student_logits.detach()[mask], k)[1]  # ties: the smaller id, as the fused path
-    top_q = oprd_kernels.ordered_topk(teacher_logits[mask], k)[1]
+    shared = min(log_p.shape[-1], log_q.shape[-1])  # padded heads: compare the ids both have
+    k = min(topk, shared)
+    top_p = oprd_kernels.ordered_topk(student_logits.detach()[mask][:, :shared], k)[1]  # ties: the smaller id
+    top_q = oprd_kernels.ordered_topk(teacher_logits[mask][:, :shared], k)[1]
     overlap = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(-1).float().mean(-1)
     return {
         "opd/reward": float((log_q.gather(-1, tokens) - log_p.gather(-1, tokens)).mean()),

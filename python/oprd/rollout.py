@@ -2,8 +2,8 @@
 
 The batch layout is the one the rest of `oprd` expects. Columns 0..P-1 hold the prompts, left-padded to a common
 width P; columns P.. hold the responses, right-padded. `response_mask` marks the response tokens up to and including
-the first EOS, of any id in the model's EOS set. Position t of a model's output predicts token t + 1, so the logits for the responses are at columns
-P-1 .. P+T-2.
+the first EOS (any id of the model's EOS set). Position t of a model's output predicts token t + 1, so the logits for
+the responses are at columns P-1 .. P+T-2.
 """
 
 from __future__ import annotations
@@ -89,17 +89,21 @@ def response_mask_from(responses: Tensor, eos_token_ids: Sequence[int]) -> Tenso
 
 @torch.no_grad()
 def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, responses_per_prompt: int,
-                      max_new_tokens: int, temperature: float, top_p: float) -> Rollouts:
-    """Sample `responses_per_prompt` responses per prompt from `model` (its current weights: on-policy)."""
+                      max_new_tokens: int, temperature: float, top_p: float,
+                      vocab_limit: int | None = None) -> Rollouts:
+    """Sample `responses_per_prompt` responses per prompt from `model` (its current weights: on-policy).
+    vocab_limit: never sample ids at or above it (the student's head rows a differently padded teacher lacks)."""
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     ids, mask = encode_prompts(tokenizer, prompts, device)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    limit = {} if vocab_limit is None or vocab_limit >= vocab else {"suppress_tokens": list(range(vocab_limit, vocab))}
     was_training = model.training
     model.eval()
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=top_p,
                              top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=responses_per_prompt,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **limit)
     finally:
         model.train(was_training)
     width = ids.shape[1]

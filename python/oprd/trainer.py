@@ -22,11 +22,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oprd import metrics_log
+from oprd.accumulation import accumulate_gradients
 from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
-from oprd.accumulation import accumulate_gradients
 from oprd.objective import ObjectiveSpec, plan_layers
 from oprd.rollout import generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
@@ -65,6 +65,8 @@ class Trainer:
         self.plan = plan_layers(self.spec, student, teacher)  # refuses an unusable pair before any model work
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
+        self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=tuple(o.betas),
@@ -153,7 +155,8 @@ class Trainer:
         r = self.config.rollout
         prompts = [p["prompt"] for p in self.stream.take(r.prompts_per_step)]
         return generate_rollouts(self.student, self.tokenizer, prompts, responses_per_prompt=r.responses_per_prompt,
-                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p)
+                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                 vocab_limit=self.vocab_limit)
 
     def _autocast(self):
         if self.device.type == "cuda":

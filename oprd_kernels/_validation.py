@@ -8,6 +8,7 @@ backend can choose to skip them on its hot path. Nothing here copies a large ten
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +23,14 @@ REDUCTIONS = ("mean", "none")
 def fail(exc: type[Exception], func: str, arg: str, expected: str, got: object) -> Exception:
     """Build the project's standard error: which function, which argument, what was expected, what was seen."""
     return exc(f"{func}: `{arg}` {expected}; got {got}")
+
+
+def as_int(value: object) -> int | None:
+    """`value` as a Python int when it is an integer (int, NumPy integer, any numbers.Integral) and not a bool; else
+    None. Counts and sizes accept NumPy integers wherever they accept ints."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
 
 
 def describe(x: object) -> str:
@@ -61,6 +70,13 @@ def check_same_device(func: str, arg: str, x: Tensor, device: torch.device) -> N
         raise fail(ValueError, func, arg, f"must be on the student's device {device}", f"device {x.device}")
 
 
+def check_has_data(func: str, arg: str, x: Tensor) -> None:
+    """Ops that read values (index sets, top-k, a loss) cannot run on meta tensors, which have shapes only."""
+    if x.device.type == "meta":
+        raise fail(ValueError, func, arg, "must hold data (a CPU or CUDA tensor): this op reads values, which meta "
+                   "tensors do not have", describe(x))
+
+
 @dataclass(frozen=True)
 class Layers:
     """A validated stack of hidden states: the per-layer tensors as given ([B, S, D] or [N, D] each; a stacked
@@ -88,6 +104,8 @@ def check_layers(func: str, arg: str, x: object, *, allow_grad: bool = True) -> 
         if x.dim() != 3:
             raise fail(ValueError, func, arg, "as one tensor must have shape [L, N, D] (or pass a sequence of "
                        "[B, S, D] tensors)", describe(x))
+        if x.shape[0] == 0:
+            raise fail(ValueError, func, arg, "must hold at least one layer (L >= 1)", describe(x))
         layers = tuple(x.unbind(0))
     elif isinstance(x, (list, tuple)):
         if len(x) == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from oprd_kernels._validation import LOSS_TYPES, REDUCTIONS, check_choice
+from oprd_kernels._validation import LOSS_TYPES, REDUCTIONS, as_int, check_choice
 from oprd_kernels.functional import HiddenStates, alignment_loss, bridge_loss
 
 
@@ -39,8 +39,9 @@ class BridgeLoss(nn.Module):
                  device: torch.device | str | None = None) -> None:
         super().__init__()
         for name, value in (("num_layers", num_layers), ("rank", rank), ("student_dim", student_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if as_int(value) is None or value < 1:
                 raise ValueError(f"BridgeLoss: `{name}` must be an int >= 1; got {value!r}")
+        num_layers, rank, student_dim = int(num_layers), int(rank), int(student_dim)
         self.loss_type = check_choice("BridgeLoss", "loss_type", loss_type, LOSS_TYPES)
         self.reduction = check_choice("BridgeLoss", "reduction", reduction, REDUCTIONS)
         self.backend = backend

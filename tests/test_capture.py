@@ -193,7 +193,7 @@ def test_bad_input_is_named():
         capture_student(gpt2, ids, mask, "all")
     with pytest.raises(ValueError, match=r"`attention_mask` must have input_ids' shape \(3, 11\)"):
         teacher_cache(model, ids, mask[:, :-1], "all", rows)
-    with pytest.raises(ValueError, match=r"`input_ids` must be an integer tensor \[B, S\]"):
+    with pytest.raises(TypeError, match=r"`input_ids` must be an integer tensor \[B, S\]"):
         capture_student(model, ids.float(), mask, "all")
     other_batch_rows = torch.tensor([0, 40])  # fine for a [4, 11] batch, not for this [3, 11] one
     with pytest.raises(ValueError, match=r"`rows` must index this batch's 33 positions"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
+from oprd_kernels._validation import check_float_tensor, check_has_data, check_same_device, describe, fail
 from oprd_kernels.reference.opd import _check_mask, _check_tokens, check_ids_and_log_probs
 
 
@@ -41,6 +41,7 @@ def check_opd_inputs(func: str, hidden: object, weight: object, teacher_hidden: 
     check_float_tensor(func, "hidden", hidden)
     if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
         raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
+    check_has_data(func, "hidden", hidden)
     device, positions = hidden.device, hidden.shape[:-1]
     _check_head(func, "weight", weight, hidden.shape[-1], None, device)
     check_float_tensor(func, "teacher_hidden", teacher_hidden)
@@ -72,6 +73,7 @@ def check_at_ids_inputs(func: str, hidden: object, weight: object, ids: object, 
     check_float_tensor(func, "hidden", hidden)
     if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
         raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
+    check_has_data(func, "hidden", hidden)
     device, positions = hidden.device, hidden.shape[:-1]
     _check_head(func, "weight", weight, hidden.shape[-1], None, device)
     mask = _check_mask(func, mask, positions, device)

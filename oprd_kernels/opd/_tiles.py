@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import fail
+from oprd_kernels._validation import as_int, fail
 
 # Logits per tile when the caller does not choose: ~64 MB of fp32 on a GPU (a few such tiles are live at once),
 # ~4 MB on a CPU where the tile should stay near the caches.
@@ -37,7 +37,7 @@ class Tiling:
 
 def check_blocks(func: str, row_block: object, vocab_block: object) -> None:
     for name, value in (("row_block", row_block), ("vocab_block", vocab_block)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (as_int(value) is None or value < 1):
             raise fail(ValueError, func, name, "must be a positive int or None", repr(value))
 
 

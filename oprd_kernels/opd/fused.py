@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import fail
+from oprd_kernels._validation import as_int, fail
 from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
@@ -123,8 +123,9 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
                                needs_tokens=kind == "sampled_token")
     vocab = weight.shape[0]
     shared = inp.shared_vocab or vocab
-    if kind == "topk" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= shared):
+    if kind == "topk" and (as_int(k) is None or not 1 <= k <= shared):
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {shared}] (the ids both heads have)", repr(k))
+    k = as_int(k)
     passes = resolve_passes(func, backend, hidden.device, weight.dtype)
     tiling = (row_tiling(inp.num_live, vocab, row_block) if passes.whole_loss is not None else
               choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail
+from oprd_kernels._validation import as_int, check_float_tensor, check_has_data, check_same_device, describe, fail
 from oprd_kernels.opd._passes import resolve_passes
 from oprd_kernels.opd._shared_vocab import head_statistics
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
@@ -37,6 +37,7 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     check_float_tensor(func, "hidden", hidden)
     if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
         raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
+    check_has_data(func, "hidden", hidden)
     check_float_tensor(func, "weight", weight)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
         raise fail(ValueError, func, "weight", f"must be an LM-head weight [V, {hidden.shape[-1]}]", describe(weight))
@@ -52,16 +53,16 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
             raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}]",
                        f"values in [{int(ids.min())}, {int(ids.max())}]")
-    if topk_among is not None and (isinstance(topk_among, bool) or not isinstance(topk_among, int)
-                                   or not 1 <= topk_among <= vocab):
+    if topk_among is not None and (as_int(topk_among) is None or not 1 <= topk_among <= vocab):
         raise fail(ValueError, func, "topk_among", f"must be None or an int in [1, V = {vocab}]", repr(topk_among))
-    among = vocab if topk_among is None else topk_among
+    among = vocab if topk_among is None else as_int(topk_among)
     if topk and ids is not None and among < vocab and ids.numel() and int(ids.max()) >= among:
         raise fail(ValueError, func, "ids", f"must be below topk_among = {among} when a top-k is asked for too",
                    f"ids up to {int(ids.max())}")
-    if isinstance(topk, bool) or not isinstance(topk, int) or not 0 <= topk <= among:
+    if as_int(topk) is None or not 0 <= topk <= among:
         raise fail(ValueError, func, "topk", f"must be an int in [0, {among}] (V = {vocab}, topk_among = "
                    f"{topk_among})", repr(topk))
+    topk = as_int(topk)
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
     passes = resolve_passes(func, backend, hidden.device)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from oprd_kernels._topk import ordered_topk
-from oprd_kernels._validation import check_float_tensor, check_same_device, describe, fail, result_dtype
+from oprd_kernels._validation import as_int, check_float_tensor, check_same_device, describe, fail, result_dtype
 
 
 def _check_logits(func: str, student_logits: object, teacher_logits: object) -> int:
@@ -115,8 +115,9 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
     """
     func = "topk_opd_loss"
     vocab = _check_logits(func, student_logits, teacher_logits)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+    if as_int(k) is None or not 1 <= k <= vocab:
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}] (the shared vocabulary)", repr(k))
+    k = as_int(k)
     mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
     log_p_all = _log_softmax(student_logits, dtype)

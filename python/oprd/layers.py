@@ -11,16 +11,19 @@ from typing import Sequence, Union
 
 import torch
 
+from oprd_kernels._validation import as_int
+
 LAYER_MODES = ("last", "all", "even", "odd")
 LayerSpec = Union[str, Sequence[int]]
 
 
 def _check_depth(func: str, arg: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    number = as_int(value)
+    if number is None:
         raise TypeError(f"{func}: `{arg}` must be an int (a number of transformer blocks); got {value!r}")
-    if value < 1:
-        raise ValueError(f"{func}: `{arg}` must be >= 1; got {value}")
-    return value
+    if number < 1:
+        raise ValueError(f"{func}: `{arg}` must be >= 1; got {number}")
+    return number
 
 
 def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
@@ -51,8 +54,9 @@ def resolve_layers(spec: LayerSpec, num_layers: int) -> list[int]:
         raise TypeError(f"{func}: `spec` must be a mode name or a non-empty sequence of ints; got {spec!r}")
     indices = []
     for i in spec:
-        if isinstance(i, bool) or not isinstance(i, int):
+        if as_int(i) is None:
             raise TypeError(f"{func}: `spec` entries must be ints; got {i!r} in {list(spec)}")
+        i = as_int(i)
         if not -(num_layers + 1) <= i <= num_layers:
             raise ValueError(f"{func}: `spec` entries must be hidden_states indices in [0, {num_layers}] (or "
                              f"[-{num_layers + 1}, -1] from the end) for a model with {num_layers} blocks; got {i}")
@@ -93,6 +97,6 @@ def hidden_state_pairs(student_indices: Sequence[int], num_student: int, num_tea
     """
     blocks = proportional_map(num_student, num_teacher)
     for i in student_indices:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= num_student:
+        if as_int(i) is None or not 0 <= i <= num_student:
             raise ValueError(f"hidden_state_pairs: `student_indices` must be ints in [0, {num_student}]; got {i!r}")
-    return [0 if i == 0 else blocks[i - 1] + 1 for i in student_indices]
+    return [0 if i == 0 else blocks[int(i) - 1] + 1 for i in student_indices]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from oprd_kernels._validation import as_int
+
 POSITION_MODES = ("all", "last", "last_k", "first_k")
 WEIGHTINGS = ("token", "sample")
 
@@ -51,8 +53,9 @@ def select_positions(response_mask: Tensor, mode: str = "all", k: int | None = N
     if weighting not in WEIGHTINGS:
         raise ValueError(f"{func}: `weighting` must be one of {list(WEIGHTINGS)}; got {weighting!r}")
     if mode in ("last_k", "first_k"):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if as_int(k) is None or k < 1:
             raise ValueError(f"{func}: `k` must be an int >= 1 for mode {mode!r}; got {k!r}")
+        k = as_int(k)
     elif k is not None:
         raise ValueError(f"{func}: `k` is only used by modes 'last_k' and 'first_k'; got k={k!r} with mode {mode!r}")
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from oprd.capture.families import SUPPORTED_FAMILIES, DecoderParts, decoder_parts
 from oprd.capture.taps import StopForward, tapped
 from oprd.layers import resolve_layers
+from oprd_kernels._validation import describe
 
 LayerSpec = Union[str, Sequence[int]]
 
@@ -44,15 +45,33 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
-def _check_batch(func: str, input_ids: object, attention_mask: object) -> None:
-    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-        raise ValueError(f"{func}: `input_ids` must be an integer tensor [B, S]; got "
-                         f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
+def _is_integer(t: Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_batch(func: str, model: nn.Module, input_ids: object, attention_mask: object) -> None:
+    """A non-empty [B, S] batch of token ids the model has, and a 0/1 attention mask of its shape (reads values:
+    an id past the embedding would otherwise fail deep inside the model, as an index error or a device assert)."""
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or not _is_integer(input_ids):
+        raise TypeError(f"{func}: `input_ids` must be an integer tensor [B, S]; got "
+                        f"{describe(input_ids) if isinstance(input_ids, Tensor) else type(input_ids).__name__}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"{func}: `input_ids` must hold at least one sample and one position; got shape "
+                         f"{tuple(input_ids.shape)}")
     if not isinstance(attention_mask, Tensor) or attention_mask.shape != input_ids.shape:
         raise ValueError(f"{func}: `attention_mask` must have input_ids' shape {tuple(input_ids.shape)}; got "
                          f"{getattr(attention_mask, 'shape', type(attention_mask).__name__)}")
     if attention_mask.device != input_ids.device:
         raise ValueError(f"{func}: `attention_mask` is on {attention_mask.device}, input_ids on {input_ids.device}")
+    if attention_mask.is_floating_point() or attention_mask.is_complex() or \
+            not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError(f"{func}: `attention_mask` must hold only 0 and 1 (bool or integer); got "
+                         f"{describe(attention_mask)} with values {attention_mask.unique()[:8].tolist()}")
+    vocab = model.get_input_embeddings().num_embeddings
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"{func}: `input_ids` must be token ids of this model, in [0, {vocab - 1}] (its embedding "
+                         f"has {vocab} rows); got values in [{low}, {high}]")
 
 
 def _indices(func: str, layers: LayerSpec, parts: DecoderParts) -> list[int]:
@@ -82,7 +101,7 @@ def capture_student(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     """
     func = "capture_student"
     parts = decoder_parts(model)
-    _check_batch(func, input_ids, attention_mask)
+    _check_batch(func, model, input_ids, attention_mask)
     indices = _indices(func, layers, parts)
     wanted = sorted(set(indices) | ({parts.num_layers} if final_state else set()))
     captured: dict[int, Tensor] = {}
@@ -104,7 +123,10 @@ def teacher_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, l
     """
     func = "teacher_cache"
     parts = decoder_parts(model)
-    _check_batch(func, input_ids, attention_mask)
+    _check_batch(func, model, input_ids, attention_mask)
+    if projection is None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"{func}: `dtype` must be a floating torch.dtype for the cache (bfloat16 by default); got "
+                        f"{dtype!r}")
     indices = _indices(func, layers, parts)
     num_rows = input_ids.numel()
     if not isinstance(rows, Tensor) or rows.dtype != torch.int64 or rows.dim() != 1:

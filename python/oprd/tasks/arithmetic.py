@@ -20,6 +20,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from oprd_kernels._validation import as_int
+
 ANSWER_MARKER = ";"
 MAX_DIGITS = 6
 
@@ -42,11 +44,11 @@ def sft_text(example: Example) -> str:
 
 
 def _check_operand(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if as_int(value) is None:
         raise TypeError(f"ArithmeticTask.solve: `{name}` must be an int; got {type(value).__name__}")
     if value < 0:
         raise ValueError(f"ArithmeticTask.solve: `{name}` must be >= 0; got {value}")
-    return value
+    return as_int(value)
 
 
 class ArithmeticTask:
@@ -57,11 +59,11 @@ class ArithmeticTask:
     """
 
     def __init__(self, digits: int = 2):
-        if isinstance(digits, bool) or not isinstance(digits, int):
+        if as_int(digits) is None:
             raise TypeError(f"ArithmeticTask: `digits` must be an int; got {type(digits).__name__}")
         if not 1 <= digits <= MAX_DIGITS:
             raise ValueError(f"ArithmeticTask: `digits` must be in 1..{MAX_DIGITS}; got {digits}")
-        self.digits = digits
+        self.digits = as_int(digits)
 
     def __repr__(self) -> str:
         return f"ArithmeticTask(digits={self.digits})"
@@ -75,8 +77,9 @@ class ArithmeticTask:
         """`n` problems whose operands are each drawn uniformly, with replacement, among the numbers of *exactly*
         `digits` digits (10**(digits-1) .. 10**digits - 1; 0..9 for digits=1), so every solution has `digits` steps.
         Deterministic given the state of `rng`."""
-        if isinstance(n, bool) or not isinstance(n, int):
+        if as_int(n) is None:
             raise TypeError(f"ArithmeticTask.sample: `n` must be an int; got {type(n).__name__}")
+        n = as_int(n)
         if n < 0:
             raise ValueError(f"ArithmeticTask.sample: `n` must be >= 0; got {n}")
         if not isinstance(rng, random.Random):

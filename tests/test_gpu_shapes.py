@@ -147,6 +147,7 @@ def test_lm_head_stats_at_full_vocabulary(head, backend):
 
 
 # ------------------------------------------------------------------------- more rows than grid dimension 1 allows
+# mse and nmse: the two code paths (nmse and cosine share the per-row statistics); each loss type is one more compile.
 
 N_SEL, ROWS_B, ROWS_S, LAYERS = 70_000, 5, 16_384, 3
 
@@ -162,7 +163,7 @@ def assert_close_to(got: torch.Tensor, truth: torch.Tensor, what: str) -> None:
                                msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("loss_type", ["mse", "nmse", "cosine"])
+@pytest.mark.parametrize("loss_type", ["mse", "nmse"])
 def test_alignment_beyond_65535_rows(loss_type):
     assert tri_align.fwd_grid(LAYERS, N_SEL)[0] == N_SEL
     g = torch.Generator(device=DEVICE).manual_seed(12)
@@ -184,7 +185,7 @@ def test_alignment_beyond_65535_rows(loss_type):
         assert bool(last.abs().sum() > 0)  # the rows beyond entry 65,535 got their gradient
 
 
-@pytest.mark.parametrize("loss_type", ["mse", "nmse", "cosine"])
+@pytest.mark.parametrize("loss_type", ["mse", "nmse"])
 def test_bridge_beyond_65535_rows_and_repeatable_projector_gradient(loss_type):
     rank = 64
     g = torch.Generator(device=DEVICE).manual_seed(13)

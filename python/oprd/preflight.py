@@ -1,0 +1,170 @@
+"""The checks `oprd train` and `oprd eval` run before any model loads, so that a user's mistake costs one error line
+and no minutes of loading. Each error names the config key (or flag) and the file, and says what to do.
+
+`check_train`: the required keys are set; the prompt files parse (evaluation's need for answers is explained, with
+the way to turn it off); both model directories hold a config, whole weights and (the student) a tokenizer; the two
+configs agree with the method (OPRD-Vanilla needs equal widths) and with `oprd.layers`; `run.dir` is a directory one
+can write in, and a fresh run does not land on another run's outputs (`oprd.run_dir`). `Trainer.run` checks the run
+directory again for API users. With `--resume`, at least one checkpoint must pass the cheap file-and-size check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+from oprd.checkpoint import CheckpointError, CheckpointWarning, checkpoint_problems
+from oprd.config import TrainConfig, parse_layers
+from oprd.data import MissingFieldError, load_prompts
+from oprd.layers import resolve_layers
+from oprd.model_files import check_model_dir
+from oprd.pairing import check_widths, hidden_size
+from oprd.run_dir import prepare_fresh_run
+
+
+def check_train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> tuple[list[dict], list[dict]]:
+    """Everything about a training run that can be checked without loading a model. Returns the training and
+    evaluation prompts (read to check them); evaluation prompts are empty when `data.answer_field` is ""."""
+    if resume and overwrite:
+        raise ValueError(f"--resume and --overwrite exclude each other: --resume continues the run in "
+                         f"{config.run.dir}, --overwrite deletes it")
+    for key, value in (("model.student", config.model.student), ("model.teacher", config.model.teacher),
+                       ("data.prompts", config.data.prompts)):
+        if not value:
+            raise ValueError(f"oprd train: `{key}` must be set (in the config file or as {key}=...)")
+    prompts, eval_prompts = train_prompts(config)
+    check_model_dir(config.model.student, "model.student", tokenizer=True)
+    check_model_dir(config.model.teacher, "model.teacher")
+    check_pair(config)
+    check_run_dir(config.run.dir, resume, overwrite)
+    return prompts, eval_prompts
+
+
+def train_prompts(config: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """Training prompts (answers not needed) and evaluation prompts: the first `data.eval_size` of
+    `data.eval_prompts`, or of `data.prompts` when that is not set, each with an answer."""
+    data = config.data
+    prompts = _prompts(data.prompts, data.prompt_field, "", "data.prompts")
+    if not data.answer_field:
+        return prompts, []
+    key = "data.eval_prompts" if data.eval_prompts else "data.prompts"
+    eval_prompts = _prompts(data.eval_prompts or data.prompts, data.prompt_field, data.answer_field, key)
+    return prompts, eval_prompts[: data.eval_size]
+
+
+def _prompts(path: str, prompt_field: str, answer_field: str, key: str) -> list[dict]:
+    try:
+        return load_prompts(path, prompt_field, answer_field)
+    except MissingFieldError as exc:
+        if exc.kind == "prompt":
+            advice = f"set `data.prompt_field` to the field that holds the prompts of `{key}`"
+        else:
+            source = ("`data.eval_prompts`" if key == "data.eval_prompts" else
+                      "`data.prompts`, because `data.eval_prompts` is not set")
+            advice = (f"training needs no answers, but evaluation reads its prompts and answers from {source}: "
+                      f"point `data.eval_prompts` at a file with answers, set `data.answer_field` to the field that "
+                      f"holds them, or turn evaluation off with `data.answer_field=` (empty)")
+        raise ValueError(f"{exc}; {advice}") from None
+
+
+def check_pair(config: TrainConfig) -> None:
+    """The two models' configs (no weights): loadable, widths the method can train, `oprd.layers` within the
+    student's depth."""
+    student = _model_config(config.model.student, "model.student")
+    teacher = _model_config(config.model.teacher, "model.teacher")
+    check_widths(config.method.name, _width(student, config.model.student, "model.student"),
+                 _width(teacher, config.model.teacher, "model.teacher"))
+    depth = getattr(getattr(student, "text_config", None) or student, "num_hidden_layers", None)
+    if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
+        try:
+            resolve_layers(parse_layers(config.oprd.layers), depth)
+        except ValueError as exc:
+            raise ValueError(f"`oprd.layers` {config.oprd.layers!r} does not fit `model.student` "
+                             f"{config.model.student} ({depth} blocks): {exc}") from None
+
+
+def _width(model_config, path: str, key: str) -> int:
+    try:
+        return hidden_size(model_config)
+    except ValueError as exc:
+        raise ValueError(f"`{key}` {path}: {exc}") from None
+
+
+def _model_config(path: str, key: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # a user's file: any failure to read it is reported, not raised as a traceback
+        raise ValueError(f"`{key}` {path}: config.json does not load as a Hugging Face config "
+                         f"({one_line(exc)})") from None
+
+
+def check_run_dir(path: str, resume: bool = False, overwrite: bool = False, key: str = "run.dir") -> None:
+    """`path` is, or can be made, a directory one can write in; a fresh run (neither `resume` nor `overwrite`) must
+    not land on another run's outputs. Creates nothing that stays: writing is tested with a probe file."""
+    if not path:
+        raise ValueError(f"`{key}` is empty; set it to the directory for the run's outputs")
+    run_dir = Path(path)
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise ValueError(f"`{key}` {path} is a broken symbolic link; remove it or choose another {key}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"`{key}` {path} is a file, not a directory; choose another {key}, or move the file away")
+    existing = run_dir
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"`{key}` {path} is under {existing}, which is a file, not a directory; choose another "
+                         f"{key}")
+    _probe(existing, path, key)
+    if run_dir.is_dir() and resume:
+        _check_resumable(run_dir)
+    elif run_dir.is_dir() and not overwrite:
+        prepare_fresh_run(run_dir, overwrite=False)  # only checks when not overwriting: RunDirError says what to do
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """With checkpoints present, at least one must pass the cheap check (files and sizes; `Trainer.run` verifies
+    the hashes). When none does, the warnings and the error are those `latest_checkpoint` would give after the
+    models loaded."""
+    steps = [p for p in (run_dir / "checkpoints").glob("step_*") if re.fullmatch(r"step_\d+", p.name) and p.is_dir()]
+    steps.sort(key=lambda p: int(p.name[5:]), reverse=True)
+    problems = {p: checkpoint_problems(p, hashes=False) for p in steps}
+    if not steps or not all(problems.values()):
+        return
+    for path in steps:
+        warnings.warn(f"checkpoint {path} is broken, skipped: {'; '.join(problems[path])}", CheckpointWarning,
+                      stacklevel=2)
+    broken = ", ".join(f"{p} ({'; '.join(problems[p])})" for p in steps)
+    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from; broken: {broken}. Restore an intact "
+                          "checkpoint there, or start the run again with --overwrite")
+
+
+def _probe(directory: Path, path: str, key: str) -> None:
+    """Write permission as the file system sees it (os.access can be wrong on network file systems and for root)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".oprd-write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if directory == Path(path) else f" (in {directory}, where it would be created)"
+        raise ValueError(f"`{key}` {path}: cannot write there{where}: {exc.strerror or exc}; choose a {key} you "
+                         "can write in, or fix its permissions") from None
+
+
+def check_eval(model: str, prompts: str, prompt_field: str, answer_field: str) -> list[dict]:
+    """`oprd eval`'s inputs: the model directory with its tokenizer, and prompts that all have answers."""
+    check_model_dir(model, "--model", tokenizer=True)
+    try:
+        return load_prompts(prompts, prompt_field, answer_field)
+    except MissingFieldError as exc:
+        flag = "--prompt-field" if exc.kind == "prompt" else "--answer-field"
+        raise ValueError(f"{exc}; name the file's {exc.kind} field with {flag}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (library messages often span several)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__

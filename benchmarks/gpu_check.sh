@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --fo
 
 STEP_TAIL=6 run_step tests-compiled 100 gpu_tests.log $py -m pytest -q -p no:cacheprovider \
   tests/test_triton_opd.py tests/test_backend_alignment.py tests/test_backend_bridge.py tests/test_lifetimes.py
-STEP_TAIL=6 run_step tests-shapes 60 gpu_shapes.log $py -m pytest -q -p no:cacheprovider -m gpu \
+STEP_TAIL=6 run_step tests-shapes 150 gpu_shapes.log $py -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_shapes.py
 
 STEP_TAIL=18 run_step actor-update 150 actor_update.log $py benchmarks/bench_actor_update.py --device cuda \

@@ -62,6 +62,17 @@ def test_failed_and_timed_out_steps_show_in_summary_and_exit_status(tmp_path):
     assert "still-runs" in (tmp_path / "after.log").read_text()
 
 
+def test_steps_past_the_time_budget_are_skipped_and_count_as_failures(tmp_path):
+    script = (f'out="{tmp_path}"; GPU_CHECK_BUDGET=6; source "{STEPS}"; start_steps; '
+              'run_step slow 60 slow.log sleep 10; run_step late 60 late.log true; finish_steps')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 1
+    rows = _summary(tmp_path)
+    assert rows[0][0] == "slow" and rows[0][1] in ("TIMEOUT after 5s", "TIMEOUT after 6s")  # capped: not 60 s
+    assert int(rows[0][2]) <= 7
+    assert rows[1][:2] == ["late", "SKIPPED (budget)"]
+
+
 @pytest.mark.parametrize("steps", ["run_step one 10 one.log true", "run_step one 10 a.log true; run_step two 10 "
                                                                    "b.log echo hi"])
 def test_all_steps_passing_exit_zero(tmp_path, steps):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
 
+from oprd.checkpoint import CheckpointWarning
 from oprd.cli import main
 from oprd.tasks import ArithmeticTask
 
@@ -82,3 +84,132 @@ def test_train_and_eval_on_local_model_directories(tmp_path, capsys, prompt_file
                  "--max-new-tokens", "25", "--size", "4"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0.0 <= result["eval/accuracy"] <= 1.0
+
+
+# --- a user's mistake: one error line, exit status 2, before any model loads ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny model directories and prompt files, and the broken copies the mistakes below point at."""
+    import shutil
+
+    from tiny_hf import save_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    save_tiny_model(root / "student")
+    teacher = save_tiny_model(root / "teacher", tokenizer=False)
+    save_tiny_model(root / "wide", hidden=48, tokenizer=False)
+    shutil.copytree(teacher, root / "no_weights")
+    (root / "no_weights" / "model.safetensors").unlink()
+    shutil.copytree(root / "student", root / "bad_tokenizer")
+    (root / "bad_tokenizer" / "tokenizer.json").write_text("{not json")
+    shutil.copytree(teacher, root / "truncated")
+    data = (teacher / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(data[: len(data) // 2])
+    (root / "prompts.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+3=", "answer": "5"}\n')
+    (root / "bare.jsonl").write_text('{"prompt": "1+1="}\n{"prompt": "2+3="}\n')
+    (root / "null.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": null, "answer": "5"}\n')
+    (root / "latin1.jsonl").write_bytes(b'{"prompt": "1+1=", "answer": "2"}\n{"prompt": "caf\xe9", "answer": "5"}\n')
+    (root / "a_file").write_text("not a directory")
+    (root / "bad.yaml").write_text("model: [\n")
+    (root / "latin1.yaml").write_bytes(b'run: {dir: "caf\xe9"}\n')
+    (root / "old_run").mkdir()
+    (root / "old_run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (root / "broken_run" / "checkpoints" / "step_00000003").mkdir(parents=True)
+    return root
+
+
+def train_args(tiny, tmp_path, *overrides, flags=()):
+    return ["train", *flags, f"model.student={tiny / 'student'}", f"model.teacher={tiny / 'teacher'}",
+            f"data.prompts={tiny / 'prompts.jsonl'}", f"run.dir={tmp_path / 'run'}", "run.device=cpu", *overrides]
+
+
+MISTAKES = {  # name: (arguments after the valid ones, fragments the one error line must hold)
+    "run.dir is a file": (["run.dir={tiny}/a_file"], ["`run.dir`", "a_file is a file", "choose another run.dir"]),
+    "run.dir under a file": (["run.dir={tiny}/a_file/run"], ["`run.dir`", "is under", "a_file, which is a file"]),
+    "no weights": (["model.teacher={tiny}/no_weights"],
+                   ["`model.teacher`", "no_weights", "has no weights (looked for model.safetensors,"]),
+    "no tokenizer": (["model.student={tiny}/teacher"], ["`model.student`", "has no tokenizer (looked for tokenizer"]),
+    "tokenizer does not parse": (["model.student={tiny}/bad_tokenizer"],
+                                 ["`model.student`", "bad_tokenizer: the tokenizer does not load ("]),
+    "truncated weights": (["model.teacher={tiny}/truncated"],
+                          ["`model.teacher`", "truncated/model.safetensors is truncated", "copy the weights again"]),
+    "prompts not UTF-8": (["data.prompts={tiny}/latin1.jsonl"], ["latin1.jsonl:2 is not UTF-8 text"]),
+    "null prompt": (["data.prompts={tiny}/null.jsonl"], ["null.jsonl:2: field 'prompt' must be a string; got null"]),
+    "prompts without answers": (["data.prompts={tiny}/bare.jsonl"],
+                                ["bare.jsonl:1 has no field 'answer'", "`data.answer_field=` (empty)"]),
+    "prompt file is a directory": (["data.prompts={tiny}"], ["is a directory; give the path of a JSONL prompt file"]),
+    "teacher of another width": (["model.teacher={tiny}/wide"],
+                                 ["`model.teacher` has hidden size 48 and `model.student` 32", "Bridge"]),
+    "layers beyond the depth": (["oprd.layers=1,7"], ["`oprd.layers` '1,7' does not fit `model.student`"]),
+    "a fresh run over another run": (["run.dir={tiny}/old_run"], ["already holds a run", "--resume", "--overwrite"]),
+    "resume without an intact checkpoint": (["run.dir={tiny}/broken_run", "--resume"],  # warns as well
+                                            ["no intact checkpoint to resume from", "step_00000003"]),
+    "config not valid YAML": (["--config", "{tiny}/bad.yaml"], ["bad.yaml: not valid YAML"]),
+    "config not UTF-8": (["--config", "{tiny}/latin1.yaml"], ["latin1.yaml:1 is not UTF-8 text"]),
+    "config is a directory": (["--config", "{tiny}"], ["is a directory; give the path of a YAML config file"]),
+    "--resume with --overwrite": (["--resume", "--overwrite"], ["--resume and --overwrite exclude each other"]),
+    "config file missing": (["--config", "{tiny}/absent.yaml"], ["no such config file", "absent.yaml"]),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_train_reports_each_mistake_in_one_line_before_any_model_loads(tiny, tmp_path, capsys, monkeypatch, mistake):
+    import oprd.cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the mistake was reported")
+
+    monkeypatch.setattr(oprd.cli, "_load_model", no_loading)
+    extra, fragments = MISTAKES[mistake]
+    extra = [arg.format(tiny=tiny) for arg in extra]
+    flags = [a for i, a in enumerate(extra) if a.startswith("--") or (i and extra[i - 1] == "--config")]
+    with pytest.warns(CheckpointWarning) if "checkpoint" in mistake else contextlib.nullcontext():
+        assert main(train_args(tiny, tmp_path, *[a for a in extra if a not in flags], flags=flags)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_reports_mistakes_in_one_line(tiny, capsys):
+    assert main(["eval", "--model", str(tiny / "teacher"), "--prompts", str(tiny / "prompts.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`--model`" in err and "has no tokenizer" in err
+    assert main(["eval", "--model", str(tiny / "student"), "--prompts", str(tiny / "bare.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bare.jsonl:1 has no field 'answer'" in err and "--answer-field" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--model", "m", "--prompts", "p", "--samples", "0"], "argument --samples: must be an int >= 1; got '0'"),
+    (["eval", "--model", "m", "--prompts", "p", "--size", "0"], "argument --size: must be an int >= 1; got '0'"),
+    (["eval", "--model", "m", "--prompts", "p", "--size", "ten"], "argument --size: must be an int >= 1; got 'ten'"),
+    (["eval", "--model", "m", "--prompts", "p", "--temperature", "0"], "argument --temperature: must be a finite"),
+    (["eval", "--model", "m", "--prompts", "p", "--answer-field", ""], "argument --answer-field: must name a JSON"),
+])
+def test_bad_flags_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_weights_that_fail_only_when_loading_are_one_error_line(tiny, tmp_path, capsys):
+    """A header the preflight reads as whole but safetensors refuses (an unknown dtype): still no traceback."""
+    import shutil
+
+    teacher = shutil.copytree(tiny / "teacher", tmp_path / "teacher")
+    data = (teacher / "model.safetensors").read_bytes()
+    assert b'"F32"' in data
+    (teacher / "model.safetensors").write_bytes(data.replace(b'"F32"', b'"Q32"'))
+    assert main(train_args(tiny, tmp_path, f"model.teacher={teacher}")) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the student's loading bar
+    assert last.startswith("error: `model.teacher`") and "the model does not load" in last and "Q32" in last
+
+
+def test_prompts_without_answers_train_with_evaluation_off(tiny, tmp_path, capsys):
+    assert main(train_args(tiny, tmp_path, f"data.prompts={tiny / 'bare.jsonl'}", "data.answer_field=",
+                           "optim.steps=1", "rollout.prompts_per_step=2", "rollout.max_new_tokens=4")) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1] and not any("eval/accuracy" in row for row in rows)

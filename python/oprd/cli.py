@@ -4,8 +4,8 @@
     oprd train --config run.yaml [section.key=value ...] [--resume | --overwrite]
     oprd eval --model DIR --prompts FILE [--samples K] [--temperature T] [--max-new-tokens N] [--size N]
 
-Configuration errors, missing model directories and prompt files without the required fields are reported before
-any work starts.
+A user's mistake is one `error: ...` line on stderr and exit status 2, never a traceback. `train` and `eval` check
+everything they can before any model loads (`oprd.preflight`).
 """
 
 from __future__ import annotations
@@ -16,28 +16,52 @@ import sys
 from pathlib import Path
 
 
-def _load_model(path: str, what: str, dtype=None):
+def _load_model(path: str, key: str, dtype=None):
+    """The model of a directory the preflight has checked; a failure that only loading reveals is one error line."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    directory = Path(path)
-    if not path or not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"oprd: {what} {path!r} is not a local Hugging Face model directory (no config.json)")
-    return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    from oprd.preflight import one_line
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(Path(path), local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ValueError(f"`{key}` {path}: the model does not load ({one_line(exc)})") from None
 
 
-def _load_tokenizer(path: str):
+def _load_tokenizer(path: str, key: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    from oprd.preflight import one_line
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # a user's files: any failure to read them is reported, not raised as a traceback
+        raise ValueError(f"`{key}` {path}: the tokenizer does not load ({one_line(exc)})") from None
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def _load_config(path: str | None, overrides: list[str]):
+    from oprd.config import load_config
+
+    if path is not None and Path(path).is_dir():
+        raise ValueError(f"--config {path} is a directory; give the path of a YAML config file")
+    try:
+        return load_config(path, overrides)
+    except UnicodeDecodeError as exc:  # config.py reads the file as UTF-8 and lets this through without the name
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ValueError(f"config file {path}:{line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save "
+                         "it as UTF-8") from None
+
+
 def cmd_demo(args) -> int:
     from oprd.demo import DemoSettings, run_demo
+    from oprd.preflight import check_run_dir
 
+    check_run_dir(args.out, overwrite=True, key="--out")  # the demo rebuilds and overwrites its own runs
     settings = DemoSettings.quick(args.out, args.seed) if args.quick else DemoSettings(out=args.out, seed=args.seed)
     run_demo(settings)
     print(f"artefacts in {Path(args.out).resolve()}")
@@ -45,24 +69,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from oprd.config import load_config, resolve_device, resolve_dtype
-    from oprd.data import load_prompts
+    from oprd.config import resolve_device, resolve_dtype
+    from oprd.preflight import check_train
     from oprd.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
-    for key, value in (("model.student", config.model.student), ("model.teacher", config.model.teacher),
-                       ("data.prompts", config.data.prompts)):
-        if not value:
-            raise ValueError(f"oprd train: `{key}` must be set (in the config file or as {key}=...)")
-    prompts = load_prompts(config.data.prompts, config.data.prompt_field, "")
-    eval_prompts = []
-    if config.data.answer_field:
-        eval_prompts = load_prompts(config.data.eval_prompts or config.data.prompts, config.data.prompt_field,
-                                    config.data.answer_field)[: config.data.eval_size]
+    config = _load_config(args.config, args.overrides)
+    prompts, eval_prompts = check_train(config, resume=args.resume, overwrite=args.overwrite)
     device = resolve_device(config.run.device)
+    tokenizer = _load_tokenizer(config.model.student, "model.student")
     student = _load_model(config.model.student, "model.student")  # fp32 master weights; bf16 autocast on CUDA
     teacher = _load_model(config.model.teacher, "model.teacher", resolve_dtype(config.model.dtype, device))
-    tokenizer = _load_tokenizer(config.model.student)
     trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_prompts)
     last = trainer.run(resume=args.resume, overwrite=args.overwrite)
     final = Path(config.run.dir) / "final"
@@ -74,16 +90,43 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from oprd.data import load_prompts
     from oprd.evaluate import evaluate
+    from oprd.preflight import check_eval
 
+    examples = check_eval(args.model, args.prompts, args.prompt_field, args.answer_field)[: args.size]
+    tokenizer = _load_tokenizer(args.model, "--model")
     model = _load_model(args.model, "--model")
-    tokenizer = _load_tokenizer(args.model)
-    examples = load_prompts(args.prompts, args.prompt_field, args.answer_field)[: args.size]
     result = evaluate(model, tokenizer, examples, samples=args.samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _at_least_1(text: str) -> int:
+    """An argparse type: an int >= 1 (0 samples crashed inside generate; size 0 scored nothing as 0%)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1; got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
+    return value
+
+
+def _field(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must name a JSON field; got an empty string")
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -104,12 +147,12 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="avg@k accuracy of a local model on a JSONL prompt file with answers")
     ev.add_argument("--model", required=True)
     ev.add_argument("--prompts", required=True)
-    ev.add_argument("--prompt-field", default="prompt")
-    ev.add_argument("--answer-field", default="answer")
-    ev.add_argument("--samples", type=int, default=4)
-    ev.add_argument("--temperature", type=float, default=0.7)
-    ev.add_argument("--max-new-tokens", type=int, default=256)
-    ev.add_argument("--size", type=int, default=64)
+    ev.add_argument("--prompt-field", type=_field, default="prompt")
+    ev.add_argument("--answer-field", type=_field, default="answer")
+    ev.add_argument("--samples", type=_at_least_1, default=4)
+    ev.add_argument("--temperature", type=_positive, default=0.7)
+    ev.add_argument("--max-new-tokens", type=_at_least_1, default=256)
+    ev.add_argument("--size", type=_at_least_1, default=64, help="evaluate the first N prompts")
     ev.set_defaults(run=cmd_eval)
     return p
 
@@ -119,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from oprd.preflight import one_line
+
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

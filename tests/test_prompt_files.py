@@ -23,14 +23,26 @@ def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path):
         load_prompts(path)
 
 
-@pytest.mark.parametrize("value, seen", [(None, "null"), (7, "a number (7)"), ([1, 2], "a list ([1, 2])"),
-                                         (True, "a boolean (true)"), ({"a": 1}, "an object")])
-@pytest.mark.parametrize("field", ["prompt", "answer"])
+NOT_STRINGS = [(None, "null"), ([1, 2], "a list ([1, 2])"), (True, "a boolean (true)"), ({"a": 1}, "an object"),
+               (2.5, "a number (2.5)")]
+
+
+@pytest.mark.parametrize("field, value, seen", [("prompt", 7, "a number (7)")] +
+                         [(field, v, seen) for field in ("prompt", "answer") for v, seen in NOT_STRINGS])
 def test_a_field_that_is_not_a_string_is_rejected_not_trained_on_as_text(tmp_path, field, value, seen):
     record = {"prompt": "1+1=", "answer": "2", field: value}
     path = write_lines(tmp_path / "p.jsonl", '{"prompt": "2+2=", "answer": "4"}', json.dumps(record))
-    with pytest.raises(ValueError, match=rf"p\.jsonl:2: field {field!r} must be a string; got {re.escape(seen)}"):
+    allowed = "a string" if field == "prompt" else "a string or an integer"
+    with pytest.raises(ValueError, match=rf"p\.jsonl:2: field {field!r} must be {allowed}; got {re.escape(seen)}"):
         load_prompts(path, "prompt", "answer")
+
+
+def test_integer_answers_read_as_their_digits(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", '{"prompt": "2+2=", "answer": 4}', '{"prompt": "9-9=", "answer": -0}',
+                       '{"prompt": "1+1=", "answer": "2"}')
+    assert load_prompts(path, "prompt", "answer") == [{"prompt": "2+2=", "answer": "4"},
+                                                      {"prompt": "9-9=", "answer": "0"},
+                                                      {"prompt": "1+1=", "answer": "2"}]
 
 
 def test_answers_are_read_only_when_asked_for(tmp_path):

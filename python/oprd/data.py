@@ -1,7 +1,7 @@
 """Prompt files and the order prompts are consumed in.
 
 A prompt file is UTF-8 JSON lines, one object per prompt, with a prompt field and (for graded evaluation) an answer
-field, both strings. Lines are split at "\\n" only (a JSON string may hold U+2028 and other Unicode line breaks).
+field, both strings (an answer may be an integer). Lines are split at "\\n" only (a JSON string may hold U+2028 and other Unicode line breaks).
 Prompts are consumed in a seeded shuffled order, epoch after epoch. The position in that stream (the number of
 prompts consumed) is all a checkpoint needs to resume at the same prompt.
 """
@@ -39,8 +39,9 @@ def _lines(path: Path):
 
 def load_prompts(path: str | Path, prompt_field: str = "prompt", answer_field: str = "") -> list[dict]:
     """[{"prompt": ..., "answer": ...}] from a JSONL file. Every line must hold the prompt field, and the answer field
-    when `answer_field` is given ("" = answers are not read), each as a JSON string: a null, number or list is
-    rejected rather than trained on as its text ("None"). A missing field raises MissingFieldError."""
+    when `answer_field` is given ("" = answers are not read), each as a JSON string (an answer may also be a JSON
+    integer, read as its digits): a null, boolean, list, object, or a non-integer number is rejected rather than
+    trained on as its text ("None"). A missing field raises MissingFieldError."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"load_prompts: {path} is a directory; give the path of a JSONL prompt file")
@@ -62,8 +63,11 @@ def load_prompts(path: str | Path, prompt_field: str = "prompt", answer_field: s
                 raise MissingFieldError(f"load_prompts: {path}:{number} has no field {field!r} (fields: "
                                         f"{sorted(record)})", field, key)
             value = record[field]
+            if key == "answer" and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # an integer answer ({"answer": 42}) reads as its digits
             if not isinstance(value, str):
-                raise ValueError(f"load_prompts: {path}:{number}: field {field!r} must be a string; got "
+                allowed = "a string" if key == "prompt" else "a string or an integer"
+                raise ValueError(f"load_prompts: {path}:{number}: field {field!r} must be {allowed}; got "
                                  f"{_json_type(value)}; write it as a JSON string (in quotes)")
             item[key] = value
         prompts.append(item)

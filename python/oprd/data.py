@@ -1,9 +1,9 @@
 """Prompt files and the order prompts are consumed in.
 
 A prompt file is UTF-8 JSON lines, one object per prompt, with a prompt field and (for graded evaluation) an answer
-field, both strings (an answer may be an integer). Lines are split at "\\n" only (a JSON string may hold U+2028 and other Unicode line breaks).
-Prompts are consumed in a seeded shuffled order, epoch after epoch. The position in that stream (the number of
-prompts consumed) is all a checkpoint needs to resume at the same prompt.
+field, both strings (an answer may be an integer). Lines are split at "\\n" only (a JSON string may hold U+2028
+and other Unicode line breaks). Prompts are consumed in a seeded shuffled order, epoch after epoch. The position in
+that stream (the number of prompts consumed) is all a checkpoint needs to resume at the same prompt.
 """
 
 from __future__ import annotations

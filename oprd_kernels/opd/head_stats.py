@@ -44,25 +44,27 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     check_same_device(func, "weight", weight, hidden.device)
     check_blocks(func, row_block, vocab_block)
     positions, vocab = hidden.shape[:-1], weight.shape[0]
+    if topk_among is not None and (as_int(topk_among) is None or not 1 <= topk_among <= vocab):
+        raise fail(ValueError, func, "topk_among", f"must be None or an int in [1, V = {vocab}]", repr(topk_among))
+    among = vocab if topk_among is None else as_int(topk_among)
+    if as_int(topk) is None or not 0 <= topk <= among:
+        raise fail(ValueError, func, "topk", f"must be an int in [0, {among}] (V = {vocab}, topk_among = "
+                   f"{topk_among})", repr(topk))
+    topk = as_int(topk)
     if ids is not None:
         if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
             raise fail(TypeError, func, "ids", "must be an int64 tensor or None", describe(ids))
         if ids.dim() != hidden.dim() or ids.shape[:-1] != positions:
             raise fail(ValueError, func, "ids", f"must have shape {tuple(positions)} + (k,)", describe(ids))
         check_same_device(func, "ids", ids, hidden.device)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-            raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}]",
-                       f"values in [{int(ids.min())}, {int(ids.max())}]")
-    if topk_among is not None and (as_int(topk_among) is None or not 1 <= topk_among <= vocab):
-        raise fail(ValueError, func, "topk_among", f"must be None or an int in [1, V = {vocab}]", repr(topk_among))
-    among = vocab if topk_among is None else as_int(topk_among)
-    if topk and ids is not None and among < vocab and ids.numel() and int(ids.max()) >= among:
-        raise fail(ValueError, func, "ids", f"must be below topk_among = {among} when a top-k is asked for too",
-                   f"ids up to {int(ids.max())}")
-    if as_int(topk) is None or not 0 <= topk <= among:
-        raise fail(ValueError, func, "topk", f"must be an int in [0, {among}] (V = {vocab}, topk_among = "
-                   f"{topk_among})", repr(topk))
-    topk = as_int(topk)
+        if ids.numel():  # one read of the range (a host sync on a GPU) serves both bounds
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= vocab:
+                raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}]", f"values in [{low}, "
+                           f"{high}]")
+            if topk and high >= among:
+                raise fail(ValueError, func, "ids", f"must be below topk_among = {among} when a top-k is asked for "
+                           "too", f"ids up to {high}")
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
     passes = resolve_passes(func, backend, hidden.device)

@@ -21,11 +21,12 @@ def accumulate_gradients(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Mo
                          plan: LayerPlan, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
     """Backward of every micro-batch's share of the window's loss into the student's .grad; returns the window's
     metrics: the `loss/*` shares summed (the window's losses), the other metrics averaged over the micro-batches."""
-    window = sum((token_counts(spec, b) for b in batches), TokenCounts())
+    counts = [token_counts(spec, b) for b in batches]
+    window = sum(counts, TokenCounts())
     metrics: dict[str, float] = {}
-    for rollouts in batches:
+    for rollouts, own in zip(batches, counts):
         with autocast():
-            result = compute_objective(spec, student, teacher, rollouts, plan, window)
+            result = compute_objective(spec, student, teacher, rollouts, plan, own.share_of(window))
         result.loss.backward()
         for key, value in result.metrics.items():
             share = value if key.startswith("loss/") else value / len(batches)

@@ -75,9 +75,10 @@ class TokenCounts:
     def __add__(self, other: "TokenCounts") -> "TokenCounts":
         return TokenCounts(self.oprd + other.oprd, self.opd + other.opd)
 
-
-def _share(part: float, whole: float) -> float:
-    return part / whole if whole > 0 else 0.0
+    def share_of(self, whole: "TokenCounts") -> "TokenCounts":
+        """These counts as fractions of `whole`'s (0 where `whole` has none): one micro-batch's weight in a window."""
+        return TokenCounts(self.oprd / whole.oprd if whole.oprd > 0 else 0.0,
+                           self.opd / whole.opd if whole.opd > 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -205,15 +206,15 @@ def logit_metrics(student_logits: Tensor, teacher_logits: Tensor, rollouts: Roll
 
 
 def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, rollouts: Rollouts,
-                      plan: LayerPlan, window: TokenCounts | None = None) -> StepResult:
+                      plan: LayerPlan, share: TokenCounts | None = None) -> StepResult:
     """The loss of `spec.method` on `rollouts` (student forward with grad), and its metrics.
 
-    Each term is a token-mean over this batch; with `window` (the counts of every micro-batch of one optimizer step)
-    it is this batch's share of the token-mean over the whole window instead: its token sum divided by the window's
-    count, so that the micro-batches' losses add up to the one-batch loss. The `loss/*` metrics are then those
-    shares too (they add up over the window); the other metrics are this batch's."""
+    Each term is a token-mean over this batch. With `share` (this batch's counts as fractions of those of every
+    micro-batch of one optimizer step, `TokenCounts.share_of`) each term is scaled by its fraction: its token sum
+    divided by the window's count, so that the micro-batches' losses add up to the one-batch loss. The `loss/*`
+    metrics are then those shares too (they add up over the window); the other metrics are this batch's."""
     ids, mask = rollouts.input_ids, rollouts.attention_mask
-    oprd_scale = opd_scale = 1.0
+    oprd_scale, opd_scale = (1.0, 1.0) if share is None else (share.oprd, share.opd)
     needs_states = _needs_states(spec, plan)
     metrics: dict[str, float] = {}
     rows = weights = cache = None
@@ -221,10 +222,6 @@ def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Modul
     with torch.no_grad():
         if needs_states:
             rows, weights = _positions(spec, rollouts)
-        if window is not None:
-            if spec.uses_oprd:
-                oprd_scale = _share(_oprd_count(spec, rows, ids.shape[1]), window.oprd)
-            opd_scale = _share(float(rollouts.response_mask[:, rollouts.prompt_width:].sum()), window.opd)
         if spec.uses_oprd and not spec.uses_opd:
             cache = teacher_cache(teacher, ids, mask, plan.teacher, rows)
         else:  # one teacher pass serves both terms: cached rows and the final state for its LM head

@@ -124,41 +124,50 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
     return final
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
+def latest_checkpoint(run_dir: str | Path, *, hashes: bool = True, warn_skipped: bool = True) -> Path | None:
     """The highest-numbered checkpoint of `run_dir` that verifies, or None when it has no `step_*` directory.
 
-    Verifying means that every file in the manifest is present with its recorded size and SHA-256. Each newer
-    checkpoint that fails gets a CheckpointWarning naming its path and what is wrong. When none verifies,
-    CheckpointError names the run directory and every broken checkpoint."""
+    Verifying means that every file in the manifest is present with its recorded size and SHA-256 (with
+    `hashes=False`, the cheap check of presence and sizes only, as a check before anything loads). Each newer
+    checkpoint that fails gets a CheckpointWarning naming its path and what is wrong (with `warn_skipped=False`, only
+    when none verifies). When none verifies, CheckpointError names the run directory and every broken checkpoint."""
     ckpt_dir = Path(run_dir) / "checkpoints"
-    broken = []
+    found, broken = None, []
     for path in sorted(_step_dirs(ckpt_dir), key=_step_of, reverse=True):
-        problems = checkpoint_problems(path)
+        problems = checkpoint_problems(path, hashes)
         if not problems:
-            return path
-        warnings.warn(f"checkpoint {path} is broken, skipped: {'; '.join(problems)}", CheckpointWarning,
-                      stacklevel=2)
-        broken.append(f"{path} ({'; '.join(problems)})")
-    if broken:
-        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from; broken: {', '.join(broken)}. "
-                              "Restore an intact checkpoint there, or start the run again with --overwrite")
-    return None
+            found = path
+            break
+        broken.append((path, problems))
+    if found is None or warn_skipped:
+        for path, problems in broken:
+            warnings.warn(f"checkpoint {path} is broken, skipped: {'; '.join(problems)}", CheckpointWarning,
+                          stacklevel=2)
+    if found is None and broken:
+        names = ", ".join(f"{path} ({'; '.join(problems)})" for path, problems in broken)
+        raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from; broken: {names}. Restore an intact "
+                              "checkpoint there, or start the run again with --overwrite")
+    return found
 
 
 def checkpoint_problems(path: str | Path, hashes: bool = True) -> list[str]:
     """What is wrong with the checkpoint at `path` (empty: intact). With `hashes=False` only presence and sizes are
     checked, which is cheap, and overwritten bytes go unnoticed."""
-    path = Path(path)
+    return _inspect(Path(path), hashes)[1]
+
+
+def _inspect(path: Path, hashes: bool) -> tuple[set[str], list[str]]:
+    """(the files the manifest lists, what is wrong with the checkpoint at `path`)."""
     if not path.is_dir():
-        return ["not a directory"]
+        return set(), ["not a directory"]
     if not (path / MANIFEST).is_file():
-        return [f"{MANIFEST} is missing (saved by an oprd older than checkpoint manifests, or not by oprd): "
-                "cannot be verified"]
+        return set(), [f"{MANIFEST} is missing (saved by an oprd older than checkpoint manifests, or not by oprd): "
+                       "cannot be verified"]
     listed, problems = check_manifest(path, hashes)
     if not problems:
         required = [*_FILES, _INDEX if _INDEX in listed else _SINGLE]
         problems = [f"{MANIFEST} does not list {f}" for f in required if f not in listed]
-    return problems
+    return listed, problems
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True,
@@ -174,10 +183,9 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
-    problems = checkpoint_problems(path, hashes=verify)
+    listed, problems = _inspect(path, hashes=verify)
     if problems:
         raise CheckpointError(f"{path} is not an intact checkpoint: {'; '.join(problems)}")
-    listed, _ = check_manifest(path, hashes=False)
     state = _parse_state(path / _STATE)
     _load_model_weights(model, path / "model", sharded=_INDEX in listed)
     if optimizer is not None:

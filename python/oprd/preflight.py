@@ -11,12 +11,10 @@ directory again for API users. With `--resume`, at least one checkpoint must pas
 from __future__ import annotations
 
 import os
-import re
 import tempfile
-import warnings
 from pathlib import Path
 
-from oprd.checkpoint import CheckpointError, CheckpointWarning, checkpoint_problems
+from oprd.checkpoint import latest_checkpoint
 from oprd.config import TrainConfig, parse_layers
 from oprd.data import MissingFieldError, load_prompts
 from oprd.layers import resolve_layers
@@ -128,19 +126,9 @@ def check_run_dir(path: str, resume: bool = False, overwrite: bool = False, key:
 
 def _check_resumable(run_dir: Path) -> None:
     """With checkpoints present, at least one must pass the cheap check (files and sizes; `Trainer.run` verifies
-    the hashes). When none does, the warnings and the error are those `latest_checkpoint` would give after the
-    models loaded."""
-    steps = [p for p in (run_dir / "checkpoints").glob("step_*") if re.fullmatch(r"step_\d+", p.name) and p.is_dir()]
-    steps.sort(key=lambda p: int(p.name[5:]), reverse=True)
-    problems = {p: checkpoint_problems(p, hashes=False) for p in steps}
-    if not steps or not all(problems.values()):
-        return
-    for path in steps:
-        warnings.warn(f"checkpoint {path} is broken, skipped: {'; '.join(problems[path])}", CheckpointWarning,
-                      stacklevel=2)
-    broken = ", ".join(f"{p} ({'; '.join(problems[p])})" for p in steps)
-    raise CheckpointError(f"{run_dir}: no intact checkpoint to resume from; broken: {broken}. Restore an intact "
-                          "checkpoint there, or start the run again with --overwrite")
+    the hashes). When none does, the warnings and the error are those `latest_checkpoint` gives after the models
+    load; when one does, the broken newer ones are left for that later, hashing check to report."""
+    latest_checkpoint(run_dir, hashes=False, warn_skipped=False)
 
 
 def _probe(directory: Path, path: str, key: str) -> None:

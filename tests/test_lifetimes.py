@@ -34,8 +34,22 @@ def _student(gen: torch.Generator, stacked: bool, device: str):
     return layers, layers, base
 
 
-def _grads(leaves) -> list[torch.Tensor]:
-    return [t.grad.detach().cpu().reshape(-1, D) for t in leaves]
+def _student_grad(leaves, stacked: bool) -> torch.Tensor:
+    """The student's gradient as [L, B*S, D], whichever form it was passed in."""
+    if stacked:
+        return leaves[0].grad.detach().cpu().reshape(L, -1, D)
+    return torch.stack([t.grad.detach().cpu().reshape(-1, D) for t in leaves])
+
+
+def _on_device(t: torch.Tensor, stacked: bool, device: str):
+    """Fresh copies of a teacher-side [L, N, X] tensor: one stacked tensor or L separate ones."""
+    return t.clone().to(device) if stacked else [t[i].clone().to(device) for i in range(L)]
+
+
+def _backward_over_garbage(loss: torch.Tensor, scale: float, nbytes: int) -> None:
+    junk = _overwrite_freed_memory(nbytes)
+    (scale * loss).backward()
+    del junk
 
 
 def _backend_ids():
@@ -57,17 +71,14 @@ def test_alignment_teacher_freed_before_backward(gen, backend, student_stacked, 
     s_in, leaves, s_base = _student(gen, student_stacked, device)
 
     def forward():  # the teacher-side tensors exist only inside this call
-        t = teacher.clone().to(device) if teacher_stacked else [teacher[i].clone().to(device) for i in range(L)]
+        t = _on_device(teacher, teacher_stacked, device)
         return oprd_kernels.alignment_loss(s_in, t, rows=rows.to(device), backend=backend)
 
-    loss = forward()
-    junk = _overwrite_freed_memory(rows.numel() * D * 4)
-    (scale * loss).backward()
-    del junk
+    _backward_over_garbage(forward(), scale, rows.numel() * D * 4)
 
     ref_s = s_base.clone().requires_grad_()
     (scale * reference.alignment_loss(ref_s, teacher, rows=rows)).backward()
-    got = torch.stack(_grads(leaves)) if not student_stacked else _grads(leaves)[0].reshape(L, -1, D)
+    got = _student_grad(leaves, student_stacked)
     torch.testing.assert_close(got, ref_s.grad.reshape(L, -1, D), rtol=1e-5, atol=1e-6)
 
 
@@ -83,18 +94,15 @@ def test_bridge_teacher_z_freed_before_backward(gen, backend, student_stacked, z
     s_in, leaves, s_base = _student(gen, student_stacked, device)
 
     def forward():  # teacher_z and the projector the kernel reads (a copy of the leaf) exist only inside this call
-        t = z.clone().to(device) if z_stacked else [z[i].clone().to(device) for i in range(L)]
+        t = _on_device(z, z_stacked, device)
         return oprd_kernels.bridge_loss(s_in, t, proj.clone().to(device), rows=rows.to(device), backend=backend)
 
     proj = proj_base.clone().requires_grad_()
-    loss = forward()
-    junk = _overwrite_freed_memory(rows.numel() * R * 4)
-    (scale * loss).backward()
-    del junk
+    _backward_over_garbage(forward(), scale, rows.numel() * R * 4)
 
     ref_s, ref_p = s_base.clone().requires_grad_(), proj_base.clone().requires_grad_()
     (scale * reference.bridge_loss(ref_s, z, ref_p, rows=rows)).backward()
-    got = torch.stack(_grads(leaves)) if not student_stacked else _grads(leaves)[0].reshape(L, -1, D)
+    got = _student_grad(leaves, student_stacked)
     torch.testing.assert_close(got, ref_s.grad.reshape(L, -1, D), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(proj.grad, ref_p.grad, rtol=1e-5, atol=1e-6)
 

@@ -72,7 +72,7 @@ def test_leftover_temporaries_are_removed_when_a_run_starts(tmp_path):
     (ckpt_dir / ".tmp-latest-xyz").write_text("step_00000009\n")
     trainer = make_trainer(tmp_path)
 
-    def crash():  # stop before the first save, which would also remove them
+    def crash(**kwargs):  # stop before the first save, which would also remove them
         raise KeyboardInterrupt
 
     trainer.train_step = crash

@@ -195,10 +195,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     interrupted = make_trainer(tmp_path / "b")
     real_step = interrupted.train_step
 
-    def crash_after_two_steps():
+    def crash_after_two_steps(**kwargs):
         if interrupted.step == 2:  # the checkpoint of step 2 is written; the process dies before step 3 ends
             raise KeyboardInterrupt
-        return real_step()
+        return real_step(**kwargs)
 
     interrupted.train_step = crash_after_two_steps
     with pytest.raises(KeyboardInterrupt):

@@ -18,15 +18,18 @@ from oprd.rollout import Rollouts
 
 
 def accumulate_gradients(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, batches: Sequence[Rollouts],
-                         plan: LayerPlan, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+                         plan: LayerPlan, autocast: Callable = contextlib.nullcontext, *,
+                         with_metrics: bool = True) -> dict[str, float]:
     """Backward of every micro-batch's share of the window's loss into the student's .grad; returns the window's
-    metrics: the `loss/*` shares summed (the window's losses), the other metrics averaged over the micro-batches."""
+    metrics (none without `with_metrics`): the `loss/*` shares summed (the window's losses), the other metrics
+    averaged over the micro-batches."""
     counts = [token_counts(spec, b) for b in batches]
     window = sum(counts, TokenCounts())
     metrics: dict[str, float] = {}
     for rollouts, own in zip(batches, counts):
         with autocast():
-            result = compute_objective(spec, student, teacher, rollouts, plan, own.share_of(window))
+            result = compute_objective(spec, student, teacher, rollouts, plan, own.share_of(window),
+                                       with_metrics=with_metrics)
         result.loss.backward()
         for key, value in result.metrics.items():
             share = value if key.startswith("loss/") else value / len(batches)

@@ -27,7 +27,8 @@ from oprd.positions import POSITION_MODES, WEIGHTINGS
 from oprd_kernels import BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
-METHODS = ("oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd")
+OPD_VARIANTS = ("opd_top1", "opd_topk", "opd_full")
+METHODS = ("oprd", *OPD_VARIANTS, "oprd+opd")
 OPD_IMPLS = ("fused", "naive")
 LOSS_TYPES = ("mse", "nmse", "cosine")
 KERNEL_BACKENDS = ("auto", *BACKENDS)
@@ -63,6 +64,7 @@ class MethodConfig:
     name: str = "oprd"           # "oprd" | "opd_top1" | "opd_topk" | "opd_full" | "oprd+opd"
     topk: int = 16               # >= 1 (opd_topk)
     mu: float = 1.0              # weight of L_OPRD in "oprd+opd", >= 0
+    opd_variant: str = "opd_top1"  # the OPD term of "oprd+opd": "opd_top1" (the paper's) | "opd_topk" | "opd_full"
     opd_impl: str = "fused"      # "fused" (no [N, |V|] logits) | "naive" (the reference code's materialised logits)
     logit_metrics: bool = True   # OPD methods log reward, entropies and top-k overlap (extra no-grad head passes)
 
@@ -186,6 +188,7 @@ _RULES = {
     "method.name": _choice(METHODS),
     "method.topk": _at_least(1),
     "method.mu": _at_least(0),
+    "method.opd_variant": _choice(OPD_VARIANTS),
     "method.opd_impl": _choice(OPD_IMPLS),
     "oprd.loss_type": _choice(LOSS_TYPES),
     "oprd.layers": (_is_layer_spec, _LAYERS_EXPECTED),

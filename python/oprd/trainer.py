@@ -48,8 +48,8 @@ def warmup_cosine(steps: int, warmup_ratio: float):
 def objective_spec(config: TrainConfig) -> ObjectiveSpec:
     backend = None if config.run.backend == "auto" else config.run.backend
     o, m = config.oprd, config.method
-    return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, opd_impl=m.opd_impl, logit_metrics=m.logit_metrics,
-                         coefficient=o.coefficient, loss_type=o.loss_type,
+    return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, opd_variant=m.opd_variant, opd_impl=m.opd_impl,
+                         logit_metrics=m.logit_metrics, coefficient=o.coefficient, loss_type=o.loss_type,
                          layers=parse_layers(o.layers), positions=o.positions, k=o.k, weighting=o.weighting,
                          gradient_injection=o.gradient_injection, backend=backend)
 
@@ -103,43 +103,55 @@ class Trainer:
         bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not progress, desc="oprd",
                    dynamic_ncols=True)
         while self.step < self.config.optim.steps:
-            last = self.train_step()
-            every = self.config.eval.every
-            is_last = self.step == self.config.optim.steps
-            if self.eval_prompts and ((every and self.step % every == 0) or is_last):
+            logs = self.logs_at(self.step + 1)
+            last = self.train_step(with_metrics=logs)
+            if self.evaluates_at(self.step):
                 last.update(self.evaluate())
-            if self.step % self.config.run.log_every == 0 or is_last:
+            if logs:
                 self._log(last)
+            is_last = self.step == self.config.optim.steps
             save_every = self.config.run.save_every
             if (save_every and self.step % save_every == 0) or is_last:
                 save_checkpoint(self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
                                 state=TrainerState(self.step, self.stream.position, {}),
                                 keep=self.config.run.keep_checkpoints)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss/total", "eval/accuracy")})
+            if logs:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss/total", "eval/accuracy")})
         bar.close()
         return last
 
-    def train_step(self) -> dict:
-        """One optimizer step over `optim.grad_accum` micro-batches of rollouts."""
+    def logs_at(self, step: int) -> bool:
+        """Whether step `step` (1-based) writes a metrics line: every `run.log_every` steps, the last step, and every
+        step that evaluates. Only these steps compute metrics (no host synchronisation for them otherwise)."""
+        return step % self.config.run.log_every == 0 or step == self.config.optim.steps or self.evaluates_at(step)
+
+    def evaluates_at(self, step: int) -> bool:
+        every = self.config.eval.every
+        return bool(self.eval_prompts) and ((every and step % every == 0) or step == self.config.optim.steps)
+
+    def train_step(self, with_metrics: bool = True) -> dict:
+        """One optimizer step over `optim.grad_accum` micro-batches of rollouts; its metrics when `with_metrics`
+        (else only the step number: nothing is read back to the host for metrics)."""
         cfg = self.config
         start = time.perf_counter()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and with_metrics:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.student.train()
         self.optimizer.zero_grad(set_to_none=True)
         batches = [self._rollouts() for _ in range(cfg.optim.grad_accum)]  # all first: the window's token counts
-        sums = accumulate_gradients(self.spec, self.student, self.teacher, batches, self.plan, self._autocast)
-        tokens = sum(int(b.response_mask.sum()) for b in batches)
-        sums["response/length"] = float(sum(b.response_lengths.float().mean() for b in batches)) / len(batches)
+        sums = accumulate_gradients(self.spec, self.student, self.teacher, batches, self.plan, self._autocast,
+                                    with_metrics=with_metrics)
+        grad_norm = None
         if cfg.optim.grad_clip > 0:
-            sums["grad/norm"] = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip))
-        sums["lr"] = self.scheduler.get_last_lr()[0]
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        elapsed = time.perf_counter() - start
-        sums.update({"time/step_s": elapsed, "time/tokens_per_s": tokens / elapsed, **self._memory()})
+        if not with_metrics:
+            return {"step": self.step}
+        sums.update(self._batch_metrics(batches, grad_norm, lr, time.perf_counter() - start))
         return {"step": self.step, **sums}
 
     def evaluate(self) -> dict:
@@ -157,6 +169,13 @@ class Trainer:
         return generate_rollouts(self.student, self.tokenizer, prompts, responses_per_prompt=r.responses_per_prompt,
                                  max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                  vocab_limit=self.vocab_limit)
+
+    def _batch_metrics(self, batches, grad_norm, lr: float, elapsed: float) -> dict:
+        tokens = sum(int(b.response_mask.sum()) for b in batches)
+        out = {"response/length": float(sum(b.response_lengths.float().mean() for b in batches)) / len(batches)}
+        if grad_norm is not None:
+            out["grad/norm"] = float(grad_norm)
+        return {**out, "lr": lr, "time/step_s": elapsed, "time/tokens_per_s": tokens / elapsed, **self._memory()}
 
     def _autocast(self):
         if self.device.type == "cuda":

@@ -27,7 +27,7 @@ from oprd_kernels._validation import describe
 LayerSpec = Union[str, Sequence[int]]
 
 __all__ = ["SUPPORTED_FAMILIES", "DecoderParts", "StudentStates", "capture_student", "decoder_parts",
-           "position_ids_from_mask", "teacher_cache"]
+           "position_ids_from_mask", "teacher_cache", "teacher_cache_and_final"]
 
 
 @dataclass
@@ -121,7 +121,20 @@ def teacher_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, l
     the LM head never run. With projection=(proj_t [L_sel, r, D], mean_t [L_sel, D]) the cache holds the Bridge
     projections P_T (h - mu_T) instead, [L_sel, N_sel, r] in float32 (`dtype` is then ignored).
     """
-    func = "teacher_cache"
+    return _cache_pass("teacher_cache", model, input_ids, attention_mask, layers, rows, dtype, projection, False)[0]
+
+
+@torch.no_grad()
+def teacher_cache_and_final(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: LayerSpec,
+                            rows: Tensor, *, dtype: torch.dtype = torch.bfloat16) -> tuple[Tensor, Tensor]:
+    """One whole teacher pass for objectives that need both: the compact cache (as `teacher_cache`) and the
+    post-norm final state [B, S, D] for the teacher's LM head. No other layer's states outlive the pass."""
+    return _cache_pass("teacher_cache_and_final", model, input_ids, attention_mask, layers, rows, dtype, None, True)
+
+
+def _cache_pass(func: str, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: LayerSpec,
+                rows: Tensor, dtype: torch.dtype, projection: tuple[Tensor, Tensor] | None,
+                final_state: bool) -> tuple[Tensor, Tensor | None]:
     parts = decoder_parts(model)
     _check_batch(func, model, input_ids, attention_mask)
     if projection is None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
@@ -149,8 +162,13 @@ def teacher_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, l
     else:
         cache = torch.empty(len(indices), rows.numel(), dim, dtype=dtype, device=rows.device)
     slot = {index: i for i, index in enumerate(indices)}
+    final: list[Tensor] = []
 
     def keep(index: int, hidden: Tensor) -> None:
+        if final_state and index == parts.num_layers:
+            final.append(hidden)
+        if index not in slot:
+            return
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
         i = slot[index]
         if projection is None:
@@ -158,5 +176,6 @@ def teacher_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, l
         else:
             cache[i] = (selected.float() - mean_t[i].float()) @ proj_t[i].float().T
 
-    _run(parts, input_ids, attention_mask, indices, keep, stop_early=True)
-    return cache
+    wanted = sorted(set(indices) | ({parts.num_layers} if final_state else set()))
+    _run(parts, input_ids, attention_mask, wanted, keep, stop_early=True)
+    return cache, final[0] if final_state else None

@@ -1,0 +1,82 @@
+"""The OPD term: one of the OPD variants (sampled-token, top-k, full-vocabulary reverse KL) on the response tokens.
+
+`opd_impl="fused"` computes it from the final hidden states and the LM-head weights with oprd_kernels' fused losses
+(no [B, T, |V|] logits ever); `"naive"` runs both LM heads on the response columns and applies
+oprd_kernels.reference's faithful losses to the materialised logits: the baseline the benchmarks measure. One table
+(`VARIANTS`) names each variant's two implementations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+import oprd_kernels
+from oprd.capture import decoder_parts
+from oprd.objective.batch import Batch
+from oprd.objective.metrics import head_metrics, logit_metrics
+from oprd.objective.passes import Needs
+from oprd.objective.terms import TermOutput
+
+
+@dataclass(frozen=True)
+class Variant:
+    """fused(s_final, s_weight, t_final, t_weight, tokens, mask, topk) and
+    reference(s_logits, t_logits, tokens, mask, topk): the same loss."""
+
+    fused: Callable[..., Tensor]
+    reference: Callable[..., Tensor]
+
+
+VARIANTS = {
+    "opd_top1": Variant(
+        lambda h, w, th, tw, tokens, mask, k: oprd_kernels.fused_sampled_token_opd_loss(h, w, th, tw, tokens, mask),
+        lambda s, t, tokens, mask, k: oprd_kernels.reference.sampled_token_opd_loss(s, t, tokens, mask)),
+    "opd_topk": Variant(
+        lambda h, w, th, tw, tokens, mask, k: oprd_kernels.fused_topk_opd_loss(h, w, th, tw, mask, k=k),
+        lambda s, t, tokens, mask, k: oprd_kernels.reference.topk_opd_loss(s, t, mask, k=k)),
+    "opd_full": Variant(
+        lambda h, w, th, tw, tokens, mask, k: oprd_kernels.fused_full_vocab_opd_loss(h, w, th, tw, mask),
+        lambda s, t, tokens, mask, k: oprd_kernels.reference.full_vocab_opd_loss(s, t, mask)),
+}
+
+
+def _head_weight(model: nn.Module, role: str) -> Tensor:
+    head = decoder_parts(model).lm_head
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(f"compute_objective: the {role}'s LM head has a bias, which the fused OPD losses do not "
+                         f"support; got {type(head).__name__} with a bias (use opd_impl='naive')")
+    return head.weight
+
+
+class OPDTerm:
+    """L_OPD of the spec's variant (`ObjectiveSpec.opd`), a token-mean over the response tokens."""
+
+    name = "opd"
+    share = "opd"
+
+    def needs(self, spec) -> Needs:
+        return Needs(final=True)
+
+    def evaluate(self, batch: Batch, scale: float, with_metrics: bool) -> TermOutput:
+        spec, rollouts = batch.spec, batch.rollouts
+        variant = VARIANTS[spec.opd]
+        columns = rollouts.response_logit_slice()
+        s_final, t_final = batch.student_out.final[:, columns], batch.teacher_out.final[:, columns]
+        tokens, mask = rollouts.responses, batch.response_mask
+        metrics: dict[str, float] = {}
+        if spec.opd_impl == "fused":
+            s_weight, t_weight = _head_weight(batch.student, "student"), _head_weight(batch.teacher, "teacher")
+            loss = variant.fused(s_final, s_weight, t_final, t_weight, tokens, mask, spec.topk)
+            if with_metrics and spec.logit_metrics:
+                metrics = head_metrics(s_final.detach(), t_final, s_weight.detach(), t_weight, rollouts, spec.topk)
+        else:
+            s_logits = decoder_parts(batch.student).lm_head(s_final)
+            with torch.no_grad():
+                t_logits = decoder_parts(batch.teacher).lm_head(t_final)
+            loss = variant.reference(s_logits, t_logits, tokens, mask, spec.topk)
+            if with_metrics and spec.logit_metrics:
+                metrics = logit_metrics(s_logits, t_logits, rollouts, spec.topk)
+        return TermOutput(loss * scale, metrics)

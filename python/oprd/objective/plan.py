@@ -1,0 +1,35 @@
+"""Which layers an objective reads, for one student-teacher pair (LayerPlan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from oprd.capture import decoder_parts
+from oprd.layers import hidden_state_pairs, resolve_layers
+from oprd.objective.spec import ObjectiveSpec
+from oprd.pairing import check_widths, hidden_size
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Student hidden_states indices, the unique teacher indices cached, and the cache layer of each student layer."""
+
+    student: list[int]
+    teacher: list[int]
+    layer_map: list[int]
+    same_width: bool = True  # the two models' hidden states can be compared (the cosine diagnostic needs it)
+
+
+def plan_layers(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module) -> LayerPlan:
+    """The layers of `spec` for this pair. A pair of different widths is refused for OPRD-Vanilla (it aligns the
+    states directly) and trains OPD without the cosine diagnostic, which has no meaning across widths."""
+    s_width, t_width = hidden_size(student.config), hidden_size(teacher.config)
+    check_widths(spec.method, s_width, t_width)
+    num_s = decoder_parts(student).num_layers
+    num_t = decoder_parts(teacher).num_layers
+    s_layers = resolve_layers(spec.layers, num_s)
+    paired = hidden_state_pairs(s_layers, num_s, num_t)
+    t_layers = sorted(set(paired))
+    return LayerPlan(s_layers, t_layers, [t_layers.index(t) for t in paired], s_width == t_width)

@@ -6,12 +6,14 @@
 namespace oprd {
 
 // Everything one call needs, as raw addresses, sizes and dtype codes (filled by oprd_kernels/cpu_ops/_args.py).
-// Address 0 means "absent".
+// Address 0 means "absent". alignment_run checks the fields first (csrc/guards.cpp) and raises ValueError naming
+// the first wrong one.
 struct AlignmentArgs {
   uintptr_t s_base = 0, s_table = 0;  // student layer table, see rows.h
   int64_t s_seq = 1;
   int s_dtype = 0;
   uintptr_t t_base = 0, t_table = 0;  // teacher cache layer table
+  int64_t t_layers = 0;               // L_t: entries of t_table (bounds layer_map)
   int64_t t_seq = 1;
   int t_dtype = 0;
   int64_t num_layers = 0, num_rows = 0, num_sel = 0, dim = 0;
@@ -24,9 +26,11 @@ struct AlignmentArgs {
   uintptr_t row_loss = 0;   // out: [L, N_sel] weighted row losses (required)
   uintptr_t per_layer = 0;  // out: [L] sums over rows, in entry order (required)
   uintptr_t grad_table = 0;  // int64 [L_g]: addresses of the dense gradients [B*S, D] (grad_dtype); 0: no gradient
+  int64_t grad_count = 0;  // L_g: entries of grad_table
   int grad_dtype = 0;
   uintptr_t grad_index = 0;   // int64 [L]: entry of grad_table per layer, -1 for none
   uintptr_t layer_scale = 0;  // [L] gradient scale per layer, or 0 for 1
+  int num_threads = 0;        // OpenMP team size (the caller's torch.get_num_threads()); 0: the OpenMP default
 };
 
 }  // namespace oprd

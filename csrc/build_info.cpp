@@ -6,6 +6,10 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define OPRD_HAVE_DLADDR 1
+#endif
 #endif
 
 #if OPRD_CUDA_BUILT
@@ -37,6 +41,16 @@ py::dict openmp_info() {
   d["enabled"] = true;
   d["version"] = static_cast<int>(_OPENMP);
   d["max_threads"] = omp_get_max_threads();
+  // Only with OpenMP: the file of the runtime instance this module's calls resolved to (with torch imported first,
+  // the one torch loaded: docs/kernels.md); "" where the platform cannot say.
+  std::string library;
+#ifdef OPRD_HAVE_DLADDR
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&omp_get_max_threads), &info) != 0 && info.dli_fname != nullptr) {
+    library = info.dli_fname;
+  }
+#endif
+  d["library"] = library;
 #else
   d["enabled"] = false;
   d["version"] = 0;

@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "guards.h"
+
 namespace oprd {
 namespace {
 
@@ -26,25 +28,23 @@ bool use_avx2() {
 #ifndef OPRD_HAVE_AVX2
 // Built without the AVX2 variant: its entry points exist but are never chosen.
 namespace isa_avx2 {
-void alignment_run(const AlignmentArgs& args) { isa_base::alignment_run(args); }
-void bridge_run(const BridgeArgs& args) { isa_base::bridge_run(args); }
+int alignment_run(const AlignmentArgs& args) { return isa_base::alignment_run(args); }
+int bridge_run(const BridgeArgs& args) { return isa_base::bridge_run(args); }
 }  // namespace isa_avx2
 #endif
 
-void alignment_run(const AlignmentArgs& args) {
-  if (use_avx2()) {
-    isa_avx2::alignment_run(args);
-  } else {
-    isa_base::alignment_run(args);
-  }
+int alignment_run(const AlignmentArgs& args) {
+  check_args(args);
+  AlignmentArgs run = args;  // a copy: the caller's struct keeps num_threads as it set it
+  run.num_threads = resolve_threads(args.num_threads);
+  return use_avx2() ? isa_avx2::alignment_run(run) : isa_base::alignment_run(run);
 }
 
-void bridge_run(const BridgeArgs& args) {
-  if (use_avx2()) {
-    isa_avx2::bridge_run(args);
-  } else {
-    isa_base::bridge_run(args);
-  }
+int bridge_run(const BridgeArgs& args) {
+  check_args(args);
+  BridgeArgs run = args;
+  run.num_threads = resolve_threads(args.num_threads);
+  return use_avx2() ? isa_avx2::bridge_run(run) : isa_base::bridge_run(run);
 }
 
 std::string kernel_isa() { return use_avx2() ? "avx2" : "base"; }

@@ -46,7 +46,7 @@ class Alignment {
     }
   }
 
-  void run() const {
+  int run() const {
     const int64_t dim = a_.dim;
     const GradientRows grads{reinterpret_cast<const int64_t*>(a_.grad_table),
                              reinterpret_cast<const int64_t*>(a_.grad_index), dim * element_size(a_.grad_dtype)};
@@ -56,13 +56,14 @@ class Alignment {
     const auto make_scratch = [dim] {
       return Scratch{std::vector<Acc>(dim), std::vector<Acc>(dim), std::vector<Acc>(dim)};
     };
-    sweep(
-        a_.num_layers, a_.num_sel, a_.num_rows, slots_, grads, make_scratch,
+    const int team = sweep(
+        a_.num_layers, a_.num_sel, a_.num_rows, slots_, grads, a_.num_threads, make_scratch,
         [&](Scratch& w, int64_t layer, int64_t u, char* out) {
           slot(layer, u, w.s.data(), w.t.data(), out != nullptr ? w.g.data() : nullptr);
           if (out != nullptr) store_row(out, a_.grad_dtype, dim, w.g.data());
         });
     sum_rows_per_layer(row_loss_, a_.num_layers, a_.num_sel, reinterpret_cast<Acc*>(a_.per_layer));
+    return team;
   }
 
  private:
@@ -77,12 +78,8 @@ class Alignment {
 
 }  // namespace
 
-void alignment_run(const AlignmentArgs& args) {
-  if (args.fp64) {
-    Alignment<double>(args).run();
-  } else {
-    Alignment<float>(args).run();
-  }
+int alignment_run(const AlignmentArgs& args) {
+  return args.fp64 ? Alignment<double>(args).run() : Alignment<float>(args).run();
 }
 
 }  // namespace OPRD_ISA

@@ -33,7 +33,7 @@ class Bridge {
         proj_(static_cast<size_t>(a.num_layers * a.rank * a.dim)) {
     // The projectors in Acc, contiguous [L, r, D]: converted once, then read from cache for every row.
     const int64_t p_size = element_size(a.p_dtype);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(a.num_threads)
     for (int64_t lk = 0; lk < a.num_layers * a.rank; ++lk) {
       const int64_t l = lk / a.rank, k = lk % a.rank;
       const char* src = reinterpret_cast<const char*>(a.proj) + (l * a.p_stride_l + k * a.p_stride_r) * p_size;
@@ -76,7 +76,7 @@ class Bridge {
     }
   }
 
-  void run() const {
+  int run() const {
     const int64_t dim = a_.dim, rank = a_.rank;
     const GradientRows grads{reinterpret_cast<const int64_t*>(a_.grad_table),
                              reinterpret_cast<const int64_t*>(a_.grad_index), dim * element_size(a_.grad_dtype)};
@@ -87,14 +87,15 @@ class Bridge {
       return Scratch{std::vector<Acc>(dim), std::vector<Acc>(dim), std::vector<Acc>(rank), std::vector<Acc>(rank),
                      std::vector<Acc>(rank)};
     };
-    sweep(
-        a_.num_layers, a_.num_sel, a_.num_rows, slots_, grads, make_scratch,
+    const int team = sweep(
+        a_.num_layers, a_.num_sel, a_.num_rows, slots_, grads, a_.num_threads, make_scratch,
         [&](Scratch& w, int64_t layer, int64_t u, char* out) {
           slot(layer, u, w.s.data(), w.z.data(), w.zt.data(), w.dz.data(), out != nullptr ? w.g.data() : nullptr);
           if (out != nullptr) store_row(out, a_.grad_dtype, dim, w.g.data());
         });
     if (a_.proj_grad != 0) project_gradient();
     sum_rows_per_layer(row_loss_, a_.num_layers, a_.num_sel, reinterpret_cast<Acc*>(a_.per_layer));
+    return team;
   }
 
  private:
@@ -104,7 +105,7 @@ class Bridge {
     Acc* proj_grad = reinterpret_cast<Acc*>(a_.proj_grad);
     const int64_t blocks = (dim + kColumnBlock - 1) / kColumnBlock;
     const int64_t s_size = element_size(student_.dtype);
-#pragma omp parallel
+#pragma omp parallel num_threads(a_.num_threads)
     {
       std::vector<Acc> s(kColumnBlock);
 #pragma omp for schedule(static)
@@ -142,12 +143,8 @@ class Bridge {
 
 }  // namespace
 
-void bridge_run(const BridgeArgs& args) {
-  if (args.fp64) {
-    Bridge<double>(args).run();
-  } else {
-    Bridge<float>(args).run();
-  }
+int bridge_run(const BridgeArgs& args) {
+  return args.fp64 ? Bridge<double>(args).run() : Bridge<float>(args).run();
 }
 
 }  // namespace OPRD_ISA

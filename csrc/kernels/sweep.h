@@ -8,6 +8,10 @@
 #include <cstring>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "rows.h"
 
 namespace oprd {
@@ -24,11 +28,21 @@ struct GradientRows {
   }
 };
 
+// The size of the OpenMP team running the calling code (1 outside a parallel region or without OpenMP).
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // Calls process(scratch, layer, slot, out) for every layer and every used slot, with out = the slot's gradient row
-// (or null when the layer wants none), from an OpenMP team in which each thread owns one `make_scratch()` result.
+// (or null when the layer wants none), from an OpenMP team of `threads` threads in which each thread owns one
+// `make_scratch()` result. Returns the team size the runtime gave.
 template <typename MakeScratch, typename Process>
-void sweep(int64_t num_layers, int64_t num_sel, int64_t num_rows, const Slots& slots, const GradientRows& grads,
-           MakeScratch make_scratch, Process process) {
+int sweep(int64_t num_layers, int64_t num_sel, int64_t num_rows, const Slots& slots, const GradientRows& grads,
+          int threads, MakeScratch make_scratch, Process process) {
   std::vector<int64_t> by_slot, dense;
   for (int64_t l = 0; l < num_layers; ++l) (grads.wanted(l) ? dense : by_slot).push_back(l);
   std::vector<int64_t> slot_of_row;
@@ -40,8 +54,12 @@ void sweep(int64_t num_layers, int64_t num_sel, int64_t num_rows, const Slots& s
   }
   const int64_t n_by_slot = static_cast<int64_t>(by_slot.size()) * num_sel;
   const int64_t n_dense = static_cast<int64_t>(dense.size()) * num_rows;
-#pragma omp parallel
+  int team = 1;
+  (void)threads;  // unused without OpenMP
+#pragma omp parallel num_threads(threads)
   {
+#pragma omp master
+    team = team_size();
     auto scratch = make_scratch();
 #pragma omp for schedule(static) nowait
     for (int64_t task = 0; task < n_by_slot; ++task) {
@@ -60,6 +78,7 @@ void sweep(int64_t num_layers, int64_t num_sel, int64_t num_rows, const Slots& s
       }
     }
   }
+  return team;
 }
 
 }  // namespace OPRD_ISA

@@ -1,4 +1,5 @@
-"""Filling the C++ argument structs (csrc/alignment.h, csrc/bridge.h) from tensors: addresses, sizes, dtype codes."""
+"""Filling the C++ argument structs (csrc/alignment_args.h, csrc/bridge_args.h) from tensors: addresses, sizes,
+dtype codes and the thread count. The C++ entry points check every field again (csrc/guards.cpp)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,15 @@ def address(t: Tensor | None) -> int:
     return t.data_ptr()
 
 
+def set_threads(args) -> None:
+    """`num_threads` = torch.get_num_threads(), read on every call: `torch.set_num_threads(1)` makes the C++
+    kernels single-threaded too, whichever OpenMP runtime instance they run on (docs/kernels.md)."""
+    args.num_threads = torch.get_num_threads()
+
+
 def set_table(args, prefix: str, table: LayerTable) -> None:
-    """The `<prefix>_base/_table/_seq/_dtype` fields from a layer table."""
+    """The `<prefix>_base/_table/_seq/_dtype` fields from a layer table (the layer count is set by the caller: only
+    the teacher tables have a `<prefix>_layers` field)."""
     setattr(args, f"{prefix}_base", table.base.data_ptr())
     setattr(args, f"{prefix}_table", address(table.table))
     setattr(args, f"{prefix}_seq", table.seq_len)
@@ -35,8 +43,10 @@ def set_slots(args, order: Tensor | None, slot_rows: Tensor | None, slot_start: 
 
 
 def set_gradients(args, grads: DenseGradients, wanted: Sequence[int], num_layers: int) -> tuple[Tensor, Tensor]:
-    """The `grad_table`, `grad_dtype`, `grad_index` fields; returns the two index tensors, to keep them alive."""
+    """The `grad_table`, `grad_count`, `grad_dtype`, `grad_index` fields; returns the two index tensors, to keep them
+    alive."""
     table = torch.tensor([t.data_ptr() for t in grads.tensors], dtype=torch.int64)
+    args.grad_count = len(grads.tensors)
     index = torch.full((num_layers,), -1, dtype=torch.int64)
     index[list(wanted)] = torch.arange(len(wanted))
     args.grad_table, args.grad_dtype, args.grad_index = address(table), DTYPE_CODES[grads.tensors[0].dtype], \

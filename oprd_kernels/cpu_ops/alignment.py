@@ -25,7 +25,7 @@ from oprd_kernels._student_grads import (
 )
 from oprd_kernels._tables import layer_table
 from oprd_kernels._validation import check_alignment
-from oprd_kernels.cpu_ops._args import address, set_gradients, set_slots, set_table, set_weights
+from oprd_kernels.cpu_ops._args import address, set_gradients, set_slots, set_table, set_threads, set_weights
 
 GRADIENT_IN_FORWARD = True  # False: compute the gradient only in backward (kept for the benchmark's comparison)
 
@@ -38,6 +38,8 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], grads: DenseGradients | None =
     student = layer_table(layers)
     set_table(args, "s", student)
     set_table(args, "t", plan.cache)
+    args.t_layers = len(plan.cache.tensors)
+    set_threads(args)
     args.num_layers, args.num_rows, args.num_sel, args.dim = plan.num_layers, plan.num_rows, plan.num_sel, plan.dim
     slots = slot_arrays(plan.rows)
     set_slots(args, *slots)

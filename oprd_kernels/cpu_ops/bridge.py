@@ -25,7 +25,15 @@ from oprd_kernels._student_grads import (
 from oprd_kernels._tables import layer_table
 from oprd_kernels._validation import check_bridge
 from oprd_kernels.cpu_ops import alignment as _alignment
-from oprd_kernels.cpu_ops._args import DTYPE_CODES, address, set_gradients, set_slots, set_table, set_weights
+from oprd_kernels.cpu_ops._args import (
+    DTYPE_CODES,
+    address,
+    set_gradients,
+    set_slots,
+    set_table,
+    set_threads,
+    set_weights,
+)
 
 
 @dataclass
@@ -45,6 +53,8 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], proj: Tensor, grads: Gradients
     student = layer_table(layers)
     set_table(args, "s", student)
     set_table(args, "z", plan.cache)
+    args.z_layers = len(plan.cache.tensors)
+    set_threads(args)
     args.proj, args.p_dtype = proj.data_ptr(), DTYPE_CODES[proj.dtype]
     args.p_stride_l, args.p_stride_r, args.p_stride_d = proj.stride()
     args.num_layers, args.num_rows, args.num_sel = plan.num_layers, plan.num_rows, plan.num_sel

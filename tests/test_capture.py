@@ -19,7 +19,7 @@ from transformers import (
 )
 
 import oprd_kernels
-from oprd.capture import capture_student, position_ids_from_mask, teacher_cache
+from oprd.capture import capture_student, position_ids_from_mask, teacher_cache, teacher_cache_and_final
 from oprd.capture.taps import _Tap
 from oprd.positions import select_positions
 
@@ -103,6 +103,21 @@ def test_teacher_pass_stops_after_the_deepest_selected_layer():
     assert all(calls[f"layer{i}"] >= 1 for i in range(6)) and calls["norm"] == 1 and calls["lm_head"] == 0
     teacher_cache(model, ids, mask, [0], rows)  # embeddings only: no block runs
     assert calls["layer0"] == 2
+
+
+@pytest.mark.parametrize("layers", [[1, 3], [2, 6], [0]])
+def test_one_teacher_pass_gives_the_cache_and_the_final_state(layers):
+    model = tiny("llama", layers=6)
+    calls = count_calls(model)
+    ids, mask, response = rollout_batch()
+    rows, _ = select_positions(response, "last_k", 3)
+    with torch.no_grad():
+        reference = hf_states(model, ids, mask)
+    before = dict(calls)
+    cache, final = teacher_cache_and_final(model, ids, mask, layers, rows)
+    assert calls["layer5"] == before["layer5"] + 1 and calls["lm_head"] == before["lm_head"]  # one pass, no head
+    assert torch.equal(cache, teacher_cache(model, ids, mask, layers, rows))
+    assert final.shape == reference[6].shape and torch.equal(final, reference[6])
 
 
 def test_student_pass_skips_the_lm_head_and_unneeded_blocks():

@@ -87,20 +87,37 @@ def _json_type(value) -> str:
 
 
 class PromptStream:
-    """Prompts in a seeded shuffled order, epoch after epoch; `take(n)` advances the position."""
+    """Prompts in a seeded shuffled order, epoch after epoch; `take(n)` advances the position.
+
+    The order of epoch e is a permutation of the prompt indices shuffled by random.Random(seed * 1_000_003 + e): a
+    pure function of (seed, number of prompts, e), so a stream resumed at any position (a checkpoint's) continues
+    exactly as the original would have. The current epoch's order is computed once and cached, so `take(n)` costs
+    O(n) plus one O(N) shuffle per epoch entered.
+    """
 
     def __init__(self, prompts: list[dict], seed: int, position: int = 0) -> None:
         self.prompts, self.seed, self.position = prompts, seed, position
+        self._cached: tuple[tuple[int, int, int], list[int]] | None = None  # ((seed, N, epoch), that epoch's order)
 
     def _order(self, epoch: int) -> list[int]:
         order = list(range(len(self.prompts)))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         return order
 
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """The order of `epoch`, from the cache when it is the epoch last used (keyed by seed and prompt count too,
+        so reassigning either is safe; `position` may be set freely, as the trainer does when it resumes)."""
+        key = (self.seed, len(self.prompts), epoch)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._order(epoch))
+        return self._cached[1]
+
     def take(self, n: int) -> list[dict]:
         out = []
-        for _ in range(n):
+        while len(out) < n:
             epoch, offset = divmod(self.position, len(self.prompts))
-            out.append(self.prompts[self._order(epoch)[offset]])
-            self.position += 1
+            count = min(n - len(out), len(self.prompts) - offset)  # the rest of this epoch, at most
+            order = self._epoch_order(epoch)
+            out.extend(self.prompts[i] for i in order[offset:offset + count])
+            self.position += count
         return out

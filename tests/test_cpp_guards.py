@@ -5,7 +5,9 @@ whole run down, which fails too. Also: the OpenMP team follows torch.get_num_thr
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -253,3 +255,16 @@ def test_the_cpu_backend_follows_torch_set_num_threads(recorded):
         assert recorded and all(call == (threads, threads) for call in recorded), recorded
         recorded.clear()
     assert all(torch.equal(x, y) for x, y in zip(outputs[1], outputs[2]))
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps (Linux)")
+def test_one_openmp_runtime_instance_serves_torch_and_the_kernels():
+    """The extension binds to the OpenMP runtime torch loaded (docs/kernels.md): one pool, one set of settings."""
+    info = _C.build_info()["openmp"]
+    if not info["enabled"]:
+        pytest.skip("built without OpenMP")
+    runtimes = re.compile(r"lib(g|i)?omp[\w.-]*\.so")
+    mapped = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+              if runtimes.search(line.rsplit("/", 1)[-1])}
+    assert len(mapped) == 1, mapped
+    assert info["library"] and os.path.realpath(info["library"]) == os.path.realpath(mapped.pop())

@@ -92,13 +92,30 @@ def _distill_config(settings: DemoSettings, method: str, run_dir: Path, task: Ar
         f"eval.max_new_tokens={task.max_solution_chars + 2}", f"data.eval_size={settings.eval_size}"])
 
 
-def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
+@dataclass
+class _Stage:
+    """What the demo's stages share: the output directory, the tokenizer, the task and its prompt sets."""
+
+    out: Path
+    tokenizer: object
+    task: ArithmeticTask
+    train: list
+    prompts: list[dict]
+    eval_set: list[dict]
+    progress: bool
+
+    def log(self, text: str) -> None:
+        if self.progress:
+            print(text)
+
+
+def _prepare(settings: DemoSettings, progress: bool) -> _Stage:
+    """The tokenizer and the task's three sets (SFT examples, distillation prompts, held-out problems), saved."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars would bury the demo's own output
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = print if progress else (lambda *a, **k: None)
     tokenizer = build_char_tokenizer()
     tokenizer.save_pretrained(out / "tokenizer")
     task = ArithmeticTask(settings.digits)
@@ -108,58 +125,71 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
     eval_set = [{"prompt": e.prompt, "answer": e.answer}
                 for e in task.sample(settings.eval_size, random.Random(settings.seed + 2))]
     write_jsonl(out / "prompts.jsonl", prompt_examples)  # the same prompts, for `oprd train`
+    return _Stage(out, tokenizer, task, train, prompts, eval_set, progress)
 
-    log(f"[1/4] supervised teacher: {settings.sft_steps} steps, student kept at step {settings.student_step}")
-    model = _model(tokenizer, settings)
-    student_dir, teacher_dir = out / "models" / "student", out / "models" / "teacher"
+
+def _train_teacher(settings: DemoSettings, stage: _Stage) -> dict:
+    """SFT of the teacher, keeping the weights of step `student_step` as the student; both saved under models/."""
+    stage.log(f"[1/4] supervised teacher: {settings.sft_steps} steps, student kept at step {settings.student_step}")
+    model = _model(stage.tokenizer, settings)
 
     def keep_student(step, m, loss):
         if step == settings.student_step:
-            m.save_pretrained(student_dir)
-            tokenizer.save_pretrained(student_dir)
+            m.save_pretrained(stage.out / "models" / "student")
+            stage.tokenizer.save_pretrained(stage.out / "models" / "student")
 
     start = time.perf_counter()
-    losses = train_sft(model, tokenizer, train, steps=settings.sft_steps, batch_size=settings.sft_batch,
+    losses = train_sft(model, stage.tokenizer, stage.train, steps=settings.sft_steps, batch_size=settings.sft_batch,
                        lr=settings.sft_lr, seed=settings.seed, on_step=keep_student)
-    model.save_pretrained(teacher_dir)
-    tokenizer.save_pretrained(teacher_dir)
-    sft_seconds = time.perf_counter() - start
+    model.save_pretrained(stage.out / "models" / "teacher")
+    stage.tokenizer.save_pretrained(stage.out / "models" / "teacher")
+    return {"seconds": time.perf_counter() - start, "final_loss": losses[-1]}
 
-    log("[2/4] evaluating teacher and student")
-    teacher = LlamaForCausalLM.from_pretrained(teacher_dir).eval()
-    student0 = LlamaForCausalLM.from_pretrained(student_dir)
-    acc_teacher = _eval(teacher, tokenizer, task, eval_set, settings)
-    acc_student = _eval(student0, tokenizer, task, eval_set, settings)
-    log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
 
-    results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
-                     "sft": {"seconds": sft_seconds, "final_loss": losses[-1]}, "methods": {}}
-    for i, method in enumerate(settings.methods, start=1):
-        log(f"[3/4] distilling with {method} ({i}/{len(settings.methods)})")
-        run_dir = out / "runs" / method.replace("+", "_plus_")
-        config = _distill_config(settings, method, run_dir, task)
-        student = LlamaForCausalLM.from_pretrained(student_dir)
-        trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_set, grader=task.grade)
-        peak = _update_delta_peak(config, student, teacher, tokenizer, prompts, task)
-        start = time.perf_counter()
-        trainer.run(progress=progress, overwrite=True)  # the demo rebuilt its models: an earlier run is stale
-        seconds = time.perf_counter() - start
-        student.save_pretrained(run_dir / "final")
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        curve = [(0, acc_student)] + [(m["step"], m["eval/accuracy"]) for m in metrics if "eval/accuracy" in m]
-        cosine = [(m["step"], m["rep/cosine_similarity"]) for m in metrics if "rep/cosine_similarity" in m]
-        final = curve[-1][1]
-        results["methods"][method] = {
-            "accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
+def _distill(settings: DemoSettings, stage: _Stage, method: str, teacher, acc_student: float,
+             acc_teacher: float) -> dict:
+    """One method's distillation run from the saved student, and its results entry."""
+    run_dir = stage.out / "runs" / method.replace("+", "_plus_")
+    config = _distill_config(settings, method, run_dir, stage.task)
+    student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
+    trainer = Trainer(config, student, teacher, stage.tokenizer, stage.prompts, stage.eval_set,
+                      grader=stage.task.grade)
+    peak = _update_delta_peak(config, student, teacher, stage.tokenizer, stage.prompts, stage.task)
+    start = time.perf_counter()
+    trainer.run(progress=stage.progress, overwrite=True)  # the demo rebuilt its models: an earlier run is stale
+    seconds = time.perf_counter() - start
+    student.save_pretrained(run_dir / "final")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(0, acc_student)] + [(m["step"], m["eval/accuracy"]) for m in metrics if "eval/accuracy" in m]
+    cosine = [(m["step"], m["rep/cosine_similarity"]) for m in metrics if "rep/cosine_similarity" in m]
+    final = curve[-1][1]
+    stage.log(f"      {method}: accuracy {final:.3f}, {seconds:.1f} s")
+    return {"accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
             "seconds_per_step": seconds / settings.distill_steps, "update_delta_peak_mb": peak / 2**20,
             "accuracy_curve": curve, "cosine_curve": cosine}
-        log(f"      {method}: accuracy {final:.3f}, {seconds:.1f} s")
-    log("[4/4] tables and plots")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
+    """The four stages (module docstring); returns results.json's content."""
+    stage = _prepare(settings, progress)
+    sft = _train_teacher(settings, stage)
+    stage.log("[2/4] evaluating teacher and student")
+    teacher = LlamaForCausalLM.from_pretrained(stage.out / "models" / "teacher").eval()
+    acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, settings)
+    acc_student = _eval(LlamaForCausalLM.from_pretrained(stage.out / "models" / "student"), stage.tokenizer,
+                        stage.task, stage.eval_set, settings)
+    stage.log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
+    results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
+                     "sft": sft, "methods": {}}
+    for i, method in enumerate(settings.methods, start=1):
+        stage.log(f"[3/4] distilling with {method} ({i}/{len(settings.methods)})")
+        results["methods"][method] = _distill(settings, stage, method, teacher, acc_student, acc_teacher)
+    stage.log("[4/4] tables and plots")
+    (stage.out / "results.json").write_text(json.dumps(results, indent=2))
     tables = render_tables(results)
-    (out / "tables.md").write_text(tables)
-    plot(results, out / "plots")
-    log(tables)
+    (stage.out / "tables.md").write_text(tables)
+    plot(results, stage.out / "plots")
+    stage.log(tables)
     return results
 
 

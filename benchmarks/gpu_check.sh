@@ -23,7 +23,8 @@ run_step build-info 30 build_info.json $py -m oprd_kernels
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv >"$out/gpu.csv" 2>&1
 
 STEP_TAIL=6 run_step tests-compiled 100 gpu_tests.log $py -m pytest -q -p no:cacheprovider \
-  tests/test_triton_opd.py tests/test_backend_alignment.py tests/test_backend_bridge.py tests/test_lifetimes.py
+  tests/test_triton_opd.py tests/test_backend_alignment.py tests/test_backend_bridge.py tests/test_lifetimes.py \
+  tests/test_position_checks.py
 STEP_TAIL=6 run_step tests-shapes 150 gpu_shapes.log $py -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_shapes.py
 

@@ -8,11 +8,23 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import as_int, check_float_tensor, check_has_data, check_same_device, describe, fail
+from oprd_kernels._position_checks import check_final_hidden, check_id_range, check_lm_head, reads_on_device
+from oprd_kernels._validation import as_int, check_same_device, describe, fail
 from oprd_kernels.opd._passes import resolve_passes
 from oprd_kernels.opd._shared_vocab import head_statistics
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
 from oprd_kernels.opd.rowwise import row_tiling
+
+
+def _check_ids(func: str, ids: object, positions: torch.Size, vocab: int, bound: int, device: torch.device) -> None:
+    if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
+        raise fail(TypeError, func, "ids", "must be an int64 tensor or None", describe(ids))
+    if ids.dim() != len(positions) + 1 or ids.shape[:-1] != positions:
+        raise fail(ValueError, func, "ids", f"must have shape {tuple(positions)} + (k,)", describe(ids))
+    check_same_device(func, "ids", ids, device)
+    expected = None if bound == vocab else (f"must be below topk_among = {bound} (token ids in [0, {bound - 1}]) "
+                                            "when a top-k is asked for too")
+    check_id_range(func, "ids", ids, bound, expected=expected, on_device=reads_on_device(device))
 
 
 @dataclass(frozen=True)
@@ -34,16 +46,10 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     topk_among: take the top-k among the ids below it only (the ids another, differently padded head shares; the
     softmax is still over all V rows; `ids` must then lie below it too); backend: as for the fused OPD losses."""
     func = "lm_head_stats"
-    check_float_tensor(func, "hidden", hidden)
-    if hidden.dim() not in (2, 3) or hidden.shape[-1] == 0:
-        raise fail(ValueError, func, "hidden", "must have shape [N, d] or [B, T, d] with d >= 1", describe(hidden))
-    check_has_data(func, "hidden", hidden)
-    check_float_tensor(func, "weight", weight)
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1] or weight.shape[0] == 0:
-        raise fail(ValueError, func, "weight", f"must be an LM-head weight [V, {hidden.shape[-1]}]", describe(weight))
-    check_same_device(func, "weight", weight, hidden.device)
+    positions = check_final_hidden(func, "hidden", hidden)
+    check_lm_head(func, "weight", weight, hidden.shape[-1], hidden.device)
     check_blocks(func, row_block, vocab_block)
-    positions, vocab = hidden.shape[:-1], weight.shape[0]
+    vocab = weight.shape[0]
     if topk_among is not None and (as_int(topk_among) is None or not 1 <= topk_among <= vocab):
         raise fail(ValueError, func, "topk_among", f"must be None or an int in [1, V = {vocab}]", repr(topk_among))
     among = vocab if topk_among is None else as_int(topk_among)
@@ -52,19 +58,7 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
                    f"{topk_among})", repr(topk))
     topk = as_int(topk)
     if ids is not None:
-        if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
-            raise fail(TypeError, func, "ids", "must be an int64 tensor or None", describe(ids))
-        if ids.dim() != hidden.dim() or ids.shape[:-1] != positions:
-            raise fail(ValueError, func, "ids", f"must have shape {tuple(positions)} + (k,)", describe(ids))
-        check_same_device(func, "ids", ids, hidden.device)
-        if ids.numel():  # one read of the range (a host sync on a GPU) serves both bounds
-            low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= vocab:
-                raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}]", f"values in [{low}, "
-                           f"{high}]")
-            if topk and high >= among:
-                raise fail(ValueError, func, "ids", f"must be below topk_among = {among} when a top-k is asked for "
-                           "too", f"ids up to {high}")
+        _check_ids(func, ids, positions, vocab, among if topk else vocab, hidden.device)
     flat = hidden.reshape(-1, hidden.shape[-1])
     out = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
     passes = resolve_passes(func, backend, hidden.device)

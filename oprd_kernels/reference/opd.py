@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from oprd_kernels._position_checks import check_id_range, check_mask
 from oprd_kernels._topk import ordered_topk
 from oprd_kernels._validation import as_int, check_float_tensor, check_same_device, describe, fail, result_dtype
 
@@ -39,31 +40,15 @@ def _check_logits(func: str, student_logits: object, teacher_logits: object) -> 
     return min(student_logits.shape[-1], teacher_logits.shape[-1])
 
 
-def _check_mask(func: str, mask: object, positions: torch.Size, device: torch.device) -> Tensor | None:
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor):
-        raise fail(TypeError, func, "mask", "must be a bool or 0/1 tensor or None", describe(mask))
-    if mask.shape != positions:
-        raise fail(ValueError, func, "mask", f"must have the positions' shape {tuple(positions)}", describe(mask))
-    check_same_device(func, "mask", mask, device)
-    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
-        raise fail(ValueError, func, "mask", "must hold only 0 and 1", "other values")
-    return mask
-
-
 def _check_tokens(func: str, tokens: object, positions: torch.Size, vocab: int, mask: Tensor | None,
-                  device: torch.device) -> Tensor:
+                  device: torch.device, *, on_device: bool = False) -> Tensor:
     """int64 token ids; only unmasked positions must be in [0, V): padding ids (e.g. -100) may sit under the mask."""
     if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64:
         raise fail(TypeError, func, "tokens", "must be an int64 tensor", describe(tokens))
     if tokens.shape != positions:
         raise fail(ValueError, func, "tokens", f"must have the positions' shape {tuple(positions)}", describe(tokens))
     check_same_device(func, "tokens", tokens, device)
-    live = tokens if mask is None else tokens[mask.bool()]
-    if live.numel() > 0 and (int(live.min()) < 0 or int(live.max()) >= vocab):
-        raise fail(ValueError, func, "tokens", f"must be token ids in [0, {vocab - 1}] at unmasked positions",
-                   f"values in [{int(live.min())}, {int(live.max())}]")
+    check_id_range(func, "tokens", tokens, vocab, mask, on_device=on_device)
     return tokens if mask is None else tokens.masked_fill(~mask.bool(), 0)
 
 
@@ -91,7 +76,7 @@ def sampled_token_opd_loss(student_logits: Tensor, teacher_logits: Tensor, token
     func = "sampled_token_opd_loss"
     shared = _check_logits(func, student_logits, teacher_logits)
     positions = student_logits.shape[:-1]
-    mask = _check_mask(func, mask, positions, student_logits.device)
+    mask = check_mask(func, "mask", mask, positions, student_logits.device)
     tokens = _check_tokens(func, tokens, positions, shared, mask, student_logits.device)
     index = tokens.unsqueeze(-1)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
@@ -118,7 +103,7 @@ def topk_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor |
     if as_int(k) is None or not 1 <= k <= vocab:
         raise fail(ValueError, func, "k", f"must be an int in [1, V = {vocab}] (the shared vocabulary)", repr(k))
     k = as_int(k)
-    mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
+    mask = check_mask(func, "mask", mask, student_logits.shape[:-1], student_logits.device)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
     log_p_all = _log_softmax(student_logits, dtype)
     with torch.no_grad():
@@ -139,7 +124,7 @@ def full_vocab_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Te
     """
     func = "full_vocab_opd_loss"
     shared = _check_logits(func, student_logits, teacher_logits)
-    mask = _check_mask(func, mask, student_logits.shape[:-1], student_logits.device)
+    mask = check_mask(func, "mask", mask, student_logits.shape[:-1], student_logits.device)
     dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
     log_p = _log_softmax(student_logits, dtype)[..., :shared]
     log_q = _log_softmax(teacher_logits.detach(), dtype)[..., :shared]
@@ -162,7 +147,7 @@ def opd_loss_at_ids(student_logits: Tensor, ids: Tensor, teacher_log_probs: Tens
         raise fail(ValueError, func, "student_logits", "must have shape [N, V] or [B, T, V] with V >= 1",
                    describe(student_logits))
     positions, vocab = student_logits.shape[:-1], student_logits.shape[-1]
-    mask = _check_mask(func, mask, positions, student_logits.device)
+    mask = check_mask(func, "mask", mask, positions, student_logits.device)
     ids = check_ids_and_log_probs(func, ids, teacher_log_probs, positions, vocab, mask, student_logits.device)
     dtype = result_dtype(student_logits.dtype, teacher_log_probs.dtype)
     log_p = _log_softmax(student_logits, dtype).gather(-1, ids)
@@ -175,7 +160,7 @@ def opd_loss_at_ids(student_logits: Tensor, ids: Tensor, teacher_log_probs: Tens
 
 
 def check_ids_and_log_probs(func: str, ids: object, teacher_log_probs: object, positions: torch.Size, vocab: int,
-                            mask: Tensor | None, device: torch.device) -> Tensor:
+                            mask: Tensor | None, device: torch.device, *, on_device: bool = False) -> Tensor:
     """ids: int64 [*positions, k] in [0, V) at unmasked positions; teacher_log_probs: floating, same shape. Returns the
     ids with masked positions set to 0 (whatever sat there is ignored)."""
     if not isinstance(ids, Tensor) or ids.dtype != torch.int64:
@@ -188,8 +173,5 @@ def check_ids_and_log_probs(func: str, ids: object, teacher_log_probs: object, p
         raise fail(ValueError, func, "teacher_log_probs", f"must match ids' shape {tuple(ids.shape)}",
                    describe(teacher_log_probs))
     check_same_device(func, "teacher_log_probs", teacher_log_probs, device)
-    live = ids if mask is None else ids[mask.bool()]
-    if live.numel() > 0 and (int(live.min()) < 0 or int(live.max()) >= vocab):
-        raise fail(ValueError, func, "ids", f"must be token ids in [0, {vocab - 1}] at unmasked positions",
-                   f"values in [{int(live.min())}, {int(live.max())}]")
+    check_id_range(func, "ids", ids, vocab, mask, on_device=on_device)
     return ids if mask is None else ids.masked_fill(~mask.bool().unsqueeze(-1), 0)

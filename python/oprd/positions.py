@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from oprd_kernels._position_checks import check_mask
 from oprd_kernels._validation import as_int
 
 POSITION_MODES = ("all", "last", "last_k", "first_k")
@@ -19,20 +20,10 @@ WEIGHTINGS = ("token", "sample")
 
 def _check_mask(response_mask: object) -> Tensor:
     func = "select_positions"
-    if not isinstance(response_mask, Tensor):
-        raise TypeError(f"{func}: `response_mask` must be a [B, S] tensor of 0/1 or bool; got "
-                        f"{type(response_mask).__name__}")
-    if response_mask.dim() != 2:
+    if isinstance(response_mask, Tensor) and response_mask.dim() != 2:
         raise ValueError(f"{func}: `response_mask` must have shape [B, S]; got shape {tuple(response_mask.shape)}")
-    if response_mask.dtype == torch.bool:
-        return response_mask
-    if response_mask.is_floating_point() or response_mask.is_complex():
-        raise TypeError(f"{func}: `response_mask` must be bool or an integer 0/1 tensor; got dtype "
-                        f"{response_mask.dtype}")
-    if not bool(((response_mask == 0) | (response_mask == 1)).all()):
-        raise ValueError(f"{func}: `response_mask` must hold only 0 and 1; got values "
-                         f"{sorted(set(response_mask.unique().tolist()))[:8]}")
-    return response_mask.bool()
+    shape, device = (response_mask.shape, response_mask.device) if isinstance(response_mask, Tensor) else (None, None)
+    return check_mask(func, "response_mask", response_mask, shape, device, floats=False).bool()
 
 
 def select_positions(response_mask: Tensor, mode: str = "all", k: int | None = None, *,

@@ -18,7 +18,7 @@ from oprd_kernels._tables import LayerTable, layer_table
 from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
-from oprd_kernels.triton_ops.common import cuda_grid
+from oprd_kernels.triton_ops.common import cuda_grid, interpreting
 
 MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)
 
@@ -89,7 +89,7 @@ class AlignmentFunction(torch.autograd.Function):
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, *slot_arrays(plan.rows),
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grads.base(layers[0]),
                 grads.offsets, plan.num_sel, plan.num_layers, plan.dim, G_ALIGN=grads.align,
-                BF16_RNE=layers[0].dtype == torch.bfloat16 and device.type == "cpu", **_flags(plan, table))
+                INTERPRET=interpreting(device), **_flags(plan, table))
         return (None, None, *as_input_gradients(grads, ctx.stacked, student, needs))
 
 

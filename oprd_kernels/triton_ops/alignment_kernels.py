@@ -11,12 +11,14 @@ forward: the same bytes move either way (forward 2 reads + backward 2 reads + 1 
 1 write + backward 1 read + 1 write), and nothing [N_sel, D]-sized stays alive between the two passes.
 
 Loss codes: 0 = mse, 1 = nmse, 2 = cosine. Zero-norm guard: 1/|x| is 0 when |x|^2 < eps^2 (NORM_EPS).
+INTERPRET: the interpreter workarounds (interpreter.py).
 """
 
 import triton
 import triton.language as tl
 
-from oprd_kernels.triton_ops.common import bf16_round_nearest_even, inverse_norm, load_tile, row_starts
+from oprd_kernels.triton_ops.common import as_int64, inverse_norm, load_tile, row_starts
+from oprd_kernels.triton_ops.interpreter import round_to
 
 
 @triton.jit
@@ -96,7 +98,7 @@ def alignment_bwd_kernel(
     n_sel, num_layers, dim,
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, HAS_MAP: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, T_UNIT: tl.constexpr, T_ALIGN: tl.constexpr,
-    ACC: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr, G_ALIGN: tl.constexpr,
+    ACC: tl.constexpr, TILE_D: tl.constexpr, G_ALIGN: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     slot = tl.program_id(0).to(tl.int64)
     g_index = tl.program_id(1).to(tl.int64)
@@ -119,7 +121,7 @@ def alignment_bwd_kernel(
     limit = tl.where(row >= 0, dim, 0)  # unused slots (fewer distinct rows than entries) touch nothing
     s_start, s_stride = row_starts(s_table, layer, tl.maximum(row, 0), s_seq, S_ALIGN)
     g_layer = tl.load(grad_out + layer).to(ACC)
-    plane = (slot * 0 + n_sel) * num_layers  # int64: L * N_sel may pass 2^31
+    plane = as_int64(n_sel) * num_layers  # L * N_sel may pass 2^31
     g_start = tl.load(grad_offsets + g_index) + tl.maximum(row, 0) * dim
     if G_ALIGN > 1:  # checked on the host: lets the stores vectorise
         g_start = (g_start // G_ALIGN) * G_ALIGN
@@ -152,7 +154,4 @@ def alignment_bwd_kernel(
                 if LOSS == 1:
                     scale = scale * 2.0 * inv_dim
                 acc += scale * (inv_s * inv_t * t - cos * inv_s * inv_s * s)
-        if BF16_RNE:
-            tl.store(g_row + cols, bf16_round_nearest_even(acc.to(tl.float32)), mask=mask)
-        else:
-            tl.store(g_row + cols, acc.to(grad.dtype.element_ty), mask=mask)
+        tl.store(g_row + cols, round_to(acc, grad.dtype.element_ty, INTERPRET), mask=mask)

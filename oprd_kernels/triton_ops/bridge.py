@@ -19,7 +19,7 @@ from oprd_kernels._validation import assert_values_async, check_bridge, device_o
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment import accumulator
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel, bridge_proj_grad_kernel
-from oprd_kernels.triton_ops.common import cuda_grid
+from oprd_kernels.triton_ops.common import cuda_grid, interpreting
 
 BLOCK_R = 16  # rows per program (tl.dot needs >= 16)
 MAX_TILE_D = 64
@@ -33,13 +33,13 @@ MAX_SPLITS = 32
 
 
 def _flags(plan: Plan, student: LayerTable, proj: Tensor) -> dict:
-    native = student.base.dtype in (torch.bfloat16, torch.float16) and proj.dtype == student.base.dtype \
-        and proj.device.type == "cuda"
+    native = student.base.dtype in (torch.bfloat16, torch.float16) and proj.dtype == student.base.dtype
     return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
                 S_UNIT=student.unit_stride_d, S_ALIGN=student.align, P_UNIT=proj.stride(2) == 1,
                 NATIVE_DOT=native and accumulator(plan) == tl.float32,
                 ACC=accumulator(plan), BLOCK_R=BLOCK_R, R_PAD=max(16, triton.next_power_of_2(plan.rank)),
-                TILE_D=max(16, min(triton.next_power_of_2(plan.dim), MAX_TILE_D)), num_warps=4)
+                TILE_D=max(16, min(triton.next_power_of_2(plan.dim), MAX_TILE_D)), INTERPRET=interpreting(proj.device),
+                num_warps=4)
 
 
 def row_block_grid(num_layers: int, num_sel: int) -> tuple[int, int]:
@@ -121,7 +121,7 @@ class BridgeFunction(torch.autograd.Function):
                 proj, *proj.stride(), order, slot_rows, slot_start,
                 plan.weights, grad_per_layer.contiguous(), grad_index, grads.base(layers[0]), grads.offsets, dz,
                 plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, PROJ_GRAD=proj_needs, G_ALIGN=grads.align,
-                BF16_RNE=layers[0].dtype == torch.bfloat16 and proj.device.type == "cpu", **_flags(plan, table, proj))
+                **_flags(plan, table, proj))
             if proj_needs:
                 proj_grad = _proj_grad(plan, table, slot_rows, dz)
         elif proj_needs:

@@ -11,13 +11,17 @@ also written to an [L, N_sel, r] buffer (per slot, in the accumulation dtype), a
 dP_l = dZ_l^T @ S_l: a GEMM over the slots that reads the student rows in place, with a fixed summation order and
 no atomics, so the projector gradient is deterministic.
 
-Loss codes: 0 = mse, 1 = nmse, 2 = cosine; all over the r-dimensional projected rows.
+Loss codes: 0 = mse, 1 = nmse, 2 = cosine; all over the r-dimensional projected rows. NATIVE_DOT: the student
+rows and the projector are 16-bit floats of one dtype and accumulate in fp32, so Z is formed on the tensor cores
+(exact products); otherwise the operands are upcast to ACC and multiplied in IEEE arithmetic. INTERPRET: the
+interpreter workarounds (interpreter.py).
 """
 
 import triton
 import triton.language as tl
 
-from oprd_kernels.triton_ops.common import bf16_round_nearest_even, inverse_norm, load_rows, row_starts
+from oprd_kernels.triton_ops.common import inverse_norm, load_rows, row_starts
+from oprd_kernels.triton_ops.interpreter import dot_operand, round_to
 
 
 @triton.jit
@@ -31,7 +35,7 @@ def _load_proj(p_ptr, ranks, cols, p_stride_r, p_stride_d, mask, P_UNIT: tl.cons
 @triton.jit
 def _project(s_base, s_starts, s_stride, row_mask, p_ptr, p_stride_r, p_stride_d, rank, dim,
              S_UNIT: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr, ACC: tl.constexpr,
-             BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr):
+             BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, INTERPRET: tl.constexpr):
     """Z [BLOCK_R, R_PAD] = S @ P^T for the rows at `s_starts` (masked rows and padded ranks give 0)."""
     ranks = tl.arange(0, R_PAD)
     z = tl.zeros([BLOCK_R, R_PAD], dtype=ACC)
@@ -40,9 +44,9 @@ def _project(s_base, s_starts, s_stride, row_mask, p_ptr, p_stride_r, p_stride_d
         s = load_rows(s_base, s_starts, s_stride, cols, row_mask[:, None] & (cols[None, :] < dim), S_UNIT)
         p = _load_proj(p_ptr, ranks, cols, p_stride_r, p_stride_d, (ranks[:, None] < rank) & (cols[None, :] < dim),
                        P_UNIT)
-        if NATIVE_DOT:  # bf16/fp16 operands: exact products, fp32 accumulation (GPU only: the interpreter's dot
-            # would multiply the raw 16-bit patterns)
-            z += tl.dot(s, tl.trans(p.to(s.dtype)), out_dtype=ACC)
+        if NATIVE_DOT:  # bf16/fp16 operands: exact products, fp32 accumulation
+            z += tl.dot(dot_operand(s, s.dtype, INTERPRET), tl.trans(dot_operand(p, s.dtype, INTERPRET)),
+                        out_dtype=ACC)
         else:
             z += tl.dot(s.to(ACC), tl.trans(p.to(ACC)), input_precision="ieee", out_dtype=ACC)
     return z
@@ -78,7 +82,7 @@ def bridge_fwd_kernel(
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr,
     ACC: tl.constexpr,
-    BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr,
+    BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     entries = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     layer = tl.program_id(1).to(tl.int64)
@@ -90,7 +94,7 @@ def bridge_fwd_kernel(
         rows_blk = tl.where(live, entries, 0)
     s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq, S_ALIGN)
     z = _project(s_base, s_starts, s_stride, live, proj + layer * p_stride_l, p_stride_r, p_stride_d, rank, dim,
-                 S_UNIT, P_UNIT, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
+                 S_UNIT, P_UNIT, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D, INTERPRET)
     ranks = tl.arange(0, R_PAD)
     z_starts, z_stride = row_starts(z_table, layer, tl.where(live, entries, 0), z_seq, 1)
     zt = tl.load(z_base + z_starts[:, None] + ranks[None, :] * z_stride,
@@ -115,8 +119,8 @@ def bridge_bwd_kernel(
     LOSS: tl.constexpr, HAS_ROWS: tl.constexpr, HAS_WEIGHTS: tl.constexpr, PROJ_GRAD: tl.constexpr,
     S_UNIT: tl.constexpr, S_ALIGN: tl.constexpr, P_UNIT: tl.constexpr, NATIVE_DOT: tl.constexpr,
     ACC: tl.constexpr,
-    BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, BF16_RNE: tl.constexpr,
-    G_ALIGN: tl.constexpr,
+    BLOCK_R: tl.constexpr, R_PAD: tl.constexpr, TILE_D: tl.constexpr, G_ALIGN: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     slots = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     layer = tl.program_id(1).to(tl.int64)
@@ -135,7 +139,7 @@ def bridge_bwd_kernel(
     s_starts, s_stride = row_starts(s_table, layer, rows_blk, s_seq, S_ALIGN)
     p_layer = proj + layer * p_stride_l
     z = _project(s_base, s_starts, s_stride, live, p_layer, p_stride_r, p_stride_d, rank, dim,
-                 S_UNIT, P_UNIT, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D)
+                 S_UNIT, P_UNIT, NATIVE_DOT, ACC, BLOCK_R, R_PAD, TILE_D, INTERPRET)
 
     ranks = tl.arange(0, R_PAD)
     g_layer = tl.load(grad_out + layer).to(ACC)
@@ -175,10 +179,7 @@ def bridge_bwd_kernel(
                            P_UNIT).to(ACC)
             ds = tl.dot(dz, p, input_precision="ieee", out_dtype=ACC)  # [BLOCK_R, TILE_D]
             g_mask = live[:, None] & col_ok
-            if BF16_RNE:
-                tl.store(g_rows[:, None] + cols[None, :], bf16_round_nearest_even(ds.to(tl.float32)), mask=g_mask)
-            else:
-                tl.store(g_rows[:, None] + cols[None, :], ds.to(grad.dtype.element_ty), mask=g_mask)
+            tl.store(g_rows[:, None] + cols[None, :], round_to(ds, grad.dtype.element_ty, INTERPRET), mask=g_mask)
 
 
 @triton.jit

@@ -1,5 +1,6 @@
 """Small @triton.jit helpers shared by the loss kernels: addressing rows through a layer table, loading tiles in
-the accumulation dtype, the zero-norm guard, and bf16 rounding.
+the accumulation dtype, the zero-norm guard, int64 promotion; and `interpreting`, the value of every kernel's
+INTERPRET constexpr (the interpreter workarounds are in interpreter.py).
 
 Row starts are made visibly aligned by arithmetic, `(start // ALIGN) * ALIGN`, an identity once the host has
 checked the alignment. The compiler's alignment analysis sees through that even across helper calls, where a
@@ -9,6 +10,7 @@ loads with the hint, 16-byte loads with the arithmetic, on 3.6 and 3.9.
 Launch grids: CUDA allows up to 2^31 - 1 programs along grid dimension 0 but only 65,535 along 1 and 2, so every
 launch puts its unbounded dimension (rows, row blocks) first and layers second; `cuda_grid` checks a grid."""
 
+import torch
 import triton
 import triton.language as tl
 
@@ -24,6 +26,12 @@ def cuda_grid(func: str, *grid: int) -> tuple[int, ...]:
     return tuple(grid)
 
 
+def interpreting(device: torch.device) -> bool:
+    """Whether kernels launched on `device`'s tensors run under the Triton interpreter: True for CPU tensors (only
+    TRITON_INTERPRET=1 runs those), False for CUDA tensors. The launchers pass it as INTERPRET (interpreter.py)."""
+    return device.type != "cuda"
+
+
 @triton.jit
 def load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
     if UNIT_STRIDE:
@@ -34,12 +42,11 @@ def load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ACC:
 
 
 @triton.jit
-def bf16_round_nearest_even(x):
-    """fp32 -> bf16 rounding to nearest even, spelled out in integer ops. The GPU's cast already rounds so; the
-    interpreter's truncates, which would double the gradient's rounding error on CPU test runs."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = bits + (((bits >> 16) & 1) + 0x7FFF)
-    return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+def as_int64(x):
+    """An int argument as an int64 scalar, before a product that may pass 2^31 (int32 arguments multiply in int32,
+    on the GPU and in the interpreter alike). An addition rather than x.to(tl.int64): Triton passes an int argument
+    equal to 1 as a constexpr, which has no .to."""
+    return tl.zeros([], dtype=tl.int64) + x
 
 
 @triton.jit

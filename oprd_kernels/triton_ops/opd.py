@@ -39,6 +39,7 @@ from oprd_kernels.opd import stats as chunked_stats
 from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._tiles import Tiling
 from oprd_kernels.opd.stats import KLStats, LogitStats
+from oprd_kernels.triton_ops.common import interpreting
 from oprd_kernels.triton_ops.opd_kernels import (
     opd_grad_tile_kernel,
     opd_kl_stats_kernel,
@@ -98,13 +99,11 @@ def _blocks(name: str, device: torch.device, *dtypes: torch.dtype) -> dict:
 
 
 def _dot_flags(mm: torch.dtype, device: torch.device, prefix: str = "") -> dict:
-    """DOT/EMULATE/PREC for a matmul dtype: tl.dot on `mm` with fp32 accumulation on CUDA (fp32: IEEE unless torch
-    allows TF32 for fp32 matmuls, as torch's own matmul would); exact fp32 emulation under the interpreter."""
-    if device.type == "cuda":
-        prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-        return {f"{prefix}DOT": _GL_DTYPES[mm], f"{prefix}EMULATE": 0, f"{prefix}PREC": prec}
-    emulate = {torch.bfloat16: 1, torch.float16: 2}.get(mm, 0)
-    return {f"{prefix}DOT": tl.float32, f"{prefix}EMULATE": emulate, f"{prefix}PREC": "ieee"}
+    """DOT/PREC for a matmul dtype: tl.dot on `mm` with fp32 accumulation (fp32: IEEE unless torch allows TF32 for
+    fp32 matmuls on CUDA, as torch's own matmul would). Under the interpreter the dot is emulated exactly in fp32
+    (interpreter.dot_operand)."""
+    tf32 = not interpreting(device) and torch.get_float32_matmul_precision() != "highest"
+    return {f"{prefix}DOT": _GL_DTYPES[mm], f"{prefix}PREC": "tf32" if tf32 else "ieee"}
 
 
 def _unsupported(out_dtype: torch.dtype, *dtypes: torch.dtype) -> bool:
@@ -151,7 +150,7 @@ def logits_at(hidden: Tensor, weight: Tensor, rows: Tensor | None, ids: Tensor, 
     opd_logits_at_kernel[(triton.cdiv(n * k, opts["BLOCK_P"]),)](
         hidden, *hidden.stride(), _rows_arg(rows), weight, *weight.stride(), ids, *ids.stride(), out,
         n, k, weight.shape[1], HAS_ROWS=rows is not None, H_UNIT=hidden.stride(1) == 1,
-        W_UNIT=weight.stride(1) == 1, **flags, **opts)
+        W_UNIT=weight.stride(1) == 1, INTERPRET=interpreting(hidden.device), **flags, **opts)
     return out
 
 
@@ -178,7 +177,7 @@ def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Til
             hidden, *hidden.stride(), _rows_arg(rows), weight, *weight.stride(), part, top_v, top_i,
             n, vocab, weight.shape[1], chunk, HAS_ROWS=rows is not None, ENTROPY=entropy, K_PAD=k_pad,
             H_UNIT=hidden.stride(1) == 1, W_UNIT=weight.stride(1) == 1, GROUP_R=GROUP_R[_kind(device)],
-            **_dot_flags(mm_dtype, device), **opts)
+            INTERPRET=interpreting(device), **_dot_flags(mm_dtype, device), **opts)
         m, s, ez = _merge(part[0], part[1], part[2]) if entropy else (*_merge(part[0], part[1]), None)
         lse = m + torch.log(s)
         ent = lse - ez / s if entropy else None
@@ -209,7 +208,8 @@ def reverse_kl_stats(hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight:
             *t_weight.stride(), _rows_arg(rows), part, n, vocab, weight.shape[1], t_weight.shape[1], chunk,
             HAS_ROWS=rows is not None, H_UNIT=hidden.stride(1) == 1, W_UNIT=weight.stride(1) == 1,
             T_UNIT=t_hidden.stride(1) == 1, TW_UNIT=t_weight.stride(1) == 1, **_dot_flags(mm_dtypes[0], device),
-            **_dot_flags(mm_dtypes[1], device, "T_"), GROUP_R=GROUP_R[_kind(device)], **opts)
+            **_dot_flags(mm_dtypes[1], device, "T_"), GROUP_R=GROUP_R[_kind(device)], INTERPRET=interpreting(device),
+            **opts)
         mp, sp, diff = _merge(part[0], part[1], part[2])
         mq, sq = _merge(part[3], part[4])
         lse_p, lse_q = mp + torch.log(sp), mq + torch.log(sq)
@@ -226,7 +226,7 @@ def _matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, 
     grid = (triton.cdiv(m, opts["BLOCK_M"]) * triton.cdiv(n, opts["BLOCK_N"]),)
     opd_matmul_acc_kernel[grid](
         a, *a.stride(), b, b_rows, *b.stride(), c, c.stride(0), m, n, k, A_LAYOUT=layout, B_ROWS=b_rows is not None,
-        B_UNIT=b.stride(1) == 1, **_dot_flags(mm, device), **opts)
+        B_UNIT=b.stride(1) == 1, INTERPRET=interpreting(device), **_dot_flags(mm, device), **opts)
 
 
 def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: LogitGradient, tiling: Tiling,
@@ -256,8 +256,8 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
     kl = grad.kl is not None
     opts = _blocks("grad_kl" if kl else "grad", device, *dtypes)
     flags = dict(KL=kl, HAS_ROWS=rows is not None, H_UNIT=hidden.stride(1) == 1, W_UNIT=weight.stride(1) == 1,
-                 G_RNE=mm == torch.bfloat16 and device.type != "cuda", **_dot_flags(mm, device),
-                 **_dot_flags(mm_dtypes[1], device, "T_"), **opts)
+                 INTERPRET=interpreting(device), **_dot_flags(mm, device), **_dot_flags(mm_dtypes[1], device, "T_"),
+                 **opts)
     if kl:
         t_hidden, t_weight, lse_q, kl_rows = grad.kl
         form = (None, None, 0, 0, None, 0, 0, t_hidden, *t_hidden.stride(), t_weight, *t_weight.stride(),

@@ -19,31 +19,21 @@ share few hidden-row panels and few weight panels. With one split, the ~2 x 132 
 hold ~100 MB of distinct hidden rows, more than L2, and re-read them from HBM for every vocabulary block; with 16
 row blocks x 16 splits they hold ~6 MB of each.
 
-EMULATE (interpreter only, where tl.dot on 16-bit operands multiplies the raw bit patterns): operands are rounded
-to the matmul dtype (1 = bf16, round to nearest even; 2 = fp16) and multiplied in fp32, which is exact for 16-bit
-products, so the result equals a tensor-core dot with fp32 accumulation up to summation order.
+DOT / T_DOT: the student's / teacher's matmul dtype; PREC / T_PREC: tl.dot's input precision for fp32 operands.
+INTERPRET: the interpreter workarounds (interpreter.py): under the interpreter the operands are rounded to DOT and
+multiplied in fp32 (dot_operand), and a bf16 gradient slab is rounded to nearest even (round_to).
 """
 
 import triton
 import triton.language as tl
 
-from oprd_kernels.triton_ops.common import bf16_round_nearest_even, load_rows
-
-
-@triton.jit
-def as_operand(x, DOT: tl.constexpr, EMULATE: tl.constexpr):
-    """A loaded tile as a tl.dot operand in the matmul dtype (see EMULATE in the module docstring)."""
-    if EMULATE == 1:
-        return bf16_round_nearest_even(x.to(tl.float32)).to(tl.float32)
-    elif EMULATE == 2:
-        return x.to(tl.float16).to(tl.float32)
-    else:
-        return x.to(DOT)
+from oprd_kernels.triton_ops.common import load_rows
+from oprd_kernels.triton_ops.interpreter import dot_operand, round_to
 
 
 @triton.jit
 def logits_tile(h_base, h_offs, h_sd, row_ok, w_base, w_offs, w_sd, col_ok, dim,
-                H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr, EMULATE: tl.constexpr,
+                H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr, INTERPRET: tl.constexpr,
                 PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     """fp32 [BLOCK_N, BLOCK_V] = h[rows] @ w[cols].T for hidden rows at element offsets `h_offs` and weight rows at
     `w_offs`; masked rows/columns read zeros (so give logit 0)."""
@@ -53,8 +43,8 @@ def logits_tile(h_base, h_offs, h_sd, row_ok, w_base, w_offs, w_sd, col_ok, dim,
         d_ok = d < dim
         h = load_rows(h_base, h_offs, h_sd, d, row_ok[:, None] & d_ok[None, :], H_UNIT)
         w = load_rows(w_base, w_offs, w_sd, d, col_ok[:, None] & d_ok[None, :], W_UNIT)
-        acc = tl.dot(as_operand(h, DOT, EMULATE), tl.trans(as_operand(w, DOT, EMULATE)), acc, input_precision=PREC,
-                     out_dtype=tl.float32)
+        acc = tl.dot(dot_operand(h, DOT, INTERPRET), tl.trans(dot_operand(w, DOT, INTERPRET)), acc,
+                     input_precision=PREC, out_dtype=tl.float32)
     return acc
 
 
@@ -122,8 +112,9 @@ def opd_stats_kernel(
     top_v, top_i,  # out [S, n, K_PAD] fp32 logits / int64 ids of each split's K_PAD largest logits (TOPK only)
     n, vocab, dim, v_chunk,
     HAS_ROWS: tl.constexpr, ENTROPY: tl.constexpr, K_PAD: tl.constexpr,
-    H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr, EMULATE: tl.constexpr, PREC: tl.constexpr,
+    H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
     GROUP_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """One program: BLOCK_N live rows against the vocabulary split [split * v_chunk, +v_chunk) (v_chunk is a multiple
     of BLOCK_V). K_PAD > 0 also keeps each row's K_PAD largest logits as packed (logit, id) keys (_merge_topk)."""
@@ -145,7 +136,7 @@ def opd_stats_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_stop
         zt = logits_tile(h_base, h_offs, h_sd, row_ok, w_base, cols * w_sv, w_sd, col_ok, dim,
-                         H_UNIT, W_UNIT, DOT, EMULATE, PREC, BLOCK_N, BLOCK_V, BLOCK_D)  # 0 in masked columns
+                         H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D)  # 0 in masked columns
         z = tl.where(col_ok[None, :], zt, float("-inf"))
         tile_max = tl.max(z, axis=1)
         m_new = tl.maximum(m, tile_max)
@@ -177,9 +168,9 @@ def opd_kl_stats_kernel(
     rows, part,  # out fp32 [5, S, n]: m_p, sum exp(z_p - m_p), sum exp(z_p - m_p) (z_p - z_q), m_q, sum exp(z_q - m_q)
     n, vocab, dim, t_dim, v_chunk,
     HAS_ROWS: tl.constexpr, H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, T_UNIT: tl.constexpr,
-    TW_UNIT: tl.constexpr, DOT: tl.constexpr, EMULATE: tl.constexpr, PREC: tl.constexpr, T_DOT: tl.constexpr,
-    T_EMULATE: tl.constexpr, T_PREC: tl.constexpr,
+    TW_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, T_DOT: tl.constexpr, T_PREC: tl.constexpr,
     GROUP_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """Student and teacher tiles of the same (rows, vocabulary block), two dots per tile, one pass: both online
     log-sum-exps and E_p[z_p - z_q] (with p's rescaling), as stats.reverse_kl_stats."""
@@ -201,9 +192,9 @@ def opd_kl_stats_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_stop
         zp = logits_tile(h_base, h_offs, h_sd, row_ok, w_base, cols * w_sv, w_sd, col_ok, dim,
-                         H_UNIT, W_UNIT, DOT, EMULATE, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                         H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
         zq = logits_tile(t_base, t_offs, t_sd, row_ok, tw_base, cols * tw_sv, tw_sd, col_ok, t_dim,
-                         T_UNIT, TW_UNIT, T_DOT, T_EMULATE, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                         T_UNIT, TW_UNIT, T_DOT, INTERPRET, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D)
         delta = tl.where(col_ok[None, :], zp - zq, 0.0)
         zp = tl.where(col_ok[None, :], zp, float("-inf"))
         zq = tl.where(col_ok[None, :], zq, float("-inf"))
@@ -233,7 +224,7 @@ def opd_logits_at_kernel(
     out,  # fp32 [n, k] contiguous: the logits z[r, ids[r, j]]
     n, k, dim,
     HAS_ROWS: tl.constexpr, H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr,
-    EMULATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """The logits at given ids as n * k row dots (operands rounded to the matmul dtype, exact products, fp32 sums):
     2 * n * k * d bytes read instead of a compare-and-select on every [rows, vocab] tile, which would cost k
@@ -248,8 +239,8 @@ def opd_logits_at_kernel(
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         mask = ok[:, None] & (d < dim)[None, :]
-        h = as_operand(load_rows(h_base, h_offs, h_sd, d, mask, H_UNIT), DOT, EMULATE).to(tl.float32)
-        w = as_operand(load_rows(w_base, w_offs, w_sd, d, mask, W_UNIT), DOT, EMULATE).to(tl.float32)
+        h = dot_operand(load_rows(h_base, h_offs, h_sd, d, mask, H_UNIT), DOT, INTERPRET).to(tl.float32)
+        w = dot_operand(load_rows(w_base, w_offs, w_sd, d, mask, W_UNIT), DOT, INTERPRET).to(tl.float32)
         acc += tl.sum(h * w, axis=1)
     tl.store(out + pairs, acc, mask=ok)
 
@@ -263,15 +254,14 @@ def opd_grad_tile_kernel(
     g, g_sr,  # out: [rs, vs] slab of d loss / d logits (row stride g_sr), in the matmul dtype
     r0, rs, v0, vs, dim, t_dim, k,
     KL: tl.constexpr, HAS_ROWS: tl.constexpr, H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, T_UNIT: tl.constexpr,
-    TW_UNIT: tl.constexpr, DOT: tl.constexpr, EMULATE: tl.constexpr, PREC: tl.constexpr, T_DOT: tl.constexpr,
-    T_EMULATE: tl.constexpr, T_PREC: tl.constexpr, G_RNE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+    TW_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, T_DOT: tl.constexpr, T_PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """d loss / d z on the slab rows [r0, r0 + rs) x vocabulary [v0, v0 + vs), formed in registers from the
     recomputed tile (see oprd_kernels/opd/_gradient.py for the two forms):
         g = dense * p + sum_j sparse_j [v == ids_j]            (KL = False)
         g = row_w * p * (log p - log q - KL)                     (KL = True; the teacher tile is recomputed too)
-    G_RNE (interpreter, bf16 slab): round to nearest even, as the GPU's cast does."""
+    The host passes the form's arguments by name (opd.GradForm); the other form's pointers are None."""
     r_loc = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_loc = tl.program_id(1).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = r_loc < rs
@@ -280,13 +270,13 @@ def opd_grad_tile_kernel(
     cols = v0 + c_loc
     h_offs = _row_offsets(rows, live, row_ok, h_sn, HAS_ROWS)
     z = logits_tile(h_base, h_offs, h_sd, row_ok, w_base, cols * w_sv, w_sd, col_ok, dim,
-                    H_UNIT, W_UNIT, DOT, EMULATE, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                    H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
     log_p = z - tl.load(lse + live, mask=row_ok, other=0.0)[:, None]
     p = tl.exp(log_p)
     if KL:
         t_offs = _row_offsets(rows, live, row_ok, t_sn, HAS_ROWS)
         zq = logits_tile(t_base, t_offs, t_sd, row_ok, tw_base, cols * tw_sv, tw_sd, col_ok, t_dim,
-                         T_UNIT, TW_UNIT, T_DOT, T_EMULATE, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                         T_UNIT, TW_UNIT, T_DOT, INTERPRET, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D)
         log_q = zq - tl.load(lse_q + live, mask=row_ok, other=0.0)[:, None]
         kl_r = tl.load(kl + live, mask=row_ok, other=0.0)
         w_r = tl.load(row_w + live, mask=row_ok, other=0.0)
@@ -299,10 +289,7 @@ def opd_grad_tile_kernel(
             grad += tl.where(cols[None, :] == tok[:, None], coef[:, None], 0.0)
     at = g + r_loc[:, None] * g_sr + c_loc[None, :]
     mask = row_ok[:, None] & col_ok[None, :]
-    if G_RNE:
-        tl.store(at, bf16_round_nearest_even(grad), mask=mask)
-    else:
-        tl.store(at, grad.to(g.dtype.element_ty), mask=mask)
+    tl.store(at, round_to(grad, g.dtype.element_ty, INTERPRET), mask=mask)
 
 
 @triton.jit
@@ -311,9 +298,9 @@ def opd_matmul_acc_kernel(
     b, b_rows, b_sk, b_sn,  # B [K, N]: row kk at b + (b_rows[kk] if B_ROWS else kk) * b_sk
     c, c_sm,  # C fp32 [M, N], unit column stride; C += A @ B
     M, N, K,
-    A_LAYOUT: tl.constexpr, B_ROWS: tl.constexpr, B_UNIT: tl.constexpr, DOT: tl.constexpr, EMULATE: tl.constexpr,
-    PREC: tl.constexpr, GROUP_M: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    A_LAYOUT: tl.constexpr, B_ROWS: tl.constexpr, B_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+    GROUP_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of C += A @ B with an fp32 accumulator; C is read and written once per tile (the
     caller owns it: no atomics, deterministic). A_LAYOUT: 1 = A's K stride is 1, 2 = A's M stride is 1, 0 = any.
@@ -339,7 +326,7 @@ def opd_matmul_acc_kernel(
         else:
             b_offs = kk * b_sk
         y = load_rows(b, b_offs, b_sn, rn, k_ok[:, None] & n_ok[None, :], B_UNIT)
-        acc = tl.dot(as_operand(x, DOT, EMULATE), as_operand(y, DOT, EMULATE), acc, input_precision=PREC,
+        acc = tl.dot(dot_operand(x, DOT, INTERPRET), dot_operand(y, DOT, INTERPRET), acc, input_precision=PREC,
                      out_dtype=tl.float32)
     at = c + rm[:, None] * c_sm + rn[None, :]
     mask = m_ok[:, None] & n_ok[None, :]

@@ -15,6 +15,8 @@ whole rows is computed once (rowwise.py). A graph built by these losses supports
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -23,7 +25,7 @@ from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
 from oprd_kernels.opd._shared_vocab import head_statistics, reverse_kl
-from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
+from oprd_kernels.opd._tiles import Tiling, check_blocks, choose_tiling, matmul_dtype
 from oprd_kernels.opd.rowwise import row_tiling
 
 KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
@@ -77,23 +79,44 @@ def _backprop(passes: Passes, inp: OPDInputs, weight: Tensor, parts, tiling, mm_
     return d_hidden, d_weight
 
 
+@dataclass(frozen=True)
+class FusedCall:
+    """What _FusedOPD.forward is called with besides the four tensors autograd tracks (built in _fused)."""
+
+    passes: Passes
+    kind: str  # one of KINDS
+    inp: OPDInputs
+    k: int  # top-k's k (1 otherwise)
+    tiling: Tiling
+    mm_dtypes: tuple[torch.dtype, torch.dtype]  # the LM heads' matmul dtypes: (student, teacher)
+    want_hidden: bool  # d loss / d hidden is wanted
+    want_weight: bool  # d loss / d weight is wanted
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"FusedCall: kind must be one of {KINDS}, got {self.kind!r}")
+        if len(self.mm_dtypes) != 2:
+            raise ValueError(f"FusedCall: mm_dtypes must be (student, teacher), got {self.mm_dtypes!r}")
+
+
 class _FusedOPD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, call):
-        passes, kind, inp, k, tiling, mm_dtypes, want_h, want_w = call
+    def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, call: FusedCall):
+        inp, passes, want_h, want_w = call.inp, call.passes, call.want_hidden, call.want_weight
         if inp.num_live == 0:
             loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
             ctx.grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
             return loss
         if passes.whole_loss is not None:
-            loss, d_hidden, d_weight = passes.whole_loss(kind, inp, weight, teacher_weight, k, tiling, mm_dtypes,
-                                                         want_hidden=want_h, want_weight=want_w)
-            ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
-            return loss
-        loss, parts = _loss_and_gradient(passes, kind, inp, weight, teacher_weight, k, tiling, mm_dtypes)
+            whole = passes.whole_loss(call.kind, inp, weight, teacher_weight, call.k, call.tiling, call.mm_dtypes,
+                                      want_hidden=want_h, want_weight=want_w)
+            ctx.grads = (whole.d_hidden.view(hidden.shape) if whole.d_hidden is not None else None, whole.d_weight)
+            return whole.loss
+        loss, parts = _loss_and_gradient(passes, call.kind, inp, weight, teacher_weight, call.k, call.tiling,
+                                         call.mm_dtypes)
         d_hidden = d_weight = None
         if want_h or want_w:
-            d_hidden, d_weight = _backprop(passes, inp, weight, parts, tiling, mm_dtypes, want_h, want_w)
+            d_hidden, d_weight = _backprop(passes, inp, weight, parts, call.tiling, call.mm_dtypes, want_h, want_w)
         ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
         return loss
 
@@ -134,7 +157,8 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
     grad_on = torch.is_grad_enabled()
     want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     with torch.autocast(hidden.device.type, enabled=False):
-        call = (passes, kind, inp, k, tiling, mm_dtypes, want_h, want_w)
+        call = FusedCall(passes=passes, kind=kind, inp=inp, k=k, tiling=tiling, mm_dtypes=mm_dtypes,
+                         want_hidden=want_h, want_weight=want_w)
         return _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
 
 

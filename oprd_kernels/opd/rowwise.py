@@ -12,6 +12,8 @@ two per tile) at 1.6x their memory, and 1.0x to 1.25x the naive path's time at 0
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -91,10 +93,19 @@ def _hidden_grad(g: Tensor, w_mm: Tensor, mm: torch.dtype, out: torch.dtype) -> 
     return (g.to(mm) @ w_mm).to(out)  # CPU: no fp32 copy of the whole head per chunk
 
 
+@dataclass(frozen=True)
+class LossGrads:
+    """What loss_and_grads (the `rowwise` whole_loss pass) returns, for an incoming gradient of 1."""
+
+    loss: Tensor  # scalar, in the result dtype
+    d_hidden: Tensor | None  # d loss / d hidden in hidden's [N, d] layout and dtype; None when not wanted
+    d_weight: Tensor | None  # d loss / d weight [V, d] in weight's dtype; None when not wanted
+
+
 def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling: Tiling,
                    mm_dtypes: tuple[torch.dtype, torch.dtype], *, want_hidden: bool,
-                   want_weight: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """(loss, d loss / d hidden in hidden's [N, d] layout, d loss / d weight) for an incoming gradient of 1."""
+                   want_weight: bool) -> LossGrads:
+    """The loss and its gradients (LossGrads) in one pass per chunk of rows."""
     n, out = inp.num_live, inp.out_dtype
     vocab, dim = weight.shape
     device = weight.device
@@ -117,4 +128,4 @@ def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, 
             if want_weight:  # summed over chunks, so in the result dtype from unrounded operands
                 d_weight.addmm_(g.T, h.to(out))
     d_hidden = live_to_dense(d_live, inp.hidden, inp.rows) if want_hidden else None
-    return loss, d_hidden, (d_weight.to(weight.dtype) if want_weight else None)
+    return LossGrads(loss=loss, d_hidden=d_hidden, d_weight=d_weight.to(weight.dtype) if want_weight else None)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from oprd_kernels.opd._gradient import LogitGradient
+from oprd_kernels.opd._gradient import KLTerms, LogitGradient
 from oprd_kernels.opd._tiles import Tiling
 from oprd_kernels.opd.fused import FusedCall
 from oprd_kernels.opd.rowwise import LossGrads
@@ -159,7 +159,7 @@ def _sparse_grad(n=5, k=3, vocab=11):
 def _kl_grad(n=5, vocab=11, d_t=6):
     t_hidden = torch.randn(n, d_t)
     t_weight = torch.randn(vocab, 2 * d_t)[:, ::2]  # a strided teacher head
-    return LogitGradient(torch.randn(n), kl=(t_hidden, t_weight, torch.randn(n), torch.randn(n)),
+    return LogitGradient(torch.randn(n), kl=KLTerms(t_hidden, t_weight, torch.randn(n), torch.randn(n)),
                          row_weight=torch.rand(n))
 
 
@@ -187,7 +187,8 @@ def test_grad_form_sparse_arguments():
 
 def test_grad_form_kl_arguments():
     grad = _kl_grad()
-    t_hidden, t_weight, lse_q, kl = grad.kl
+    terms = grad.kl
+    t_hidden, t_weight, lse_q, kl = terms.teacher_hidden, terms.teacher_weight, terms.lse_teacher, terms.kl
     args = GradForm.of(grad).kernel_args()
     assert args["KL"] is True and args["k"] == 0 and args["t_dim"] == t_weight.shape[1]
     assert args["t_base"] is t_hidden and args["tw_base"] is t_weight

@@ -104,7 +104,8 @@ def _gradient_of(form: str, gen, h, w, th, tw, rows, ids, dtype):
     if form == "kl":
         st = stats.reverse_kl_stats(h, w, th, tw, rows, TILING, (dtype, dtype), F32)
         row_w = torch.rand(n, generator=gen).to(DEVICE)
-        return _gradient.LogitGradient(st.lse_student, kl=(th, tw, st.lse_teacher, st.kl), row_weight=row_w)
+        terms = _gradient.KLTerms(th, tw, st.lse_teacher, st.kl)
+        return _gradient.LogitGradient(st.lse_student, kl=terms, row_weight=row_w)
     lse = stats.logit_stats(h, w, rows, TILING, dtype, F32).logsumexp
     ids = ids[:, :1] if form == "sparse_k1" else ids
     return _gradient.LogitGradient(lse, dense=torch.randn(n, generator=gen).to(DEVICE), ids=ids,

@@ -33,6 +33,17 @@ def product(a: Tensor, b: Tensor, mm_dtype: torch.dtype, out_dtype: torch.dtype)
 
 
 @dataclass(frozen=True)
+class KLTerms:
+    """The teacher side of the KL form of the logits gradient: d/dz = w p (log p - log q - KL) with log q recomputed
+    from the teacher's tile."""
+
+    teacher_hidden: Tensor  # [N, d_t]
+    teacher_weight: Tensor  # [V, d_t]
+    lse_teacher: Tensor  # [n] the teacher's log-sum-exp
+    kl: Tensor  # [n] the per-row constant subtracted (the KL, or KL + P_S - 1 over the shared ids of padded heads)
+
+
+@dataclass(frozen=True)
 class LogitGradient:
     """What d loss / d logits is, per live row (see the module docstring)."""
 
@@ -40,7 +51,7 @@ class LogitGradient:
     dense: Tensor | None = None  # [n] coefficient of p (sampled-token, top-k)
     ids: Tensor | None = None  # [n, k] where the sparse coefficients sit
     sparse: Tensor | None = None  # [n, k]
-    kl: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (teacher hidden [N, d_t], teacher weight, lse_q, KL)
+    kl: KLTerms | None = None  # the KL form's teacher side (full-vocabulary reverse KL)
     row_weight: Tensor | None = None  # [n], for the KL form
 
 
@@ -65,7 +76,9 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                 h = gather_rows(hidden, rows, r0, r1)
                 log_p = logits_tile(h, w_blk, mm, out_dtype, buf).sub_(grad.lse[r0:r1, None])
                 if grad.kl is not None:  # g = w * p * (log p - log q - KL), built in the two tiles in place
-                    t_hidden, t_weight, lse_q, kl = grad.kl
+                    kl_terms = grad.kl
+                    t_hidden, t_weight = kl_terms.teacher_hidden, kl_terms.teacher_weight
+                    lse_q, kl = kl_terms.lse_teacher, kl_terms.kl
                     zq = logits_tile(gather_rows(t_hidden, rows, r0, r1), t_weight[v0:v1], mm_dtypes[1], out_dtype,
                                      buf_q)
                     factor = zq.sub_(lse_q[r0:r1, None]).neg_().add_(log_p).sub_(kl[r0:r1, None])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from oprd_kernels.opd._gradient import LogitGradient
+from oprd_kernels.opd._gradient import KLTerms, LogitGradient
 from oprd_kernels.opd.stats import KLStats, LogitStats
 
 
@@ -55,13 +55,13 @@ def reverse_kl(passes, hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weigh
     st = passes.reverse_kl_stats(hidden, weight[:shared], t_hidden, t_weight[:shared], rows, tiling, mm_dtypes,
                                  out_dtype)
     if shared == weight.shape[0] == t_weight.shape[0]:
-        return st, [(slice(None), LogitGradient(st.lse_student, kl=(t_hidden, t_weight, st.lse_teacher, st.kl),
+        return st, [(slice(None), LogitGradient(st.lse_student, kl=KLTerms(t_hidden, t_weight, st.lse_teacher, st.kl),
                                                 row_weight=row_weight))]
     lse_p = _tail_lse(passes, hidden, weight, rows, tiling, mm_dtypes[0], out_dtype, shared, st.lse_student)
     lse_q = _tail_lse(passes, t_hidden, t_weight, rows, tiling, mm_dtypes[1], out_dtype, shared, st.lse_teacher)
     p_shared = torch.exp(st.lse_student - lse_p)
     kl = p_shared * (st.kl + st.lse_student - st.lse_teacher - lse_p + lse_q)
-    parts = [(slice(0, shared), LogitGradient(lse_p, kl=(t_hidden, t_weight[:shared], lse_q, kl + p_shared - 1),
+    parts = [(slice(0, shared), LogitGradient(lse_p, kl=KLTerms(t_hidden, t_weight[:shared], lse_q, kl + p_shared - 1),
                                               row_weight=row_weight))]
     if weight.shape[0] > shared:
         zeros = torch.zeros((kl.shape[0], 1), dtype=torch.int64, device=kl.device)

@@ -291,7 +291,8 @@ class GradForm:
         """g = row_w * p * (log p - log q - KL) (full-vocabulary reverse KL; the teacher tile is recomputed)."""
         if grad.kl is None:
             raise ValueError("GradForm.kl_form: this gradient has the sparse form (grad.kl is None)")
-        t_hidden, t_weight, lse_q, kl_rows = grad.kl  # the order LogitGradient.kl documents
+        terms = grad.kl
+        t_hidden, t_weight, lse_q, kl_rows = terms.teacher_hidden, terms.teacher_weight, terms.lse_teacher, terms.kl
         t_sn, t_sd = t_hidden.stride()
         tw_sv, tw_sd = t_weight.stride()
         return cls(KL=True, t_base=t_hidden, t_sn=t_sn, t_sd=t_sd, tw_base=t_weight, tw_sv=tw_sv, tw_sd=tw_sd,
@@ -313,7 +314,7 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
     n, (vocab, dim) = _num_live(hidden, rows), weight.shape
     dtypes = [hidden.dtype, weight.dtype]
     if grad.kl is not None:
-        dtypes += [grad.kl[0].dtype, grad.kl[1].dtype]
+        dtypes += [grad.kl.teacher_hidden.dtype, grad.kl.teacher_weight.dtype]
     mm = mm_dtypes[0]
     if n == 0 or not (want_hidden or want_weight) or _unsupported(out_dtype, *mm_dtypes, *dtypes):
         return chunked_gradient.backprop_logits(hidden, weight, rows, grad, tiling, mm_dtypes, out_dtype,

@@ -1,28 +1,28 @@
-"""Backend selection: one op, one meaning, several implementations.
+"""The implementations of the `oprd` family (`alignment_loss`, `bridge_loss`) and its older entry points.
 
-`auto` picks `triton` for CUDA tensors and `cpu` (the compiled C++ kernels) for CPU tensors. A request is the
-`backend=` argument, else the OPRD_BACKEND environment variable, else `auto`. A backend that cannot run an op on the
-tensors' device (not installed, not built, not implemented yet, wrong device) falls back to `reference` with a
-one-time warning; benchmarks check `backend_status()` first so that a fallback never passes for a fast path.
+Choosing a backend (the `backend=` argument, else $OPRD_BACKEND, else `auto`: triton for CUDA tensors, cpu for CPU
+tensors; fallback to `reference` with a one-time warning) is the registry's job (oprd_kernels/registry.py, where the
+rules are written down). This module is the family's provider: which (op, backend) pairs exist, whether they can run
+on a device, how to load them. `requested_backend`, `resolve` and `backend_status` are thin wrappers over the
+registry, kept for their callers.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from oprd_kernels._validation import fail
+from oprd_kernels import registry
 from oprd_kernels.cpu_ops import unavailable_reason as cpu_unavailable
 from oprd_kernels.triton_ops import unavailable_reason as triton_unavailable
 
-BACKENDS = ("reference", "triton", "cpu")
-OPS = ("alignment_loss", "bridge_loss")
-ENV_VAR = "OPRD_BACKEND"
+_FAMILY = registry.FAMILIES["oprd"]
+BACKENDS = _FAMILY.backends
+OPS = _FAMILY.ops
+ENV_VAR = _FAMILY.env_var
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,8 @@ _IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
     ("alignment_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.alignment", "alignment_loss", cpu_unavailable),
     ("bridge_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.bridge", "bridge_loss", cpu_unavailable),
 }
+# (op, backend) pairs whose fallback this process has already warned about (the registry reads and fills it).
 _WARNED: set[tuple[str, str]] = set()
-
-
-def requested_backend(func: str, backend: str | None) -> str:
-    """The backend asked for by argument or environment ("auto" when neither), validated."""
-    source, value = ("backend", backend) if backend is not None else (ENV_VAR, os.environ.get(ENV_VAR, "auto"))
-    if not isinstance(value, str) or value.strip().lower() not in ("auto", *BACKENDS):
-        raise fail(ValueError, func, source, f"must be one of {['auto', *BACKENDS]}", repr(value))
-    return value.strip().lower()
-
-
-def _auto(device: torch.device | None) -> str:
-    return "triton" if device is not None and device.type == "cuda" else "cpu"
 
 
 def unavailable_reason(op: str, backend: str, device: torch.device | None) -> str | None:
@@ -68,24 +57,22 @@ def unavailable_reason(op: str, backend: str, device: torch.device | None) -> st
     return "not implemented yet" if impl is None else impl.unavailable(device)
 
 
+def load(op: str, backend: str) -> Callable:
+    """The implementation of `op` in `backend` (the registry has checked that it can run)."""
+    return _IMPLEMENTATIONS[(op, backend)].load()
+
+
+def requested_backend(func: str, backend: str | None) -> str:
+    """The backend asked for by argument or $OPRD_BACKEND ("auto" when neither), validated."""
+    return registry.requested("oprd", func, backend)
+
+
 def backend_status(device: torch.device | str | None = None) -> dict[str, dict[str, str]]:
-    """For each backend and op: "available" on `device` (default: cuda if present, else cpu), or why not."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    return {b: {op: unavailable_reason(op, b, device) or "available" for op in OPS} for b in BACKENDS}
+    """For each backend and op of this family: "available" on `device` (default: cuda if present, else cpu), or why
+    not. `registry.backend_report()` reports every family."""
+    return registry.family_status("oprd", device)
 
 
 def resolve(func: str, backend: str | None, device: torch.device | None) -> tuple[str, Callable]:
     """(backend name, implementation) that will run `func` for tensors on `device`."""
-    name = requested_backend(func, backend)
-    if name == "auto":
-        name = _auto(device)
-    reason = unavailable_reason(func, name, device)
-    if reason is None:
-        return name, _IMPLEMENTATIONS[(func, name)].load()
-    if (func, name) not in _WARNED:
-        _WARNED.add((func, name))
-        warnings.warn(f"oprd_kernels: backend {name!r} cannot run {func} here ({reason}); falling back to "
-                      f"'reference'", RuntimeWarning, stacklevel=3)
-    return "reference", _IMPLEMENTATIONS[(func, "reference")].load()
+    return registry.resolve("oprd", func, backend, device)

@@ -1,4 +1,4 @@
-"""Public entry points: validate the backend request, dispatch, run. Semantics are those of
+"""Public entry points: choose the backend (oprd_kernels/registry.py, family `oprd`), run. Semantics are those of
 oprd_kernels.reference (see DESIGN.md); the backend changes speed and memory, never the meaning."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Sequence, Union
 from torch import Tensor
 
 from oprd_kernels._validation import device_of
-from oprd_kernels.dispatch import resolve
+from oprd_kernels.registry import resolve
 
 HiddenStates = Union[Tensor, Sequence[Tensor]]
 
@@ -18,9 +18,10 @@ def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor
                    reduction: str = "mean", backend: str | None = None) -> Tensor:
     """Multi-layer OPRD alignment loss; see oprd_kernels.reference.alignment_loss for the arguments.
 
-    backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device).
+    backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device; see
+    oprd_kernels/registry.py).
     """
-    _, impl = resolve("alignment_loss", backend, device_of(student))
+    _, impl = resolve("oprd", "alignment_loss", backend, device_of(student))
     return impl(student, teacher, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
                 reduction=reduction)
 
@@ -30,7 +31,8 @@ def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *,
                 backend: str | None = None) -> Tensor:
     """OPRD-Bridge projected loss; see oprd_kernels.reference.bridge_loss for the arguments.
 
-    backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device).
+    backend: "reference", "triton", "cpu" or "auto" (default: $OPRD_BACKEND, else auto by device; see
+    oprd_kernels/registry.py).
     """
-    _, impl = resolve("bridge_loss", backend, device_of(student))
+    _, impl = resolve("oprd", "bridge_loss", backend, device_of(student))
     return impl(student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type, reduction=reduction)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import oprd_kernels
-from oprd_kernels import dispatch, reference
+from oprd_kernels import dispatch, reference, registry
 
 
 @pytest.fixture
@@ -83,8 +83,9 @@ def test_missing_backend_falls_back_once_with_a_warning(fresh_warnings, monkeypa
 
 
 def test_auto_picks_by_device():
-    assert dispatch._auto(torch.device("cpu")) == "cpu"
-    assert dispatch._auto(torch.device("cuda", 0)) == "triton"
+    for op in dispatch.OPS:
+        assert registry.auto("oprd", op, torch.device("cpu")) == "cpu"
+        assert registry.auto("oprd", op, torch.device("cuda", 0)) == "triton"
 
 
 def test_triton_needs_cuda_or_the_interpreter(monkeypatch):

@@ -1,31 +1,36 @@
-"""Which implementation runs the fused OPD's vocabulary passes (statistics, joint KL statistics, gradient).
+"""The implementations of the `opd` family: the fused OPD's vocabulary passes (statistics, joint KL statistics,
+gradient), and the family's older entry points.
 
 `chunked`: PyTorch vocabulary tiles (statistics pass, then a gradient pass that recomputes each tile; any device, the
 least memory). `rowwise`: PyTorch chunks of rows over the whole vocabulary, each finished in one pass (rowwise.py;
-three LM-head products like the naive path; the CPU default for fp32 heads). `triton`: fused Triton kernels (CUDA,
-and CPU tensors under TRITON_INTERPRET=1 for tests), the CUDA default. The orchestration in `fused.py` and
-`head_stats.py` is shared, so the backends differ in speed and memory, never in meaning. A request comes from the
-`backend=` argument, else $OPRD_OPD_BACKEND, else auto by device; an unavailable backend falls back to `chunked` with
-a one-time warning.
+three LM-head products like the naive path). `triton`: fused Triton kernels (CUDA, and CPU tensors under
+TRITON_INTERPRET=1 for tests). The orchestration in `fused.py` and `head_stats.py` is shared, so the backends differ
+in speed and memory, never in meaning.
+
+Choosing one (the `backend=` argument, else $OPRD_OPD_BACKEND, else `auto` by device and LM-head dtype; fallback to
+`chunked` with a one-time warning) is the registry's job (oprd_kernels/registry.py, where the rules are written
+down). This module is the family's provider: whether a backend can run, and its `Passes`. `resolve_passes` is a thin
+wrapper over the registry.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import warnings
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from oprd_kernels._validation import fail
+from oprd_kernels import registry
 from oprd_kernels.triton_ops import unavailable_reason as triton_unavailable
 
-OPD_BACKENDS = ("chunked", "rowwise", "triton")
-ENV_VAR = "OPRD_OPD_BACKEND"
+_FAMILY = registry.FAMILIES["opd"]
+OPD_BACKENDS = _FAMILY.backends
+ENV_VAR = _FAMILY.env_var
 _TRITON_MODULE = "oprd_kernels.triton_ops.opd"
-_WARNED: set[str] = set()
+# (op, backend) pairs whose fallback this process has already warned about (the registry reads and fills it).
+_WARNED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,16 @@ def _rowwise() -> Passes:
     return Passes("rowwise", chunked.logit_stats, chunked.reverse_kl_stats, chunked.backprop_logits, loss_and_grads)
 
 
-def opd_unavailable_reason(backend: str, device: torch.device) -> str | None:
+def _triton() -> Passes:
+    mod = importlib.import_module(_TRITON_MODULE)
+    return Passes("triton", mod.logit_stats, mod.reverse_kl_stats, mod.backprop_logits)
+
+
+_LOADERS: dict[str, Callable[[], Passes]] = {"chunked": _chunked, "rowwise": _rowwise, "triton": _triton}
+
+
+def opd_unavailable_reason(backend: str, device: torch.device | None) -> str | None:
+    """None when `backend` can run the passes on `device`, else why not (the same for every op of the family)."""
     if backend in ("chunked", "rowwise"):
         return None
     reason = triton_unavailable(device)
@@ -60,32 +74,19 @@ def opd_unavailable_reason(backend: str, device: torch.device) -> str | None:
     return reason
 
 
+def unavailable_reason(op: str, backend: str, device: torch.device | None) -> str | None:
+    """The registry's question, for any op of the family."""
+    return opd_unavailable_reason(backend, device)
+
+
+def load(op: str, backend: str) -> Passes:
+    """The passes of `backend` (the registry has checked that it can run)."""
+    return _LOADERS[backend]()
+
+
 def resolve_passes(func: str, backend: str | None, device: torch.device,
                    weight_dtype: torch.dtype | None = None) -> Passes:
-    """The passes for `backend` (None: $OPRD_OPD_BACKEND, else auto). Auto on CPU picks rowwise, except for an LM-head
-    weight stored below fp32 (`weight_dtype`), whose fp32 gradient accumulator would double the gradient's memory
-    there: the vocabulary tiles then keep only one block of it."""
-    source, value = ("backend", backend) if backend is not None else (ENV_VAR, os.environ.get(ENV_VAR, "auto"))
-    if not isinstance(value, str) or value.strip().lower() not in ("auto", *OPD_BACKENDS):
-        raise fail(ValueError, func, source, f"must be one of {['auto', *OPD_BACKENDS]}", repr(value))
-    name = value.strip().lower()
-    if name == "auto":
-        if device.type == "cuda":
-            name = "triton" if opd_unavailable_reason("triton", device) is None else "chunked"
-        elif weight_dtype in (torch.float16, torch.bfloat16):
-            name = "chunked"
-        else:
-            name = "rowwise"
-    reason = opd_unavailable_reason(name, device)
-    if reason is not None:
-        if name not in _WARNED:
-            _WARNED.add(name)
-            warnings.warn(f"oprd_kernels: OPD backend {name!r} cannot run here ({reason}); falling back to 'chunked'",
-                          RuntimeWarning, stacklevel=3)
-        return _chunked()
-    if name == "chunked":
-        return _chunked()
-    if name == "rowwise":
-        return _rowwise()
-    mod = importlib.import_module(_TRITON_MODULE)
-    return Passes("triton", mod.logit_stats, mod.reverse_kl_stats, mod.backprop_logits)
+    """The passes that will run `func` on `device` for `backend` (None: $OPRD_OPD_BACKEND, else auto). Auto on CPU
+    picks rowwise, except for an LM-head weight stored below fp32 (`weight_dtype`), whose fp32 gradient accumulator
+    would double the gradient's memory there: the vocabulary tiles then keep only one block of it."""
+    return registry.resolve("opd", func, backend, device, weight_dtype)[1]

@@ -20,6 +20,7 @@ from oprd_kernels.opd import (
     lm_head_stats,
 )
 from oprd_kernels.reference import NORM_EPS, cosine_similarity, project_teacher
+from oprd_kernels.registry import backend_report
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "HeadStats",
     "NORM_EPS",
     "alignment_loss",
+    "backend_report",
     "backend_status",
     "bridge_loss",
     "build_info",

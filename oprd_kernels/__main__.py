@@ -1,4 +1,5 @@
-"""`python -m oprd_kernels`: print how the kernels were built and which backends this machine can run."""
+"""`python -m oprd_kernels`: print how the kernels were built and which backends this machine can run (the backend
+registry's report, oprd_kernels/registry.py: `backend_report`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ def collect() -> dict:
     import torch
 
     from oprd_kernels import _build
-    from oprd_kernels.dispatch import backend_status
-    from oprd_kernels.opd._passes import OPD_BACKENDS, opd_unavailable_reason, resolve_passes
+    from oprd_kernels.registry import backend_report
 
     try:
         import triton
@@ -22,12 +22,17 @@ def collect() -> dict:
     except ImportError:
         triton_version = None
     error = _build.extension_error()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    registry = backend_report()
+    opd = registry["opd"]
     return {
         "extension": _build.build_info() if error is None else {"error": error},
-        "backends": backend_status(),
-        "opd_backends": {name: opd_unavailable_reason(name, device) or "available" for name in OPD_BACKENDS},
-        "opd_auto": resolve_passes("python -m oprd_kernels", "auto", device).name,
+        "registry": registry,
+        # Views of the registry kept for their readers: the `oprd` family's table, and the `opd` family's per backend
+        # (its backends can run every op of the family or none) with its auto pick for an fp32 LM head.
+        "backends": registry["oprd"]["backends"],
+        "opd_backends": {name: next((why for why in ops.values() if why != "available"), "available")
+                         for name, ops in opd["backends"].items()},
+        "opd_auto": opd["auto"][opd["ops"][0]],
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -63,8 +63,21 @@ class Variant:
     num_stages: int = 3  # Triton's default on CUDA
 
 
+def _check_flags(v: Variant, signature: inspect.Signature) -> None:
+    """Every flag names a kernel parameter and every constexpr parameter has a flag: a renamed flag (such as the
+    interpreter switches folded into INTERPRET) must not compile as a silent None."""
+    unknown = set(v.constexprs) - set(signature.parameters)
+    missing = {name for name, p in signature.parameters.items()
+               if "constexpr" in str(p.annotation) and name not in v.constexprs}
+    if unknown or missing:
+        raise ValueError(f"compile_report: variant {v.name}: flags {sorted(unknown)} are not parameters of "
+                         f"{v.kernel.fn.__name__}; constexpr parameters {sorted(missing)} have no flag")
+
+
 def _signature(v: Variant) -> tuple[dict, dict, dict]:
-    params = list(inspect.signature(v.kernel.fn).parameters)
+    signature = inspect.signature(v.kernel.fn)
+    _check_flags(v, signature)
+    params = list(signature.parameters)
     sig, consts, attrs = {}, {}, {}
     for i, name in enumerate(params):
         if name in v.constexprs:
@@ -120,10 +133,10 @@ def variants(quick: bool = False) -> list[Variant]:
                            slot_start="i64", grad_layers="i64", stats="fp32", grad_out="fp32", grad=dtype,
                            grad_offsets="i64")
             out.append(Variant(f"alignment_bwd/{dtype}/loss{loss}", alignment_bwd_kernel, bwd_ptr,
-                               {**flags, "BF16_RNE": False, "G_ALIGN": align}, 8))
+                               {**flags, "INTERPRET": False, "G_ALIGN": align}, 8))
     for r_pad in ((16,) if quick else (16, 64)):
         flags = dict(LOSS=1, HAS_ROWS=True, HAS_WEIGHTS=False, S_UNIT=True, S_ALIGN=8, P_UNIT=True, NATIVE_DOT=True,
-                     ACC=tl.float32, BLOCK_R=16, R_PAD=r_pad, TILE_D=64)
+                     ACC=tl.float32, BLOCK_R=16, R_PAD=r_pad, TILE_D=64, INTERPRET=False)
         ptr = dict(s_base="bf16", s_table="i64", z_base="fp32", z_table="i64", proj="bf16")
         out.append(Variant(f"bridge_fwd/bf16/r{r_pad}", bridge_fwd_kernel, {**ptr, "rows": "i64", "row_loss": "fp32"},
                            flags, 4))
@@ -133,7 +146,7 @@ def variants(quick: bool = False) -> list[Variant]:
             if proj_grad:
                 bwd["dz_out"] = "fp32"
             out.append(Variant(f"bridge_bwd/bf16/r{r_pad}/proj_grad={proj_grad}", bridge_bwd_kernel, bwd,
-                               {**flags, "PROJ_GRAD": proj_grad, "BF16_RNE": False, "G_ALIGN": 8}, 4))
+                               {**flags, "PROJ_GRAD": proj_grad, "G_ALIGN": 8}, 4))
         opts = dict(PROJ_GRAD_BLOCKS["cuda"])
         warps, stages = opts.pop("num_warps"), opts.pop("num_stages")
         pg_ptr = dict(s_base="bf16", s_table="i64", slot_rows="i64", dz="fp32", out="fp32")
@@ -152,8 +165,8 @@ def opd_variants(quick: bool = False) -> list[Variant]:
     out = []
     for dtype in (["bf16"] if quick else ["bf16", "fp32"]):
         torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-        dot = dict(DOT=tl.bfloat16 if dtype == "bf16" else tl.float32, EMULATE=0, PREC="ieee")
-        t_dot = {f"T_{key}": value for key, value in dot.items()}
+        dot = dict(DOT=tl.bfloat16 if dtype == "bf16" else tl.float32, PREC="ieee", INTERPRET=False)
+        t_dot = {f"T_{key}": value for key, value in dot.items() if key != "INTERPRET"}
 
         def launch(name: str) -> tuple[dict, int, int]:
             opts = opd._blocks(name, cuda, torch_dtype)
@@ -177,7 +190,7 @@ def opd_variants(quick: bool = False) -> list[Variant]:
         out.append(Variant(f"opd_kl_stats/{dtype}", opd_kl_stats_kernel, kl_ptr, kl_flags, warps, stages))
         opts, warps, stages = launch("at")
         out.append(Variant(f"opd_logits_at/{dtype}", opd_logits_at_kernel, {**head, "ids": "i64", "out": "fp32"},
-                           dict(HAS_ROWS=True, **units, DOT=dot["DOT"], EMULATE=0, **opts), warps, stages))
+                           dict(HAS_ROWS=True, **units, DOT=dot["DOT"], INTERPRET=False, **opts), warps, stages))
         for form in ("sparse", "kl"):
             opts, warps, stages = launch("grad_kl" if form == "kl" else "grad")
             ptr = {**head, "lse": "fp32", "g": dtype}
@@ -186,7 +199,7 @@ def opd_variants(quick: bool = False) -> list[Variant]:
             else:
                 ptr.update(dense="fp32", ids="i64", sparse="fp32")
             flags = dict(KL=form == "kl", HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, **dot, **t_dot,
-                         G_RNE=False, **opts)
+                         **opts)
             out.append(Variant(f"opd_grad_tile/{dtype}/{form}", opd_grad_tile_kernel, ptr, flags, warps, stages))
         opts, warps, stages = launch("mm")
         for label, layout, b_rows in (("d_hidden", 1, False), ("d_weight", 2, True)):

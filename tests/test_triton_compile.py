@@ -41,3 +41,22 @@ def test_kernels_compile_without_spills_and_with_wide_memory_access(arch):
             assert "STG.E.128" in r["global_stores"], r
         if r["variant"].startswith("bridge_proj_grad"):
             assert "LDG.E.128" in r["global_loads"], r  # the student rows, read in place
+
+
+def test_every_variant_names_exactly_the_kernels_constexpr_parameters():
+    """A flag the kernel no longer has (e.g. BF16_RNE before the interpreter switches became INTERPRET) or a
+    constexpr left without one would otherwise compile as a silent None."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import dataclasses, inspect, sys; sys.path.insert(0, 'benchmarks'); import compile_report as c\n"
+            "vs = c.variants() + c.opd_variants()\n"
+            "for v in vs: c._check_flags(v, inspect.signature(v.kernel.fn))\n"
+            "bad = dataclasses.replace(vs[0], constexprs={**vs[0].constexprs, 'BF16_RNE': False})\n"
+            "try:\n    c._check_flags(bad, inspect.signature(bad.kernel.fn))\nexcept ValueError as e:\n"
+            "    print('REFUSED', e)\n"
+            "gone = dataclasses.replace(vs[0], constexprs={k: x for k, x in vs[0].constexprs.items() if k != 'LOSS'})\n"
+            "try:\n    c._check_flags(gone, inspect.signature(gone.kernel.fn))\nexcept ValueError as e:\n"
+            "    print('REFUSED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    refused = [line for line in out.stdout.splitlines() if line.startswith("REFUSED")]
+    assert len(refused) == 2 and "BF16_RNE" in refused[0] and "LOSS" in refused[1], out.stdout

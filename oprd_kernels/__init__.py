@@ -13,7 +13,9 @@ from oprd_kernels.functional import alignment_loss, bridge_loss
 from oprd_kernels.modules import AlignmentLoss, BridgeLoss
 from oprd_kernels.opd import (
     HeadStats,
+    OPDStats,
     fused_full_vocab_opd_loss,
+    fused_opd_loss_and_stats,
     fused_opd_loss_at_ids,
     fused_sampled_token_opd_loss,
     fused_topk_opd_loss,
@@ -35,7 +37,9 @@ __all__ = [
     "bridge_loss",
     "build_info",
     "cosine_similarity",
+    "OPDStats",
     "fused_full_vocab_opd_loss",
+    "fused_opd_loss_and_stats",
     "fused_opd_loss_at_ids",
     "fused_sampled_token_opd_loss",
     "fused_topk_opd_loss",

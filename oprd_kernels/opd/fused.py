@@ -26,15 +26,18 @@ from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_i
 from oprd_kernels.opd._passes import Passes, resolve_passes
 from oprd_kernels.opd._shared_vocab import head_statistics, reverse_kl
 from oprd_kernels.opd._tiles import Tiling, check_blocks, choose_tiling, matmul_dtype
+from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_heads
 from oprd_kernels.opd.rowwise import row_tiling
 
 KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
 
 
-def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling,
-                       mm_dtypes) -> tuple[Tensor, list[tuple[slice, LogitGradient]]]:
-    """The loss (a scalar in the result dtype) and its logits gradient (for an incoming 1), as (rows of the student
-    head, gradient) parts: one part, unless the heads differ in size (_shared_vocab.py)."""
+def _loss_and_gradient(passes: Passes, call: "FusedCall", weight: Tensor,
+                       t_weight: Tensor) -> tuple[Tensor, list[tuple[slice, LogitGradient]], OPDStats | None]:
+    """The loss (a scalar in the result dtype), its logits gradient (for an incoming 1) as (rows of the student head,
+    gradient) parts (one part, unless the heads differ in size: _shared_vocab.py), and, with `call.stats_k`, the
+    OPDStats from the same passes (diagnostics.py)."""
+    kind, inp, k, tiling, mm_dtypes, stats_k = call.kind, call.inp, call.k, call.tiling, call.mm_dtypes, call.stats_k
     out, n = inp.out_dtype, inp.num_live
     shared = inp.shared_vocab or weight.shape[0]
     row_w = torch.full((n,), 1.0 / n, dtype=out, device=weight.device)
@@ -43,17 +46,30 @@ def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor
     if kind == "full_vocab":
         st, parts = reverse_kl(passes, inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling, mm_dtypes,
                                out, shared, row_w)
-        return (row_w * st.kl).sum(), parts
+        stats = None
+        if stats_k:  # the joint KL pass keeps no entropy or top-k: one statistics pass per head
+            tokens = inp.tokens[:, None]
+            stats = stats_from_heads(head_statistics(passes, *s_args, ids=tokens, topk=stats_k, entropy=True),
+                                     head_statistics(passes, *t_args, shared, ids=tokens, topk=stats_k, entropy=True),
+                                     stats_k)
+        return (row_w * st.kl).sum(), parts, stats
+    want = stats_k > 0
     if kind in ("sampled_token", "at_ids"):
         ids = inp.tokens[:, None] if kind == "sampled_token" else inp.ids
-        student = head_statistics(passes, *s_args, ids=ids)
+        student = head_statistics(passes, *s_args, ids=ids, topk=stats_k, entropy=want)
         log_p = student.at_ids - student.logsumexp[:, None]
     else:
-        student = head_statistics(passes, *s_args, topk=k)
-        ids = student.topk_ids
-        log_p = student.topk_values - student.logsumexp[:, None]
+        student = head_statistics(passes, *s_args, topk=max(k, stats_k), entropy=want,
+                                  ids=inp.tokens[:, None] if want else None)
+        ids = student.topk_ids[:, :k]
+        log_p = student.topk_values[:, :k] - student.logsumexp[:, None]
+    teacher = None
     if kind == "at_ids":
         log_q = inp.teacher_log_probs
+    elif want:  # the teacher's top-k and entropy in the same pass, its logits at the sampled tokens too
+        t_ids = ids if kind == "sampled_token" else torch.cat([ids, inp.tokens[:, None]], dim=1)
+        teacher = head_statistics(passes, *t_args, shared, ids=t_ids, topk=stats_k, entropy=True)
+        log_q = teacher.at_ids[:, :ids.shape[1]] - teacher.logsumexp[:, None]
     else:
         teacher = passes.logit_stats(*t_args, ids=ids)
         log_q = teacher.at_ids - teacher.logsumexp[:, None]
@@ -61,7 +77,9 @@ def _loss_and_gradient(passes: Passes, kind: str, inp: OPDInputs, weight: Tensor
     # (sampled-token OPD) w = 1 and this is -sg(log q - log p) * log p
     coef = torch.softmax(log_p, dim=1) * (log_p - log_q) * row_w[:, None]
     loss = (coef * log_p).sum()
-    return loss, [(slice(None), LogitGradient(student.logsumexp, dense=-coef.sum(1), ids=ids, sparse=coef))]
+    stats = stats_from_heads(student, teacher, stats_k, teacher_token=0 if kind == "sampled_token" else k) if want \
+        else None
+    return loss, [(slice(None), LogitGradient(student.logsumexp, dense=-coef.sum(1), ids=ids, sparse=coef))], stats
 
 
 def _backprop(passes: Passes, inp: OPDInputs, weight: Tensor, parts, tiling, mm_dtypes, want_h: bool,
@@ -91,37 +109,48 @@ class FusedCall:
     mm_dtypes: tuple[torch.dtype, torch.dtype]  # the LM heads' matmul dtypes: (student, teacher)
     want_hidden: bool  # d loss / d hidden is wanted
     want_weight: bool  # d loss / d weight is wanted
+    stats_k: int = 0  # > 0: also return the OPDStats, with a top-stats_k overlap (needs inp.tokens)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"FusedCall: kind must be one of {KINDS}, got {self.kind!r}")
         if len(self.mm_dtypes) != 2:
             raise ValueError(f"FusedCall: mm_dtypes must be (student, teacher), got {self.mm_dtypes!r}")
+        if self.stats_k and (self.kind == "at_ids" or self.inp.tokens is None):
+            raise ValueError("FusedCall: stats need the sampled tokens (not the at_ids kind)")
 
 
 class _FusedOPD(torch.autograd.Function):
+    """Returns the loss, followed by the four OPDStats tensors when call.stats_k > 0 (not differentiable)."""
+
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, call: FusedCall):
         inp, passes, want_h, want_w = call.inp, call.passes, call.want_hidden, call.want_weight
+        stats = None
         if inp.num_live == 0:
             loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
             ctx.grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
-            return loss
-        if passes.whole_loss is not None:
+            stats = concat_stats([], call.stats_k, inp.out_dtype, hidden.device) if call.stats_k else None
+        elif passes.whole_loss is not None:
             whole = passes.whole_loss(call.kind, inp, weight, teacher_weight, call.k, call.tiling, call.mm_dtypes,
-                                      want_hidden=want_h, want_weight=want_w)
+                                      want_hidden=want_h, want_weight=want_w, stats_k=call.stats_k)
             ctx.grads = (whole.d_hidden.view(hidden.shape) if whole.d_hidden is not None else None, whole.d_weight)
-            return whole.loss
-        loss, parts = _loss_and_gradient(passes, call.kind, inp, weight, teacher_weight, call.k, call.tiling,
-                                         call.mm_dtypes)
-        d_hidden = d_weight = None
-        if want_h or want_w:
-            d_hidden, d_weight = _backprop(passes, inp, weight, parts, call.tiling, call.mm_dtypes, want_h, want_w)
-        ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
-        return loss
+            loss, stats = whole.loss, whole.stats
+        else:
+            loss, parts, stats = _loss_and_gradient(passes, call, weight, teacher_weight)
+            d_hidden = d_weight = None
+            if want_h or want_w:
+                d_hidden, d_weight = _backprop(passes, inp, weight, parts, call.tiling, call.mm_dtypes, want_h,
+                                               want_w)
+            ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
+        if stats is None:
+            return loss
+        values = tuple(t.detach() for t in stats.as_tuple())
+        ctx.mark_non_differentiable(*values)
+        return (loss, *values)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *unused_stats_grads):
         if ctx.grads is None:
             raise RuntimeError("fused OPD losses compute their gradient once, in the forward pass: a second backward "
                                "through the same graph (retain_graph=True) is not supported")
@@ -137,18 +166,20 @@ class _FusedOPD(torch.autograd.Function):
 
 def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
            tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
-           backend: str | None) -> Tensor:
+           backend: str | None, stats_k: int = 0):
     check_blocks(func, row_block, vocab_block)
     if kind == "at_ids":  # the teacher side arrives precomputed: (ids, log-probs) in the teacher's two slots
         inp = check_at_ids_inputs(func, hidden, weight, teacher_hidden, teacher_weight, mask)
     else:
         inp = check_opd_inputs(func, hidden, weight, teacher_hidden, teacher_weight, tokens, mask,
-                               needs_tokens=kind == "sampled_token")
+                               needs_tokens=kind == "sampled_token" or stats_k != 0)
     vocab = weight.shape[0]
     shared = inp.shared_vocab or vocab
-    if kind == "topk" and (as_int(k) is None or not 1 <= k <= shared):
-        raise fail(ValueError, func, "k", f"must be an int in [1, V = {shared}] (the ids both heads have)", repr(k))
-    k = as_int(k)
+    for arg, value, asked in (("k", k, kind == "topk"), ("stats_k", stats_k, stats_k != 0)):
+        if asked and (as_int(value) is None or not 1 <= value <= shared):
+            raise fail(ValueError, func, arg, f"must be an int in [1, V = {shared}] (the ids both heads have)",
+                       repr(value))
+    k, stats_k = as_int(k), as_int(stats_k)
     passes = resolve_passes(func, backend, hidden.device, weight.dtype)
     tiling = (row_tiling(inp.num_live, vocab, row_block) if passes.whole_loss is not None else
               choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block))
@@ -158,8 +189,30 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
     want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
     with torch.autocast(hidden.device.type, enabled=False):
         call = FusedCall(passes=passes, kind=kind, inp=inp, k=k, tiling=tiling, mm_dtypes=mm_dtypes,
-                         want_hidden=want_h, want_weight=want_w)
-        return _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
+                         want_hidden=want_h, want_weight=want_w, stats_k=stats_k)
+        result = _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
+    if not stats_k:
+        return result
+    return result[0], OPDStats.of_tuple(result[1:], stats_k)
+
+
+STATS_KINDS = ("sampled_token", "topk", "full_vocab")
+
+
+def fused_opd_loss_and_stats(kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor,
+                             teacher_weight: Tensor, tokens: Tensor, mask: Tensor | None = None, *, k: int = 16,
+                             stats_k: int = 16, row_block: int | None = None, vocab_block: int | None = None,
+                             backend: str | None = None) -> tuple[Tensor, OPDStats]:
+    """One of the fused OPD losses (`kind`: "sampled_token", "topk" with `k`, "full_vocab") and its diagnostics
+    (OPDStats, diagnostics.py: the reward at the sampled `tokens`, both entropies, the top-`stats_k` overlap), taken
+    from the loss's own statistics passes. The loss, its gradient and the other arguments are those of
+    fused_sampled_token_opd_loss / fused_topk_opd_loss / fused_full_vocab_opd_loss; the statistics are detached
+    device tensors, so reading them is the caller's only host synchronisation for them."""
+    func = "fused_opd_loss_and_stats"
+    if kind not in STATS_KINDS:
+        raise fail(ValueError, func, "kind", f"must be one of {list(STATS_KINDS)}", repr(kind))
+    return _fused(func, kind, hidden, weight, teacher_hidden, teacher_weight, tokens, mask, k if kind == "topk" else 1,
+                  row_block, vocab_block, backend, stats_k=stats_k)
 
 
 def fused_opd_loss_at_ids(hidden: Tensor, weight: Tensor, ids: Tensor, teacher_log_probs: Tensor,

@@ -21,6 +21,7 @@ from oprd_kernels._topk import ordered_topk
 from oprd_kernels.opd._gradient import live_to_dense, product
 from oprd_kernels.opd._inputs import OPDInputs
 from oprd_kernels.opd._tiles import Tiling, logits_tile
+from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_logits
 from oprd_kernels.opd.stats import gather_rows
 
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk when row_block is not given (64 MB in fp32)
@@ -33,15 +34,19 @@ def row_tiling(rows: int, vocab: int, row_block: int | None) -> Tiling:
 
 
 def _chunk_loss(kind: str, inp: OPDInputs, z: Tensor, t_weight: Tensor, r0: int, r1: int, k: int,
-                mm_t: torch.dtype, row_w: float, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+                mm_t: torch.dtype, row_w: float, want_grad: bool,
+                stats: list[OPDStats] | None = None, stats_k: int = 0) -> tuple[Tensor, Tensor | None]:
     """(the chunk's share of the loss, its logits gradient written over z in place, or None). t_weight is already in
-    the teacher's matmul dtype."""
+    the teacher's matmul dtype. With `stats` (a list) the chunk's OPDStats are appended to it, from the logits before
+    they are overwritten."""
     out = z.dtype
     lse = torch.logsumexp(z, dim=1, keepdim=True)
     shared = inp.shared_vocab or z.shape[1]
     teacher = None
     if kind != "at_ids":
         teacher = logits_tile(gather_rows(inp.teacher_hidden, inp.rows, r0, r1), t_weight, mm_t, out)
+        if stats is not None:
+            stats.append(stats_from_logits(z, teacher, inp.tokens[r0:r1], shared, stats_k))
         teacher.sub_(torch.logsumexp(teacher, dim=1, keepdim=True))  # log q
     if kind == "full_vocab" and not shared == z.shape[1] == teacher.shape[1]:
         return _padded_kl(z.sub_(lse), teacher, shared, row_w, want_grad)
@@ -100,12 +105,14 @@ class LossGrads:
     loss: Tensor  # scalar, in the result dtype
     d_hidden: Tensor | None  # d loss / d hidden in hidden's [N, d] layout and dtype; None when not wanted
     d_weight: Tensor | None  # d loss / d weight [V, d] in weight's dtype; None when not wanted
+    stats: OPDStats | None = None  # the diagnostics, when asked for (stats_k > 0)
 
 
 def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling: Tiling,
                    mm_dtypes: tuple[torch.dtype, torch.dtype], *, want_hidden: bool,
-                   want_weight: bool) -> LossGrads:
-    """The loss and its gradients (LossGrads) in one pass per chunk of rows."""
+                   want_weight: bool, stats_k: int = 0) -> LossGrads:
+    """The loss and its gradients (LossGrads) in one pass per chunk of rows; with stats_k > 0 also the OPDStats with
+    a top-`stats_k` overlap, from the same chunks (needs the sampled tokens in `inp`)."""
     n, out = inp.num_live, inp.out_dtype
     vocab, dim = weight.shape
     device = weight.device
@@ -114,6 +121,7 @@ def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, 
     d_live = torch.empty((n, dim), dtype=out, device=device) if want_hidden else None
     d_weight = torch.zeros((vocab, dim), dtype=out, device=device) if want_weight else None
     want_grad = want_hidden or want_weight
+    stats: list[OPDStats] | None = [] if stats_k else None
     with torch.no_grad():
         # the heads in their matmul dtypes once (no copy when they are stored in it), not once per chunk
         w_mm = weight.to(mm)
@@ -121,11 +129,12 @@ def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, 
         for r0, r1 in tiling.row_ranges(n):
             h = gather_rows(inp.hidden, inp.rows, r0, r1)
             z = logits_tile(h, w_mm, mm, out)
-            part, g = _chunk_loss(kind, inp, z, t_mm, r0, r1, k, mm_dtypes[1], 1.0 / n, want_grad)
+            part, g = _chunk_loss(kind, inp, z, t_mm, r0, r1, k, mm_dtypes[1], 1.0 / n, want_grad, stats, stats_k)
             loss += part
             if want_hidden:  # one GEMM over the whole vocabulary per chunk: the reference's own rounding
                 d_live[r0:r1] = _hidden_grad(g, w_mm, mm, out)
             if want_weight:  # summed over chunks, so in the result dtype from unrounded operands
                 d_weight.addmm_(g.T, h.to(out))
     d_hidden = live_to_dense(d_live, inp.hidden, inp.rows) if want_hidden else None
-    return LossGrads(loss=loss, d_hidden=d_hidden, d_weight=d_weight.to(weight.dtype) if want_weight else None)
+    return LossGrads(loss=loss, d_hidden=d_hidden, d_weight=d_weight.to(weight.dtype) if want_weight else None,
+                     stats=concat_stats(stats, stats_k, out, device) if stats is not None else None)

@@ -13,13 +13,13 @@ Made of parts, each in its own module:
 from oprd.objective.compute import StepResult, compute_objective
 from oprd.objective.counts import TokenCounts, distilled_positions, token_counts
 from oprd.objective.methods import METHOD_TERMS, terms_of
-from oprd.objective.metrics import cosine_metrics, head_metrics, logit_metrics
+from oprd.objective.metrics import cosine_metrics, logit_metrics
 from oprd.objective.passes import Needs, TeacherOutputs, student_pass, teacher_pass
 from oprd.objective.plan import LayerPlan, plan_layers
 from oprd.objective.spec import METHODS, OPD_IMPLS, OPD_VARIANTS, ObjectiveSpec
 
 __all__ = [
     "METHODS", "METHOD_TERMS", "OPD_IMPLS", "OPD_VARIANTS", "LayerPlan", "Needs", "ObjectiveSpec", "StepResult",
-    "TeacherOutputs", "TokenCounts", "compute_objective", "cosine_metrics", "distilled_positions", "head_metrics",
+    "TeacherOutputs", "TokenCounts", "compute_objective", "cosine_metrics", "distilled_positions",
     "logit_metrics", "plan_layers", "student_pass", "teacher_pass", "terms_of", "token_counts",
 ]

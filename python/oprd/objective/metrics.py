@@ -1,5 +1,6 @@
 """Diagnostics of a step, computed on logging steps only: the per-layer cosine between the distilled states, and
-the OPD numbers (sampled-token reward, entropies, top-k overlap) from the LM heads."""
+the OPD numbers (sampled-token reward, entropies, top-k overlap) from materialised logits (the naive OPD path; the
+fused path takes them from its own passes, oprd_kernels.fused_opd_loss_and_stats)."""
 
 from __future__ import annotations
 
@@ -19,27 +20,6 @@ def cosine_metrics(states: list[Tensor], cache: Tensor, rows: Tensor, weights: T
     out = {"rep/cosine_similarity": float(per_layer.mean())}
     out.update({f"rep/cosine_similarity/layer{i}": float(c) for i, c in zip(student_layers, per_layer.tolist())})
     return out
-
-
-@torch.no_grad()
-def head_metrics(s_final: Tensor, t_final: Tensor, s_weight: Tensor, t_weight: Tensor, rollouts: Rollouts,
-                 topk: int) -> dict[str, float]:
-    """logit_metrics' numbers from the final states and LM-head weights, without the logits (two no-grad passes)."""
-    mask = rollouts.response_mask[:, rollouts.prompt_width:].bool()
-    if not mask.any():
-        return {}
-    ids = rollouts.responses.masked_fill(~mask, 0).unsqueeze(-1)
-    shared = min(s_weight.shape[0], t_weight.shape[0])  # padded heads: compare the ids both have
-    k = min(topk, shared)
-    p = oprd_kernels.lm_head_stats(s_final, s_weight, ids=ids, topk=k, entropy=True, topk_among=shared)
-    q = oprd_kernels.lm_head_stats(t_final, t_weight, ids=ids, topk=k, entropy=True, topk_among=shared)
-    overlap = (p.topk_ids[mask].unsqueeze(-1) == q.topk_ids[mask].unsqueeze(-2)).any(-1).float().mean(-1)
-    return {
-        "opd/reward": float((q.log_probs - p.log_probs)[mask].mean()),
-        "entropy/student": float(p.entropy[mask].mean()),
-        "entropy/teacher": float(q.entropy[mask].mean()),
-        f"overlap/top{k}": float(overlap.mean()),
-    }
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import oprd_kernels
 from oprd.capture import decoder_parts
 from oprd.objective.batch import Batch
-from oprd.objective.metrics import head_metrics, logit_metrics
+from oprd.objective.metrics import logit_metrics
 from oprd.objective.passes import Needs
 from oprd.objective.terms import TermOutput
 
@@ -24,22 +24,25 @@ from oprd.objective.terms import TermOutput
 @dataclass(frozen=True)
 class Variant:
     """fused(s_final, s_weight, t_final, t_weight, tokens, mask, topk) and
-    reference(s_logits, t_logits, tokens, mask, topk): the same loss."""
+    reference(s_logits, t_logits, tokens, mask, topk): the same loss; `kind` names it for
+    oprd_kernels.fused_opd_loss_and_stats (the fused loss with its diagnostics, on logging steps)."""
 
     fused: Callable[..., Tensor]
     reference: Callable[..., Tensor]
+    kind: str
 
 
 VARIANTS = {
     "opd_top1": Variant(
         lambda h, w, th, tw, tokens, mask, k: oprd_kernels.fused_sampled_token_opd_loss(h, w, th, tw, tokens, mask),
-        lambda s, t, tokens, mask, k: oprd_kernels.reference.sampled_token_opd_loss(s, t, tokens, mask)),
+        lambda s, t, tokens, mask, k: oprd_kernels.reference.sampled_token_opd_loss(s, t, tokens, mask),
+        "sampled_token"),
     "opd_topk": Variant(
         lambda h, w, th, tw, tokens, mask, k: oprd_kernels.fused_topk_opd_loss(h, w, th, tw, mask, k=k),
-        lambda s, t, tokens, mask, k: oprd_kernels.reference.topk_opd_loss(s, t, mask, k=k)),
+        lambda s, t, tokens, mask, k: oprd_kernels.reference.topk_opd_loss(s, t, mask, k=k), "topk"),
     "opd_full": Variant(
         lambda h, w, th, tw, tokens, mask, k: oprd_kernels.fused_full_vocab_opd_loss(h, w, th, tw, mask),
-        lambda s, t, tokens, mask, k: oprd_kernels.reference.full_vocab_opd_loss(s, t, mask)),
+        lambda s, t, tokens, mask, k: oprd_kernels.reference.full_vocab_opd_loss(s, t, mask), "full_vocab"),
 }
 
 
@@ -69,9 +72,14 @@ class OPDTerm:
         metrics: dict[str, float] = {}
         if spec.opd_impl == "fused":
             s_weight, t_weight = _head_weight(batch.student, "student"), _head_weight(batch.teacher, "teacher")
-            loss = variant.fused(s_final, s_weight, t_final, t_weight, tokens, mask, spec.topk)
-            if with_metrics and spec.logit_metrics:
-                metrics = head_metrics(s_final.detach(), t_final, s_weight.detach(), t_weight, rollouts, spec.topk)
+            if with_metrics and spec.logit_metrics:  # the diagnostics from the loss's own statistics passes
+                stats_k = min(spec.topk, s_weight.shape[0], t_weight.shape[0])
+                loss, stats = oprd_kernels.fused_opd_loss_and_stats(
+                    variant.kind, s_final, s_weight, t_final, t_weight, tokens.masked_fill(~mask.bool(), 0), mask,
+                    k=spec.topk, stats_k=stats_k)
+                metrics = {key: float(value) for key, value in stats.means().items()}
+            else:
+                loss = variant.fused(s_final, s_weight, t_final, t_weight, tokens, mask, spec.topk)
         else:
             s_logits = decoder_parts(batch.student).lm_head(s_final)
             with torch.no_grad():

@@ -44,7 +44,8 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     """Statistics of softmax(hidden @ weight.T) at every position. hidden: [N, d] or [B, T, d]; weight: [V, d];
     ids: int64 [..., k] (positions' shape plus k) in [0, V); topk: 0 or k in [1, V]; entropy: whether to compute it;
     topk_among: take the top-k among the ids below it only (the ids another, differently padded head shares; the
-    softmax is still over all V rows; `ids` must then lie below it too); backend: as for the fused OPD losses."""
+    softmax is still over all V rows; `ids` must then lie below it too); backend: as for the fused OPD losses (auto
+    ignores the weight's dtype here: its bf16 rule concerns the losses' weight gradient, and this has none)."""
     func = "lm_head_stats"
     positions = check_final_hidden(func, "hidden", hidden)
     check_lm_head(func, "weight", weight, hidden.shape[-1], hidden.device)

@@ -118,10 +118,10 @@ def _gradient_of(form: str, gen, h, w, th, tw, rows, ids, dtype):
 def test_backprop_logits_matches_chunked(gen, dtype, form, case, with_rows):
     h, w, th, tw, rows, ids = make(gen, case, dtype, with_rows)
     grad = _gradient_of(form, gen, h, w, th, tw, rows, ids, dtype)
-    d_h, d_w = triton_opd.backprop_logits(h, w, rows, grad, TILING, (dtype, dtype), F32, want_hidden=True,
-                                          want_weight=True)
-    ref_h, ref_w = _gradient.backprop_logits(h, w, rows, grad, TILING, (F32, F32), F32, want_hidden=True,
-                                             want_weight=True)
+    got = triton_opd.backprop_logits(h, w, rows, grad, TILING, (dtype, dtype), F32, want_hidden=True,
+                                     want_weight=True)
+    ref = _gradient.backprop_logits(h, w, rows, grad, TILING, (F32, F32), F32, want_hidden=True, want_weight=True)
+    d_h, d_w, ref_h, ref_w = got.hidden, got.weight, ref.hidden, ref.weight
     assert d_h.dtype == h.dtype and d_h.shape == h.shape and d_w.dtype == w.dtype and d_w.shape == w.shape
     tol = 1e-5 if dtype == F32 else 1e-2  # bf16: the logits gradient is rounded to bf16 before its products
     assert rel(d_h, ref_h) < tol and rel(d_w, ref_w) < tol
@@ -135,10 +135,10 @@ def test_backprop_logits_matches_chunked(gen, dtype, form, case, with_rows):
 def test_backprop_logits_computes_only_what_is_wanted(gen, want):
     h, w, th, tw, rows, ids = make(gen, "small", F32, True)
     grad = _gradient_of("sparse_k1", gen, h, w, th, tw, rows, ids, F32)
-    d_h, d_w = triton_opd.backprop_logits(h, w, rows, grad, Tiling(64, 64), (F32, F32), F32,
-                                          want_hidden=want == "hidden", want_weight=want == "weight")
-    ref_h, ref_w = _gradient.backprop_logits(h, w, rows, grad, TILING, (F32, F32), F32, want_hidden=True,
-                                             want_weight=True)
+    got = triton_opd.backprop_logits(h, w, rows, grad, Tiling(64, 64), (F32, F32), F32,
+                                     want_hidden=want == "hidden", want_weight=want == "weight")
+    ref = _gradient.backprop_logits(h, w, rows, grad, TILING, (F32, F32), F32, want_hidden=True, want_weight=True)
+    d_h, d_w, ref_h, ref_w = got.hidden, got.weight, ref.hidden, ref.weight
     if want == "hidden":
         assert d_w is None and rel(d_h, ref_h) < 1e-5
     else:
@@ -168,10 +168,10 @@ def test_strided_inputs_are_read_in_place(gen):
     torch.testing.assert_close(got.topk_values, want.topk_values, rtol=1e-5, atol=1e-5)
     grad = _gradient.LogitGradient(want.logsumexp, dense=torch.randn(n, generator=gen).to(DEVICE), ids=ids,
                                    sparse=torch.randn(n, 4, generator=gen).to(DEVICE)[:, ::2])
-    d_h, d_w = triton_opd.backprop_logits(h, w, None, grad, TILING, (F32, F32), F32, want_hidden=True,
-                                          want_weight=True)
-    ref_h, ref_w = _gradient.backprop_logits(h, w, None, grad, TILING, (F32, F32), F32, want_hidden=True,
-                                             want_weight=True)
+    got = triton_opd.backprop_logits(h, w, None, grad, TILING, (F32, F32), F32, want_hidden=True,
+                                     want_weight=True)
+    ref = _gradient.backprop_logits(h, w, None, grad, TILING, (F32, F32), F32, want_hidden=True, want_weight=True)
+    d_h, d_w, ref_h, ref_w = got.hidden, got.weight, ref.hidden, ref.weight
     assert rel(d_h, ref_h) < 1e-5 and rel(d_w, ref_w) < 1e-5
 
 

@@ -33,6 +33,14 @@ def product(a: Tensor, b: Tensor, mm_dtype: torch.dtype, out_dtype: torch.dtype)
 
 
 @dataclass(frozen=True)
+class HeadGradients:
+    """What backprop_logits returns (every backend): the gradients of the LM-head inputs, None where not wanted."""
+
+    hidden: Tensor | None  # d loss / d hidden [N, d] in hidden's dtype (0 at rows outside the live set)
+    weight: Tensor | None  # d loss / d weight [V, d] in weight's dtype
+
+
+@dataclass(frozen=True)
 class KLTerms:
     """The teacher side of the KL form of the logits gradient: d/dz = w p (log p - log q - KL) with log q recomputed
     from the teacher's tile."""
@@ -57,9 +65,9 @@ class LogitGradient:
 
 def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: LogitGradient, tiling: Tiling,
                     mm_dtypes: tuple[torch.dtype, torch.dtype], out_dtype: torch.dtype, *, want_hidden: bool,
-                    want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
-    """(d loss / d hidden [N, d] in hidden's dtype, d loss / d weight [V, d] in weight's dtype); None where unwanted.
-    Rows outside the live set get a zero gradient."""
+                    want_weight: bool) -> HeadGradients:
+    """HeadGradients: d loss / d hidden [N, d] in hidden's dtype and d loss / d weight [V, d] in weight's dtype;
+    None where unwanted. Rows outside the live set get a zero gradient."""
     n = hidden.shape[0] if rows is None else rows.shape[0]
     vocab, dim = weight.shape
     device = hidden.device
@@ -93,7 +101,7 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                     dw_blk += product(g.T, h, mm, out_dtype)
             if want_weight:
                 d_weight[v0:v1] = dw_blk
-    return (live_to_dense(d_live, hidden, rows) if want_hidden else None), d_weight
+    return HeadGradients(live_to_dense(d_live, hidden, rows) if want_hidden else None, d_weight)
 
 
 def live_to_dense(d_live: Tensor, hidden: Tensor, rows: Tensor | None) -> Tensor:

@@ -89,11 +89,11 @@ def _backprop(passes: Passes, inp: OPDInputs, weight: Tensor, parts, tiling, mm_
                                      want_hidden=want_h, want_weight=want_w) for head_rows, grad in parts]
     d_hidden = d_weight = None
     if want_h:
-        d_hidden = pieces[0][0]
-        for extra, _ in pieces[1:]:
-            d_hidden = d_hidden.add_(extra)
+        d_hidden = pieces[0].hidden
+        for extra in pieces[1:]:
+            d_hidden = d_hidden.add_(extra.hidden)
     if want_w:
-        d_weight = pieces[0][1] if len(pieces) == 1 else torch.cat([w for _, w in pieces])
+        d_weight = pieces[0].weight if len(pieces) == 1 else torch.cat([piece.weight for piece in pieces])
     return d_hidden, d_weight
 
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from oprd_kernels._topk import merge_topk
 from oprd_kernels.opd import _gradient as chunked_gradient
 from oprd_kernels.opd import stats as chunked_stats
-from oprd_kernels.opd._gradient import LogitGradient
+from oprd_kernels.opd._gradient import HeadGradients, LogitGradient
 from oprd_kernels.opd._tiles import Tiling
 from oprd_kernels.opd.stats import KLStats, LogitStats
 from oprd_kernels.triton_ops.common import interpreting
@@ -306,11 +306,11 @@ class GradForm:
 
 def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: LogitGradient, tiling: Tiling,
                     mm_dtypes: tuple[torch.dtype, torch.dtype], out_dtype: torch.dtype, *, want_hidden: bool,
-                    want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
-    """As oprd_kernels.opd._gradient.backprop_logits: (d loss / d hidden [N, d] in hidden's dtype, d loss / d weight
-    [V, d] in weight's dtype), None where unwanted; rows outside the live set get 0. See the module docstring for
-    the scheme; memory: one slab in the matmul dtype, the fp32 hidden-state gradient of the live rows, and one
-    vocabulary slab's fp32 weight gradient. Float64 falls back to the chunked pass."""
+                    want_weight: bool) -> HeadGradients:
+    """As oprd_kernels.opd._gradient.backprop_logits: HeadGradients (d loss / d hidden [N, d] in hidden's dtype,
+    d loss / d weight [V, d] in weight's dtype), None where unwanted; rows outside the live set get 0. See the
+    module docstring for the scheme; memory: one slab in the matmul dtype, the fp32 hidden-state gradient of the
+    live rows, and one vocabulary slab's fp32 weight gradient. Float64 falls back to the chunked pass."""
     n, (vocab, dim) = _num_live(hidden, rows), weight.shape
     dtypes = [hidden.dtype, weight.dtype]
     if grad.kl is not None:
@@ -355,4 +355,4 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                         _matmul_acc(dw_slab[:vs], g.T, hidden, rows_c[r0:r0 + rs], rs, mm)
             if want_weight:
                 d_weight[v0:v0 + vs] = dw_slab[:vs]
-    return (chunked_gradient.live_to_dense(d_live, hidden, rows) if want_hidden else None), d_weight
+    return HeadGradients(chunked_gradient.live_to_dense(d_live, hidden, rows) if want_hidden else None, d_weight)

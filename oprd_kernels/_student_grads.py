@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from oprd_kernels._tables import row_slots
+from oprd_kernels._tables import RowSlots, row_slots
 
 
 def student_layers(stacked: bool, tensors: Sequence[Tensor]) -> tuple[Tensor, ...]:
@@ -65,12 +65,11 @@ def dense_gradients(num_wanted: int, num_rows: int, dim: int, like: Tensor, rows
     return DenseGradients(tensors, offsets, align, whole)
 
 
-def slot_arrays(rows: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(order, slot_rows, slot_start) of tables.row_slots, or three Nones without `rows`."""
+def slot_arrays(rows: Tensor | None) -> RowSlots:
+    """tables.row_slots of `rows`, or RowSlots of three Nones without them (every student row is its own slot)."""
     if rows is None or rows.numel() == 0:
-        return None, None, None
-    slots = row_slots(rows)
-    return slots.order, slots.slot_rows, slots.slot_start
+        return RowSlots(None, None, None)
+    return row_slots(rows)
 
 
 def as_input_gradients(grads: DenseGradients, stacked: bool, student: Sequence[Tensor],

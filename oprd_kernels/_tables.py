@@ -68,9 +68,9 @@ def layer_table(layers: Sequence[Tensor]) -> LayerTable:
 
 @dataclass(frozen=True)
 class RowSlots:
-    order: Tensor  # int64 [N_sel]: cache entries sorted (stably) by student row
-    slot_rows: Tensor  # int64 [N_sel]: the student row of each slot; -1 for unused slots
-    slot_start: Tensor  # int64 [N_sel + 1]: start of each slot's run in `order`; N_sel for unused slots
+    order: Tensor | None  # int64 [N_sel]: cache entries sorted (stably) by student row (None: no rows given)
+    slot_rows: Tensor | None  # int64 [N_sel]: the student row of each slot; -1 for unused slots
+    slot_start: Tensor | None  # int64 [N_sel + 1]: start of each slot's run in `order`; N_sel for unused slots
 
 
 def row_slots(rows: Tensor) -> RowSlots:

@@ -64,7 +64,7 @@ class Call:
         a = self.args
         a.num_layers, a.num_rows, a.num_sel, a.dim = L, B * S, n_sel, D
         self.slots = slot_arrays(self.rows)
-        set_slots(a, *self.slots)
+        set_slots(a, self.slots)
         self.weights = set_weights(a, torch.rand(n_sel, generator=g))
         a.loss_type, a.num_threads = 1, threads
         self.row_loss, self.per_layer = torch.empty(L, n_sel), torch.empty(L)
@@ -175,7 +175,7 @@ ARRAYS = [
 @pytest.mark.parametrize("array,index,value,message", ARRAYS)
 def test_an_index_out_of_range_raises_before_any_row_is_read(op, array, index, value, message):
     call = Call(op)
-    order, slot_rows, slot_start = call.slots
+    order, slot_rows, slot_start = call.slots.order, call.slots.slot_rows, call.slots.slot_start
     assert slot_rows.tolist() == [0, 1, 6, 7, -1] and slot_start.tolist() == [0, 1, 3, 4, 5, 5]
     {"order": order, "slot_rows": slot_rows, "slot_start": slot_start}[array][index] = value
     call.per_layer.fill_(-1.0)

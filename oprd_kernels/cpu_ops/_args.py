@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from oprd_kernels._student_grads import DenseGradients
-from oprd_kernels._tables import LayerTable
+from oprd_kernels._tables import LayerTable, RowSlots
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 
@@ -38,8 +38,9 @@ def set_table(args, prefix: str, table: LayerTable) -> None:
     setattr(args, f"{prefix}_dtype", DTYPE_CODES[table.base.dtype])
 
 
-def set_slots(args, order: Tensor | None, slot_rows: Tensor | None, slot_start: Tensor | None) -> None:
-    args.order, args.slot_rows, args.slot_start = address(order), address(slot_rows), address(slot_start)
+def set_slots(args, slots: RowSlots) -> None:
+    args.order, args.slot_rows, args.slot_start = (address(slots.order), address(slots.slot_rows),
+                                                   address(slots.slot_start))
 
 
 def set_gradients(args, grads: DenseGradients, wanted: Sequence[int], num_layers: int) -> tuple[Tensor, Tensor]:

@@ -42,7 +42,7 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], grads: DenseGradients | None =
     set_threads(args)
     args.num_layers, args.num_rows, args.num_sel, args.dim = plan.num_layers, plan.num_rows, plan.num_sel, plan.dim
     slots = slot_arrays(plan.rows)
-    set_slots(args, *slots)
+    set_slots(args, slots)
     weights = set_weights(args, plan.weights)
     args.layer_map = address(plan.layer_map)
     args.loss_type, args.fp64 = plan.loss_code, plan.out_dtype == torch.float64

@@ -60,7 +60,7 @@ def sweep(plan: Plan, layers: tuple[Tensor, ...], proj: Tensor, grads: Gradients
     args.num_layers, args.num_rows, args.num_sel = plan.num_layers, plan.num_rows, plan.num_sel
     args.dim, args.rank = plan.dim, plan.rank
     slots = slot_arrays(plan.rows)
-    set_slots(args, *slots)
+    set_slots(args, slots)
     weights = set_weights(args, plan.weights)
     args.loss_type, args.fp64 = plan.loss_code, plan.out_dtype == torch.float64
     row_loss = torch.empty(plan.num_layers, plan.num_sel, dtype=plan.out_dtype)

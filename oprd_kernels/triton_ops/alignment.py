@@ -84,9 +84,10 @@ class AlignmentFunction(torch.autograd.Function):
             table = layer_table(layers)
             device = layers[0].device
             grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
-            t = plan.cache
+            t, slots = plan.cache, slot_arrays(plan.rows)
             alignment_bwd_kernel[bwd_grid(len(wanted), plan.num_sel)](
-                table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, *slot_arrays(plan.rows),
+                table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, slots.order, slots.slot_rows,
+                slots.slot_start,
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grads.base(layers[0]),
                 grads.offsets, plan.num_sel, plan.num_layers, plan.dim, G_ALIGN=grads.align,
                 INTERPRET=interpreting(device), **_flags(plan, table))

@@ -114,16 +114,16 @@ class BridgeFunction(torch.autograd.Function):
             grad_index = torch.tensor(index, dtype=torch.int64).to(proj.device, non_blocking=True)
             dz = torch.empty(plan.num_layers, plan.num_sel, plan.rank, dtype=plan.out_dtype, device=proj.device) \
                 if proj_needs else None
-            order, slot_rows, slot_start = slot_arrays(plan.rows)
+            slots = slot_arrays(plan.rows)
             z = plan.cache
             bridge_bwd_kernel[row_block_grid(plan.num_layers, plan.num_sel)](
                 table.base, table.table, table.seq_len, z.base, z.table, z.seq_len,
-                proj, *proj.stride(), order, slot_rows, slot_start,
+                proj, *proj.stride(), slots.order, slots.slot_rows, slots.slot_start,
                 plan.weights, grad_per_layer.contiguous(), grad_index, grads.base(layers[0]), grads.offsets, dz,
                 plan.num_sel, plan.rank, plan.dim, NORM_EPS * NORM_EPS, PROJ_GRAD=proj_needs, G_ALIGN=grads.align,
                 **_flags(plan, table, proj))
             if proj_needs:
-                proj_grad = _proj_grad(plan, table, slot_rows, dz)
+                proj_grad = _proj_grad(plan, table, slots.slot_rows, dz)
         elif proj_needs:
             proj_grad = torch.zeros(proj.shape, dtype=plan.out_dtype, device=proj.device)
         proj_out = proj_grad.to(proj.dtype) if proj_needs else None

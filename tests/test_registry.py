@@ -176,6 +176,8 @@ def opd_calls():
         "fused_full_vocab_opd_loss": lambda b: oprd_kernels.fused_full_vocab_opd_loss(h, w, h, w, backend=b),
         "fused_opd_loss_at_ids": lambda b: oprd_kernels.fused_opd_loss_at_ids(h, w, ids, teacher_log_probs,
                                                                               backend=b),
+        "fused_opd_loss_and_stats": lambda b: oprd_kernels.fused_opd_loss_and_stats("topk", h, w, h, w, ids[:, 0],
+                                                                                    k=2, stats_k=2, backend=b)[0],
         "lm_head_stats": lambda b: oprd_kernels.lm_head_stats(h, w, topk=2, backend=b).logsumexp,
     }
 

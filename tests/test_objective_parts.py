@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from host_reads import HostReads
 from test_trainer import fixed_rollouts, make_trainer, read_metrics, tiny_model
 
 from oprd.config import load_config
@@ -62,22 +63,6 @@ def test_the_combined_variant_is_a_validated_setting_that_reaches_the_spec():
         ObjectiveSpec(method="oprd+opd", opd_variant="top1")
 
 
-class _HostReads:
-    """Counts the Tensor -> Python number conversions (host synchronisations on a GPU)."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        for name in ("__float__", "item", "tolist"):
-            real = getattr(torch.Tensor, name)
-            monkeypatch.setattr(torch.Tensor, name, self._counting(real))
-
-    def _counting(self, real):
-        def wrapper(tensor, *args):
-            self.count += 1
-            return real(tensor, *args)
-        return wrapper
-
-
 @pytest.mark.parametrize("impl", ["fused", "naive"])
 @pytest.mark.parametrize("method", METHODS)
 def test_a_step_without_metrics_reads_nothing_back_and_computes_the_same_loss(method, impl, monkeypatch):
@@ -86,7 +71,9 @@ def test_a_step_without_metrics_reads_nothing_back_and_computes_the_same_loss(me
     spec = ObjectiveSpec(method=method, topk=3, positions="last_k", k=5, backend="cpu", opd_impl=impl)
     plan = plan_layers(spec, student, teacher)
     with_metrics = compute_objective(spec, student, teacher, rollouts, plan)
-    reads = _HostReads(monkeypatch)
+    # the metrics' conversions (float of a loss, tolist of the per-layer cosine); the batch checks' reads of the
+    # ids' range (int, bool) are not metrics and stay
+    reads = HostReads(monkeypatch, ("__float__", "item", "tolist"))
     without = compute_objective(spec, student, teacher, rollouts, plan, with_metrics=False)
     assert reads.count == 0 and without.metrics == {}
     torch.testing.assert_close(without.loss, with_metrics.loss, rtol=0, atol=0)

@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from host_reads import HostReads
 
 from oprd.positions import select_positions
 from oprd_kernels import _position_checks as checks
 from oprd_kernels import lm_head_stats, reference
 from oprd_kernels.opd import _inputs
 from oprd_kernels.opd import head_stats as head_stats_module
-
-
-class _HostReads:
-    """Counts the Tensor -> Python conversions (each a host synchronisation on a GPU)."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        for name in ("__bool__", "__int__", "__float__", "item", "tolist"):
-            monkeypatch.setattr(torch.Tensor, name, self._counting(getattr(torch.Tensor, name)))
-
-    def _counting(self, real):
-        def wrapper(tensor, *args):
-            self.count += 1
-            return real(tensor, *args)
-        return wrapper
 
 
 def test_mask_rules_are_the_same_for_the_trainer_and_the_losses():
@@ -61,7 +47,7 @@ def test_id_range_ignores_masked_positions_and_names_the_values():
 
 def test_device_checks_read_nothing_back_and_still_fail(monkeypatch):
     ids, mask = torch.tensor([[0, 4], [9, -100]]), torch.tensor([[1, 1], [0, 0]])
-    reads = _HostReads(monkeypatch)
+    reads = HostReads(monkeypatch)
     checks.check_mask("f", "mask", mask, mask.shape, mask.device, on_device=True)
     checks.check_id_range("f", "ids", ids, 5, mask, on_device=True)
     assert reads.count == 0
@@ -87,7 +73,7 @@ def test_the_fused_opd_checks_on_cuda_read_back_only_the_live_row_count(gen, mon
     h, w, th, tw, tokens, mask = _opd_call(gen)
     monkeypatch.setattr(_inputs, "reads_on_device", lambda device: True)
     monkeypatch.setattr(head_stats_module, "reads_on_device", lambda device: True)
-    reads = _HostReads(monkeypatch)
+    reads = HostReads(monkeypatch)
     inp = _inputs.check_opd_inputs("f", h, w, th, tw, tokens, mask.int(), needs_tokens=True)
     ids = tokens.unsqueeze(-1)
     _inputs.check_at_ids_inputs("f", h, w, ids, torch.randn(2, 6, 1, generator=gen), mask.int())

@@ -17,11 +17,14 @@ from oprd.objective import (
     compute_objective,
     plan_layers,
 )
+from oprd.objective.spec import ALIGNING_METHODS
 from oprd.trainer import objective_spec
 
 
 def test_every_method_has_a_row_of_terms():
     assert set(METHOD_TERMS) == set(METHODS)
+    # the width check before any model loads (oprd.pairing) knows which methods align states from the same list
+    assert {m for m, uses in METHOD_TERMS.items() if any(u.term.name == "oprd" for u in uses)} == set(ALIGNING_METHODS)
     spec = ObjectiveSpec(method="oprd+opd", mu=2.5, coefficient=7.0)
     combined = {use.term.name: use.coefficient(spec) for use in METHOD_TERMS["oprd+opd"]}
     assert combined == {"oprd": 2.5, "opd": 1.0}

@@ -23,13 +23,11 @@ import torch
 import yaml
 
 from oprd.layers import LAYER_MODES
+from oprd.objective.spec import METHODS, OPD_IMPLS, OPD_VARIANTS
 from oprd.positions import POSITION_MODES, WEIGHTINGS
 from oprd_kernels import BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
-OPD_VARIANTS = ("opd_top1", "opd_topk", "opd_full")
-METHODS = ("oprd", *OPD_VARIANTS, "oprd+opd")
-OPD_IMPLS = ("fused", "naive")
 LOSS_TYPES = ("mse", "nmse", "cosine")
 KERNEL_BACKENDS = ("auto", *BACKENDS)
 

@@ -7,12 +7,12 @@ hidden size; OPD compares next-token distributions and trains with any widths.
 
 from __future__ import annotations
 
-METHODS_ALIGNING_STATES = ("oprd", "oprd+opd")
+from oprd.objective.spec import ALIGNING_METHODS
 
 
 def check_widths(method: str, student_width: int, teacher_width: int) -> None:
     """ValueError naming `model.teacher`, both widths and the way out when `method` needs equal hidden sizes."""
-    if method in METHODS_ALIGNING_STATES and student_width != teacher_width:
+    if method in ALIGNING_METHODS and student_width != teacher_width:
         raise ValueError(
             f"`model.teacher` has hidden size {teacher_width} and `model.student` {student_width}: method "
             f"{method!r} (OPRD-Vanilla) aligns hidden states directly and needs equal widths. Pair models of "

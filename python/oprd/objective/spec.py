@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 OPD_VARIANTS = ("opd_top1", "opd_topk", "opd_full")
-METHODS = ("oprd", *OPD_VARIANTS, "oprd+opd")
+METHODS = ("oprd", *OPD_VARIANTS, "oprd+opd")  # each has its row of terms in methods.py
+ALIGNING_METHODS = ("oprd", "oprd+opd")  # the methods with an OPRD term: they compare hidden states directly
 OPD_IMPLS = ("fused", "naive")
 
 
@@ -38,7 +39,7 @@ class ObjectiveSpec:
 
     @property
     def uses_oprd(self) -> bool:
-        return self.method in ("oprd", "oprd+opd")
+        return self.method in ALIGNING_METHODS
 
     @property
     def uses_opd(self) -> bool:

@@ -64,27 +64,33 @@ class OPDTerm:
         return Needs(final=True)
 
     def evaluate(self, batch: Batch, scale: float, with_metrics: bool) -> TermOutput:
-        spec, rollouts = batch.spec, batch.rollouts
-        variant = VARIANTS[spec.opd]
-        columns = rollouts.response_logit_slice()
+        columns = batch.rollouts.response_logit_slice()
         s_final, t_final = batch.student_out.final[:, columns], batch.teacher_out.final[:, columns]
-        tokens, mask = rollouts.responses, batch.response_mask
-        metrics: dict[str, float] = {}
-        if spec.opd_impl == "fused":
-            s_weight, t_weight = _head_weight(batch.student, "student"), _head_weight(batch.teacher, "teacher")
-            if with_metrics and spec.logit_metrics:  # the diagnostics from the loss's own statistics passes
-                stats_k = min(spec.topk, s_weight.shape[0], t_weight.shape[0])
-                loss, stats = oprd_kernels.fused_opd_loss_and_stats(
-                    variant.kind, s_final, s_weight, t_final, t_weight, tokens.masked_fill(~mask.bool(), 0), mask,
-                    k=spec.topk, stats_k=stats_k)
-                metrics = {key: float(value) for key, value in stats.means().items()}
-            else:
-                loss = variant.fused(s_final, s_weight, t_final, t_weight, tokens, mask, spec.topk)
-        else:
-            s_logits = decoder_parts(batch.student).lm_head(s_final)
-            with torch.no_grad():
-                t_logits = decoder_parts(batch.teacher).lm_head(t_final)
-            loss = variant.reference(s_logits, t_logits, tokens, mask, spec.topk)
-            if with_metrics and spec.logit_metrics:
-                metrics = logit_metrics(s_logits, t_logits, rollouts, spec.topk)
-        return TermOutput(loss * scale, metrics)
+        metrics = with_metrics and batch.spec.logit_metrics
+        run = self._fused if batch.spec.opd_impl == "fused" else self._naive
+        loss, out = run(batch, VARIANTS[batch.spec.opd], s_final, t_final, metrics)
+        return TermOutput(loss * scale, out)
+
+    @staticmethod
+    def _fused(batch: Batch, variant: Variant, s_final: Tensor, t_final: Tensor,
+               metrics: bool) -> tuple[Tensor, dict[str, float]]:
+        """From the final states and the LM-head weights; the metrics from the loss's own statistics passes."""
+        spec, tokens, mask = batch.spec, batch.rollouts.responses, batch.response_mask
+        s_weight, t_weight = _head_weight(batch.student, "student"), _head_weight(batch.teacher, "teacher")
+        if not metrics:
+            return variant.fused(s_final, s_weight, t_final, t_weight, tokens, mask, spec.topk), {}
+        stats_k = min(spec.topk, s_weight.shape[0], t_weight.shape[0])
+        loss, stats = oprd_kernels.fused_opd_loss_and_stats(
+            variant.kind, s_final, s_weight, t_final, t_weight, tokens.masked_fill(~mask.bool(), 0), mask,
+            k=spec.topk, stats_k=stats_k)
+        return loss, {key: float(value) for key, value in stats.means().items()}
+
+    @staticmethod
+    def _naive(batch: Batch, variant: Variant, s_final: Tensor, t_final: Tensor,
+               metrics: bool) -> tuple[Tensor, dict[str, float]]:
+        """The reference code's way: both LM heads on the response columns, the losses on the logits."""
+        s_logits = decoder_parts(batch.student).lm_head(s_final)
+        with torch.no_grad():
+            t_logits = decoder_parts(batch.teacher).lm_head(t_final)
+        loss = variant.reference(s_logits, t_logits, batch.rollouts.responses, batch.response_mask, batch.spec.topk)
+        return loss, (logit_metrics(s_logits, t_logits, batch.rollouts, batch.spec.topk) if metrics else {})

@@ -5,7 +5,10 @@ ops included."""
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import contextlib
+import os
+import sys
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -23,8 +26,14 @@ def delta_peak_bytes(fn: Callable[[], T], device: torch.device) -> tuple[T, int]
         return result, torch.cuda.max_memory_allocated(device) - start
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # kineto prints "USDT: ... profiler_start" / "profiler_stop" there, unconditionally
+        prof.start()
+    try:
+        result = fn()  # its own warnings and errors still reach stderr
+    finally:
+        with _quiet_stderr():
+            prof.stop()
     events = [(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
     events.sort(key=lambda event: event[0])  # stable: same-timestamp events keep their recorded order
@@ -33,3 +42,17 @@ def delta_peak_bytes(fn: Callable[[], T], device: torch.device) -> tuple[T, int]
         held += nbytes
         peak = max(peak, held)
     return result, peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null for the block (C++ code writes there directly, past sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

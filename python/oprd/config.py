@@ -76,6 +76,7 @@ class OprdConfig:
     weighting: str = "token"     # "token" | "sample"
     coefficient: float = 1.0     # > 0, multiplies L_OPRD in method "oprd"
     gradient_injection: bool = False
+    head_from_teacher: bool = False  # start the student from the teacher's LM head and final norm (oprd.head_transfer)
 
 
 @dataclass

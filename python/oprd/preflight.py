@@ -17,6 +17,7 @@ from pathlib import Path
 from oprd.checkpoint import latest_checkpoint
 from oprd.config import TrainConfig, parse_layers
 from oprd.data import MissingFieldError, load_prompts
+from oprd.head_transfer import check_head_transfer
 from oprd.layers import resolve_layers
 from oprd.model_files import check_model_dir
 from oprd.pairing import check_widths, hidden_size
@@ -75,6 +76,8 @@ def check_pair(config: TrainConfig) -> None:
     teacher = _model_config(config.model.teacher, "model.teacher")
     check_widths(config.method.name, _width(student, config.model.student, "model.student"),
                  _width(teacher, config.model.teacher, "model.teacher"))
+    if config.oprd.head_from_teacher:
+        check_head_transfer(student, teacher)
     depth = getattr(getattr(student, "text_config", None) or student, "num_hidden_layers", None)
     if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
         try:

@@ -27,6 +27,7 @@ from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, sa
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
+from oprd.head_transfer import copy_head_and_norm
 from oprd.objective import ObjectiveSpec, plan_layers
 from oprd.rollout import generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
@@ -65,6 +66,8 @@ class Trainer:
         self.plan = plan_layers(self.spec, student, teacher)  # refuses an unusable pair before any model work
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)
+            copy_head_and_norm(self.student, self.teacher)
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
         self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)

@@ -12,7 +12,7 @@ from oprd.cli import main
 from oprd.tasks import ArithmeticTask
 
 
-def test_quick_demo_writes_tables_plots_and_results(tmp_path, capsys):
+def test_quick_demo_writes_tables_plots_and_results(tmp_path, capfd):  # fd-level: kineto writes past sys.stderr
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -27,7 +27,20 @@ def test_quick_demo_writes_tables_plots_and_results(tmp_path, capsys):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for directory in ("models/teacher", "models/student", "runs/oprd/final", "tokenizer"):
         assert (out / directory).is_dir()
-    assert "Table 2" in capsys.readouterr().out
+    choice = results["student_choice"]
+    assert choice["ratio"] == 0.65 and choice["step"] % results["settings"]["candidate_every"] == 0
+    assert [step for step, _ in choice["candidates"]] == sorted(step for step, _ in choice["candidates"])
+    assert choice["candidates"][-1] == [choice["step"], choice["accuracy"]] or not choice["reached"]
+    if choice["reached"]:
+        assert choice["accuracy"] >= 0.65 * choice["teacher_accuracy"]
+    out_text = capfd.readouterr()
+    assert "Table 2" in out_text.out and "student: SFT step" in out_text.out
+    assert "USDT" not in out_text.out + out_text.err
+
+
+def test_the_demo_refuses_a_student_ratio_outside_0_1(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--student-ratio", "1.5"]) == 2
+    assert "--student-ratio must be in (0, 1]" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -162,8 +162,8 @@ def test_the_demo_can_be_rerun_into_its_own_folder(tmp_path):
     from oprd.demo import DemoSettings, run_demo
 
     settings = DemoSettings(out=str(tmp_path / "demo"), digits=1, hidden=16, layers=1, sft_examples=32, sft_steps=2,
-                            sft_batch=8, student_step=1, distill_steps=2, prompts_per_step=2, eval_size=2,
-                            eval_samples=1, eval_every=1, methods=("oprd",))
+                            sft_batch=8, candidate_every=1, select_size=2, distill_steps=2, prompts_per_step=2,
+                            eval_size=2, eval_samples=1, eval_every=1, methods=("oprd",))
     run_demo(settings, progress=False)
     settings.distill_steps = 1
     results = run_demo(settings, progress=False)

@@ -1,8 +1,10 @@
 """`oprd demo`: the whole method end to end on the embedded arithmetic task, with no downloads.
 
 1. Build the character tokenizer and a tiny Llama; train it by supervised learning: the teacher.
-2. Keep an early checkpoint of the same run as the student: same architecture and initialisation, weaker (the
-   paper's R1-distill -> JustRL relation).
+2. Keep candidate checkpoints of the same run; the student is the first whose accuracy on a held-out selection
+   set reaches `student_ratio` (default 0.65, the paper's student/teacher ratio) of the teacher's: same
+   architecture and initialisation, weaker (the paper's R1-distill -> JustRL relation), chosen by accuracy, not by
+   step (oprd.student_choice).
 3. Distil the student on-policy with each method from the same seed and step budget.
 4. Evaluate teacher, student and every result (avg@k exact match). Then write a Table 2 (accuracy, share of the
    gap closed) and a Table 3 (wall-clock, delta-peak of one update), plots of accuracy and
@@ -21,12 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oprd.config import load_config
 from oprd.evaluate import evaluate
 from oprd.memory import delta_peak_bytes
 from oprd.sft import train_sft
+from oprd.student_choice import CandidateKeeper, StudentChoice, choose_student
 from oprd.tasks import ArithmeticTask, write_jsonl
 from oprd.tokenizer import build_char_tokenizer
 from oprd.trainer import Trainer
@@ -45,7 +49,9 @@ class DemoSettings:
     sft_steps: int = 1000
     sft_batch: int = 64
     sft_lr: float = 3e-3
-    student_step: int = 300  # the SFT step whose weights become the student
+    student_ratio: float = 0.65  # the student: the first SFT candidate reaching this share of the teacher's accuracy
+    candidate_every: int = 25  # SFT steps between candidate students
+    select_size: int = 64  # held-out problems the candidates and the teacher are compared on (not the eval set)
     distill_steps: int = 200
     prompts_per_step: int = 16
     responses_per_prompt: int = 2
@@ -61,8 +67,8 @@ class DemoSettings:
     @classmethod
     def quick(cls, out: str, seed: int = 0) -> "DemoSettings":
         """About a minute on two CPU cores: every stage runs, the numbers mean little."""
-        return cls(out=out, seed=seed, digits=2, sft_examples=2000, sft_steps=300, student_step=100,
-                   distill_steps=4, prompts_per_step=4, eval_size=12, eval_samples=2, eval_every=2)
+        return cls(out=out, seed=seed, digits=2, sft_examples=2000, sft_steps=300, distill_steps=4,
+                   prompts_per_step=4, eval_size=12, eval_samples=2, eval_every=2, select_size=12)
 
 
 def _model(tokenizer, settings: DemoSettings) -> LlamaForCausalLM:
@@ -102,6 +108,7 @@ class _Stage:
     train: list
     prompts: list[dict]
     eval_set: list[dict]
+    select_set: list[dict]  # where the student is chosen: held out from training and from eval_set
     progress: bool
 
     def log(self, text: str) -> None:
@@ -124,26 +131,58 @@ def _prepare(settings: DemoSettings, progress: bool) -> _Stage:
     prompts = [{"prompt": e.prompt, "answer": e.answer} for e in prompt_examples]
     eval_set = [{"prompt": e.prompt, "answer": e.answer}
                 for e in task.sample(settings.eval_size, random.Random(settings.seed + 2))]
+    select_set = [{"prompt": e.prompt, "answer": e.answer}
+                  for e in task.sample(settings.select_size, random.Random(settings.seed + 3))]
     write_jsonl(out / "prompts.jsonl", prompt_examples)  # the same prompts, for `oprd train`
-    return _Stage(out, tokenizer, task, train, prompts, eval_set, progress)
+    return _Stage(out, tokenizer, task, train, prompts, eval_set, select_set, progress)
 
 
 def _train_teacher(settings: DemoSettings, stage: _Stage) -> dict:
-    """SFT of the teacher, keeping the weights of step `student_step` as the student; both saved under models/."""
-    stage.log(f"[1/4] supervised teacher: {settings.sft_steps} steps, student kept at step {settings.student_step}")
+    """SFT of the teacher, keeping candidate students every `candidate_every` steps; the student is the first that
+    reaches `student_ratio` of the teacher's accuracy on the selection set (oprd.student_choice). Both are saved
+    under models/; returns the SFT facts and the choice."""
+    stage.log(f"[1/4] supervised teacher: {settings.sft_steps} steps, a candidate student every "
+              f"{settings.candidate_every}")
     model = _model(stage.tokenizer, settings)
+    keeper = CandidateKeeper(settings.candidate_every)
+    bar = tqdm(total=settings.sft_steps, disable=not stage.progress, desc="sft", dynamic_ncols=True)
 
-    def keep_student(step, m, loss):
-        if step == settings.student_step:
-            m.save_pretrained(stage.out / "models" / "student")
-            stage.tokenizer.save_pretrained(stage.out / "models" / "student")
+    def on_step(step, m, loss):
+        keeper(step, m, loss)
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.3g}")
 
     start = time.perf_counter()
     losses = train_sft(model, stage.tokenizer, stage.train, steps=settings.sft_steps, batch_size=settings.sft_batch,
-                       lr=settings.sft_lr, seed=settings.seed, on_step=keep_student)
-    model.save_pretrained(stage.out / "models" / "teacher")
-    stage.tokenizer.save_pretrained(stage.out / "models" / "teacher")
-    return {"seconds": time.perf_counter() - start, "final_loss": losses[-1]}
+                       lr=settings.sft_lr, seed=settings.seed, on_step=on_step)
+    bar.close()
+    seconds = time.perf_counter() - start
+    _save(model, stage, "teacher")
+    choice = _choose_student(settings, stage, model, keeper)
+    return {"sft": {"seconds": seconds, "final_loss": losses[-1]}, "student_choice": asdict(choice)}
+
+
+def _choose_student(settings: DemoSettings, stage: _Stage, teacher, keeper: CandidateKeeper) -> StudentChoice:
+    probe = copy.deepcopy(teacher)  # the candidates' architecture, without touching the global RNG
+
+    def accuracy_of(state: dict) -> float:
+        probe.load_state_dict(state)
+        return _eval(probe, stage.tokenizer, stage.task, stage.select_set, settings)
+
+    teacher_accuracy = _eval(teacher, stage.tokenizer, stage.task, stage.select_set, settings)
+    choice, state = choose_student(keeper.states, accuracy_of, teacher_accuracy, settings.student_ratio)
+    probe.load_state_dict(state)
+    _save(probe, stage, "student")
+    reached = "" if choice.reached else f" (no candidate reached {settings.student_ratio:g} of it: the best taken)"
+    stage.log(f"      student: SFT step {choice.step}, {choice.accuracy:.3f} on the selection set against the "
+              f"teacher's {teacher_accuracy:.3f}{reached}")
+    return choice
+
+
+def _save(model, stage: _Stage, name: str) -> None:
+    model.save_pretrained(stage.out / "models" / name)
+    stage.tokenizer.save_pretrained(stage.out / "models" / name)
 
 
 def _distill(settings: DemoSettings, stage: _Stage, method: str, teacher, acc_student: float,
@@ -172,7 +211,7 @@ def _distill(settings: DemoSettings, stage: _Stage, method: str, teacher, acc_st
 def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
     """The four stages (module docstring); returns results.json's content."""
     stage = _prepare(settings, progress)
-    sft = _train_teacher(settings, stage)
+    trained = _train_teacher(settings, stage)
     stage.log("[2/4] evaluating teacher and student")
     teacher = LlamaForCausalLM.from_pretrained(stage.out / "models" / "teacher").eval()
     acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, settings)
@@ -180,7 +219,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
                         stage.task, stage.eval_set, settings)
     stage.log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
-                     "sft": sft, "methods": {}}
+                     **trained, "methods": {}}
     for i, method in enumerate(settings.methods, start=1):
         stage.log(f"[3/4] distilling with {method} ({i}/{len(settings.methods)})")
         results["methods"][method] = _distill(settings, stage, method, teacher, acc_student, acc_teacher)
@@ -213,6 +252,11 @@ def render_tables(results: dict) -> str:
     lines = [f"Table 2 (accuracy = avg@{n} exact match on {results['settings']['eval_size']} held-out problems)", "",
              "| model | accuracy | gap closed |", "|---|---|---|",
              f"| teacher | {t:.3f} | |", f"| student (before) | {s:.3f} | 0% |"]
+    choice = results.get("student_choice")
+    if choice:
+        lines[0] += (f"; student: SFT step {choice['step']}, chosen at {choice['accuracy']:.3f} against the teacher's "
+                     f"{choice['teacher_accuracy']:.3f} on {results['settings']['select_size']} other problems "
+                     f"(target ratio {choice['ratio']:g}{'' if choice['reached'] else ', not reached'})")
     for method, r in results["methods"].items():
         lines.append(f"| {method} | {r['accuracy']:.3f} | {100 * r['gap_closed']:.0f}% |")
     lines += ["", "Table 3 (one CPU process, same step budget; delta-peak of one update, allocator events)", "",

@@ -20,10 +20,12 @@ def test_quick_demo_writes_tables_plots_and_results(tmp_path, capfd):  # fd-leve
     for method in results["methods"].values():
         assert 0.0 <= method["accuracy"] <= 1.0 and method["seconds"] > 0 and method["update_delta_peak_mb"] > 0
         assert method["accuracy_curve"][0][0] == 0 and len(method["accuracy_curve"]) >= 2
-        assert method["cosine_curve"]
+        assert method["cosine_curve"] and method["cosine_per_layer"]
+        assert 0.0 <= method["accuracy_teacher_head"] <= 1.0 and method["head_distance"] >= 0.0
+    assert results["student_head_distance"] > 0.0
     tables = (out / "tables.md").read_text()
-    assert "Table 2" in tables and "Table 3" in tables and "| oprd+opd |" in tables
-    for name in ("accuracy.png", "cosine_similarity.png"):
+    assert "Table 2" in tables and "Table 3" in tables and "| oprd+opd |" in tables and "teacher's head" in tables
+    for name in ("accuracy.png", "cosine_similarity.png", "diagnostics.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for directory in ("models/teacher", "models/student", "runs/oprd/final", "tokenizer"):
         assert (out / directory).is_dir()

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oprd.config import load_config
+from oprd.demo_diagnostics import decoded_by_teacher, final_cosines, head_distance
+from oprd.demo_report import plot, render_tables
 from oprd.evaluate import evaluate
 from oprd.memory import delta_peak_bytes
 from oprd.sft import train_sft
@@ -202,10 +204,21 @@ def _distill(settings: DemoSettings, stage: _Stage, method: str, teacher, acc_st
     curve = [(0, acc_student)] + [(m["step"], m["eval/accuracy"]) for m in metrics if "eval/accuracy" in m]
     cosine = [(m["step"], m["rep/cosine_similarity"]) for m in metrics if "rep/cosine_similarity" in m]
     final = curve[-1][1]
-    stage.log(f"      {method}: accuracy {final:.3f}, {seconds:.1f} s")
+    diagnostics = _diagnostics(settings, stage, student, teacher, metrics, acc_student, acc_teacher)
+    stage.log(f"      {method}: accuracy {final:.3f} ({diagnostics['accuracy_teacher_head']:.3f} through the "
+              f"teacher's head), {seconds:.1f} s")
     return {"accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
             "seconds_per_step": seconds / settings.distill_steps, "update_delta_peak_mb": peak / 2**20,
-            "accuracy_curve": curve, "cosine_curve": cosine}
+            "accuracy_curve": curve, "cosine_curve": cosine, **diagnostics}
+
+
+def _diagnostics(settings: DemoSettings, stage: _Stage, student, teacher, metrics: list[dict], acc_student: float,
+                 acc_teacher: float) -> dict:
+    """The trained student's numbers that explain its result (oprd.demo_diagnostics)."""
+    via_teacher = _eval(decoded_by_teacher(student, teacher), stage.tokenizer, stage.task, stage.eval_set, settings)
+    return {"accuracy_teacher_head": via_teacher,
+            "gap_closed_teacher_head": _gap(via_teacher, acc_student, acc_teacher),
+            "head_distance": head_distance(student, teacher), "cosine_per_layer": final_cosines(metrics)}
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
@@ -215,11 +228,11 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
     stage.log("[2/4] evaluating teacher and student")
     teacher = LlamaForCausalLM.from_pretrained(stage.out / "models" / "teacher").eval()
     acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, settings)
-    acc_student = _eval(LlamaForCausalLM.from_pretrained(stage.out / "models" / "student"), stage.tokenizer,
-                        stage.task, stage.eval_set, settings)
+    student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
+    acc_student = _eval(student, stage.tokenizer, stage.task, stage.eval_set, settings)
     stage.log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
-                     **trained, "methods": {}}
+                     "student_head_distance": head_distance(student, teacher), **trained, "methods": {}}
     for i, method in enumerate(settings.methods, start=1):
         stage.log(f"[3/4] distilling with {method} ({i}/{len(settings.methods)})")
         results["methods"][method] = _distill(settings, stage, method, teacher, acc_student, acc_teacher)
@@ -244,49 +257,3 @@ def _update_delta_peak(config, student, teacher, tokenizer, prompts, task) -> in
     probe = Trainer(probe_config, copy.deepcopy(student), teacher, tokenizer, prompts, grader=task.grade)
     _, peak = delta_peak_bytes(probe.train_step, probe.device)
     return peak
-
-
-def render_tables(results: dict) -> str:
-    t, s = results["teacher_accuracy"], results["student_accuracy"]
-    n = results["settings"]["eval_samples"]
-    lines = [f"Table 2 (accuracy = avg@{n} exact match on {results['settings']['eval_size']} held-out problems)", "",
-             "| model | accuracy | gap closed |", "|---|---|---|",
-             f"| teacher | {t:.3f} | |", f"| student (before) | {s:.3f} | 0% |"]
-    choice = results.get("student_choice")
-    if choice:
-        lines[0] += (f"; student: SFT step {choice['step']}, chosen at {choice['accuracy']:.3f} against the teacher's "
-                     f"{choice['teacher_accuracy']:.3f} on {results['settings']['select_size']} other problems "
-                     f"(target ratio {choice['ratio']:g}{'' if choice['reached'] else ', not reached'})")
-    for method, r in results["methods"].items():
-        lines.append(f"| {method} | {r['accuracy']:.3f} | {100 * r['gap_closed']:.0f}% |")
-    lines += ["", "Table 3 (one CPU process, same step budget; delta-peak of one update, allocator events)", "",
-              "| method | wall-clock s | s/step | update delta-peak MB |", "|---|---|---|---|"]
-    for method, r in results["methods"].items():
-        lines.append(f"| {method} | {r['seconds']:.1f} | {r['seconds_per_step']:.2f} | "
-                     f"{r['update_delta_peak_mb']:.1f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict, directory: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for key, name, ylabel in (("accuracy_curve", "accuracy.png", "accuracy (avg@k)"),
-                              ("cosine_curve", "cosine_similarity.png", "rep/cosine_similarity")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method, r in results["methods"].items():
-            if r[key]:
-                steps, values = zip(*r[key])
-                ax.plot(steps, values, marker="o" if key == "accuracy_curve" else None, label=method)
-        if key == "accuracy_curve":
-            ax.axhline(results["teacher_accuracy"], color="k", linestyle="--", label="teacher")
-            ax.axhline(results["student_accuracy"], color="gray", linestyle=":", label="student (before)")
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(directory / name, dpi=100)
-        plt.close(fig)

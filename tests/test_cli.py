@@ -16,18 +16,27 @@ def test_quick_demo_writes_tables_plots_and_results(tmp_path, capfd):  # fd-leve
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"oprd", "opd_top1", "opd_topk", "oprd+opd"}
+    assert set(results["methods"]) == {"oprd", "opd_top1", "opd_topk", "oprd+opd", "oprd (teacher head)"}
     for method in results["methods"].values():
         assert 0.0 <= method["accuracy"] <= 1.0 and method["seconds"] > 0 and method["update_delta_peak_mb"] > 0
-        assert method["accuracy_curve"][0][0] == 0 and len(method["accuracy_curve"]) >= 2
-        assert method["cosine_curve"] and method["cosine_per_layer"]
+        assert method["seeds"] == [0, 1] and [run["seed"] for run in method["runs"]] == [0, 1]
+        accuracies = [run["accuracy"] for run in method["runs"]]
+        assert method["accuracy"] == pytest.approx(sum(accuracies) / 2)
+        assert method["accuracy_spread"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2)
+        for run in method["runs"]:
+            assert run["accuracy_curve"][0][0] == 0 and len(run["accuracy_curve"]) >= 2 and run["cosine_curve"]
+        assert method["cosine_per_layer"]
         assert 0.0 <= method["accuracy_teacher_head"] <= 1.0 and method["head_distance"] >= 0.0
+    # started from the teacher's head: at distance 0 from it before training (OPRD never moves an untied head)
+    assert results["methods"]["oprd (teacher head)"]["head_distance"] == pytest.approx(0.0, abs=1e-6)
     assert results["student_head_distance"] > 0.0
     tables = (out / "tables.md").read_text()
     assert "Table 2" in tables and "Table 3" in tables and "| oprd+opd |" in tables and "teacher's head" in tables
+    assert "paper AIME24" in tables and "| oprd (teacher head) |" in tables and " ± " in tables
     for name in ("accuracy.png", "cosine_similarity.png", "diagnostics.png"):
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for directory in ("models/teacher", "models/student", "runs/oprd/final", "tokenizer"):
+    for directory in ("models/teacher", "models/student", "runs/oprd/seed1/final", "runs/oprd_teacher_head/seed0/final",
+                      "tokenizer"):
         assert (out / directory).is_dir()
     choice = results["student_choice"]
     assert choice["ratio"] == 0.65 and choice["step"] % results["settings"]["candidate_every"] == 0

@@ -163,11 +163,12 @@ def test_the_demo_can_be_rerun_into_its_own_folder(tmp_path):
 
     settings = DemoSettings(out=str(tmp_path / "demo"), digits=1, hidden=16, layers=1, sft_examples=32, sft_steps=2,
                             sft_batch=8, candidate_every=1, select_size=2, distill_steps=2, prompts_per_step=2,
-                            eval_size=2, eval_samples=1, eval_every=1, methods=("oprd",))
+                            eval_size=2, eval_samples=1, eval_every=1, methods=("oprd",), teacher_head_methods=(),
+                            seeds=1)
     run_demo(settings, progress=False)
     settings.distill_steps = 1
     results = run_demo(settings, progress=False)
-    run = tmp_path / "demo" / "runs" / "oprd"
+    run = tmp_path / "demo" / "runs" / "oprd" / "seed0"
     assert step_dirs(run) == ["step_00000001"]  # the first demo's step_2 would be what --resume picks up
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1]
-    assert results["methods"]["oprd"]["accuracy_curve"][-1][0] == 1
+    assert results["methods"]["oprd"]["runs"][0]["accuracy_curve"][-1][0] == 1

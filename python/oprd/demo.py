@@ -29,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from oprd.config import load_config
 from oprd.demo_diagnostics import decoded_by_teacher, final_cosines, head_distance
 from oprd.demo_report import plot, render_tables
+from oprd.demo_seeds import combine_seeds
 from oprd.evaluate import evaluate
 from oprd.memory import delta_peak_bytes
 from oprd.sft import train_sft
@@ -64,13 +65,32 @@ class DemoSettings:
     eval_samples: int = 4
     eval_every: int = 40
     methods: tuple[str, ...] = METHODS
+    teacher_head_methods: tuple[str, ...] = ("oprd",)  # also run these with oprd.head_from_teacher (beyond the paper)
+    seeds: int = 2  # distillation seeds per method: seed, seed + 1, ...; tables show mean ± spread
     extra: dict = field(default_factory=dict)
+
+    def runs(self) -> list["DemoRun"]:
+        return ([DemoRun(m, m, False) for m in self.methods] +
+                [DemoRun(f"{m} (teacher head)", m, True) for m in self.teacher_head_methods])
 
     @classmethod
     def quick(cls, out: str, seed: int = 0) -> "DemoSettings":
         """About a minute on two CPU cores: every stage runs, the numbers mean little."""
         return cls(out=out, seed=seed, digits=2, sft_examples=2000, sft_steps=300, distill_steps=4,
                    prompts_per_step=4, eval_size=12, eval_samples=2, eval_every=2, select_size=12)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One row of the demo's tables: a method, optionally started from the teacher's LM head and final norm."""
+
+    label: str
+    method: str
+    head_from_teacher: bool
+
+    @property
+    def dir_name(self) -> str:
+        return self.method.replace("+", "_plus_") + ("_teacher_head" if self.head_from_teacher else "")
 
 
 def _model(tokenizer, settings: DemoSettings) -> LlamaForCausalLM:
@@ -88,9 +108,10 @@ def _eval(model, tokenizer, task, examples, settings) -> float:
     return result["eval/accuracy"]
 
 
-def _distill_config(settings: DemoSettings, method: str, run_dir: Path, task: ArithmeticTask):
+def _distill_config(settings: DemoSettings, run: DemoRun, seed: int, run_dir: Path, task: ArithmeticTask):
     return load_config(overrides=[
-        f"run.dir={run_dir}", f"run.seed={settings.seed}", "run.device=cpu", f"method.name={method}",
+        f"run.dir={run_dir}", f"run.seed={seed}", "run.device=cpu", f"method.name={run.method}",
+        f"oprd.head_from_teacher={str(run.head_from_teacher).lower()}",
         f"method.topk={settings.topk}", f"method.mu={settings.mu}", f"optim.steps={settings.distill_steps}",
         f"optim.lr={settings.distill_lr}", "optim.warmup_ratio=0.1",
         f"rollout.prompts_per_step={settings.prompts_per_step}",
@@ -187,15 +208,28 @@ def _save(model, stage: _Stage, name: str) -> None:
     stage.tokenizer.save_pretrained(stage.out / "models" / name)
 
 
-def _distill(settings: DemoSettings, stage: _Stage, method: str, teacher, acc_student: float,
-             acc_teacher: float) -> dict:
-    """One method's distillation run from the saved student, and its results entry."""
-    run_dir = stage.out / "runs" / method.replace("+", "_plus_")
-    config = _distill_config(settings, method, run_dir, stage.task)
+def _distill_seeds(settings: DemoSettings, stage: _Stage, run: DemoRun, teacher, acc_student: float,
+                   acc_teacher: float) -> dict:
+    """One table row: the run over every distillation seed (oprd.demo_seeds)."""
+    seeds = [settings.seed + i for i in range(settings.seeds)]
+    entries = [_distill(settings, stage, run, seed, teacher, acc_student, acc_teacher, measure_peak=i == 0)
+               for i, seed in enumerate(seeds)]
+    combined = combine_seeds(entries, seeds)
+    stage.log(f"      {run.label}: accuracy {combined['accuracy']:.3f} ± {combined['accuracy_spread']:.3f} over "
+              f"{len(seeds)} seeds")
+    return combined
+
+
+def _distill(settings: DemoSettings, stage: _Stage, run: DemoRun, seed: int, teacher, acc_student: float,
+             acc_teacher: float, measure_peak: bool) -> dict:
+    """One distillation run from the saved student, and its per-seed entry."""
+    run_dir = stage.out / "runs" / run.dir_name / f"seed{seed}"
+    config = _distill_config(settings, run, seed, run_dir, stage.task)
     student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
     trainer = Trainer(config, student, teacher, stage.tokenizer, stage.prompts, stage.eval_set,
-                      grader=stage.task.grade)
-    peak = _update_delta_peak(config, student, teacher, stage.tokenizer, stage.prompts, stage.task)
+                      grader=stage.task.grade)  # copies the teacher's head into `student` if the run asks
+    peak = _update_delta_peak(config, student, teacher, stage.tokenizer, stage.prompts, stage.task) if measure_peak \
+        else 0
     start = time.perf_counter()
     trainer.run(progress=stage.progress, overwrite=True)  # the demo rebuilt its models: an earlier run is stale
     seconds = time.perf_counter() - start
@@ -205,9 +239,9 @@ def _distill(settings: DemoSettings, stage: _Stage, method: str, teacher, acc_st
     cosine = [(m["step"], m["rep/cosine_similarity"]) for m in metrics if "rep/cosine_similarity" in m]
     final = curve[-1][1]
     diagnostics = _diagnostics(settings, stage, student, teacher, metrics, acc_student, acc_teacher)
-    stage.log(f"      {method}: accuracy {final:.3f} ({diagnostics['accuracy_teacher_head']:.3f} through the "
-              f"teacher's head), {seconds:.1f} s")
-    return {"accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
+    stage.log(f"      {run.label}, seed {seed}: accuracy {final:.3f} ({diagnostics['accuracy_teacher_head']:.3f} "
+              f"through the teacher's head), {seconds:.1f} s")
+    return {"seed": seed, "accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
             "seconds_per_step": seconds / settings.distill_steps, "update_delta_peak_mb": peak / 2**20,
             "accuracy_curve": curve, "cosine_curve": cosine, **diagnostics}
 
@@ -233,9 +267,10 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
     stage.log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
                      "student_head_distance": head_distance(student, teacher), **trained, "methods": {}}
-    for i, method in enumerate(settings.methods, start=1):
-        stage.log(f"[3/4] distilling with {method} ({i}/{len(settings.methods)})")
-        results["methods"][method] = _distill(settings, stage, method, teacher, acc_student, acc_teacher)
+    runs = settings.runs()
+    for i, run in enumerate(runs, start=1):
+        stage.log(f"[3/4] distilling with {run.label} ({i}/{len(runs)})")
+        results["methods"][run.label] = _distill_seeds(settings, stage, run, teacher, acc_student, acc_teacher)
     stage.log("[4/4] tables and plots")
     (stage.out / "results.json").write_text(json.dumps(results, indent=2))
     tables = render_tables(results)

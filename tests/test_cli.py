@@ -16,7 +16,7 @@ def test_quick_demo_writes_tables_plots_and_results(tmp_path, capfd):  # fd-leve
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"oprd", "opd_top1", "opd_topk", "oprd+opd", "oprd (teacher head)"}
+    assert set(results["methods"]) == {"oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd", "oprd (teacher head)"}
     for method in results["methods"].values():
         assert 0.0 <= method["accuracy"] <= 1.0 and method["seconds"] > 0 and method["update_delta_peak_mb"] > 0
         assert method["seeds"] == [0, 1] and [run["seed"] for run in method["runs"]] == [0, 1]

@@ -38,7 +38,7 @@ from oprd.tasks import ArithmeticTask, write_jsonl
 from oprd.tokenizer import build_char_tokenizer
 from oprd.trainer import Trainer
 
-METHODS = ("oprd", "opd_top1", "opd_topk", "oprd+opd")
+METHODS = ("oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd")
 
 
 @dataclass

@@ -130,28 +130,37 @@ class Checker {
   const char* name_;
 };
 
-}  // namespace
-
-void check_args(const AlignmentArgs& a) {
-  const Checker c("AlignmentArgs");
+// The fields AlignmentArgs and BridgeArgs share: sizes, the student table, weights, loss, outputs, threads, row slots
+// and gradients.
+template <class Args>
+void check_student_side(const Checker& c, const Args& a, const char* dim_meaning) {
   c.at_least("num_layers", a.num_layers, 1, "student layers");
   c.at_least("num_rows", a.num_rows, 0, "student rows B*S");
   c.at_least("num_sel", a.num_sel, 0, "selected rows");
-  c.at_least("dim", a.dim, 1, "hidden size D");
-  c.at_least("t_layers", a.t_layers, 1, "layers in the teacher table t_table");
+  c.at_least("dim", a.dim, 1, dim_meaning);
   c.address("s_base", a.s_base, "the student's first layer");
   c.address("s_table", a.s_table, "the student layer table, int64 [num_layers, 4]");
   c.at_least("s_seq", a.s_seq, 1, "rows per student sample, S");
   c.dtype("s_dtype", a.s_dtype);
-  c.address("t_base", a.t_base, "the teacher cache's first layer");
-  c.address("t_table", a.t_table, "the teacher layer table, int64 [t_layers, 4]");
-  c.at_least("t_seq", a.t_seq, 1, "rows per teacher layer, N_sel");
-  c.dtype("t_dtype", a.t_dtype);
   if (a.weights != 0) c.dtype("w_dtype", a.w_dtype);
   c.code("loss_type", a.loss_type, kNumLossTypes, "0 (mse), 1 (nmse) or 2 (cosine)");
   c.address("row_loss", a.row_loss, "the output row losses [num_layers, num_sel]");
   c.address("per_layer", a.per_layer, "the output per-layer losses [num_layers]");
   c.threads(a.num_threads);
+  c.slots(a.order, a.slot_rows, a.slot_start, a.num_sel, a.num_rows);
+  c.gradients(a.grad_table, a.grad_index, a.grad_count, a.grad_dtype, a.num_layers);
+}
+
+}  // namespace
+
+void check_args(const AlignmentArgs& a) {
+  const Checker c("AlignmentArgs");
+  check_student_side(c, a, "hidden size D");
+  c.at_least("t_layers", a.t_layers, 1, "layers in the teacher table t_table");
+  c.address("t_base", a.t_base, "the teacher cache's first layer");
+  c.address("t_table", a.t_table, "the teacher layer table, int64 [t_layers, 4]");
+  c.at_least("t_seq", a.t_seq, 1, "rows per teacher layer, N_sel");
+  c.dtype("t_dtype", a.t_dtype);
   if (a.layer_map != 0) {
     const auto* map = reinterpret_cast<const int64_t*>(a.layer_map);
     for (int64_t l = 0; l < a.num_layers; ++l) {
@@ -164,21 +173,12 @@ void check_args(const AlignmentArgs& a) {
     c.fail("t_layers", std::to_string(a.t_layers),
            ">= num_layers = " + std::to_string(a.num_layers) + " without layer_map (identity)");
   }
-  c.slots(a.order, a.slot_rows, a.slot_start, a.num_sel, a.num_rows);
-  c.gradients(a.grad_table, a.grad_index, a.grad_count, a.grad_dtype, a.num_layers);
 }
 
 void check_args(const BridgeArgs& a) {
   const Checker c("BridgeArgs");
-  c.at_least("num_layers", a.num_layers, 1, "student layers");
-  c.at_least("num_rows", a.num_rows, 0, "student rows B*S");
-  c.at_least("num_sel", a.num_sel, 0, "selected rows");
-  c.at_least("dim", a.dim, 1, "student hidden size D");
+  check_student_side(c, a, "student hidden size D");
   c.at_least("rank", a.rank, 1, "projection rank r");
-  c.address("s_base", a.s_base, "the student's first layer");
-  c.address("s_table", a.s_table, "the student layer table, int64 [num_layers, 4]");
-  c.at_least("s_seq", a.s_seq, 1, "rows per student sample, S");
-  c.dtype("s_dtype", a.s_dtype);
   c.address("z_base", a.z_base, "teacher_z's first layer");
   c.address("z_table", a.z_table, "the teacher_z layer table, int64 [z_layers, 4]");
   if (a.z_layers != a.num_layers) {
@@ -189,14 +189,7 @@ void check_args(const BridgeArgs& a) {
   c.dtype("z_dtype", a.z_dtype);
   c.address("proj", a.proj, "the projectors [num_layers, rank, dim]");
   c.dtype("p_dtype", a.p_dtype);
-  if (a.weights != 0) c.dtype("w_dtype", a.w_dtype);
-  c.code("loss_type", a.loss_type, kNumLossTypes, "0 (mse), 1 (nmse) or 2 (cosine)");
-  c.address("row_loss", a.row_loss, "the output row losses [num_layers, num_sel]");
-  c.address("per_layer", a.per_layer, "the output per-layer losses [num_layers]");
   if (a.proj_grad != 0) c.address("dz", a.dz, "the scratch [num_layers, num_sel, rank], required with proj_grad");
-  c.threads(a.num_threads);
-  c.slots(a.order, a.slot_rows, a.slot_start, a.num_sel, a.num_rows);
-  c.gradients(a.grad_table, a.grad_index, a.grad_count, a.grad_dtype, a.num_layers);
 }
 
 int resolve_threads(int requested) {

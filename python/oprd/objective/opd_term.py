@@ -81,7 +81,7 @@ class OPDTerm:
             return variant.fused(s_final, s_weight, t_final, t_weight, tokens, mask, spec.topk), {}
         stats_k = min(spec.topk, s_weight.shape[0], t_weight.shape[0])
         loss, stats = oprd_kernels.fused_opd_loss_and_stats(
-            variant.kind, s_final, s_weight, t_final, t_weight, tokens.masked_fill(~mask.bool(), 0), mask,
+            variant.kind, s_final, s_weight, t_final, t_weight, tokens, mask,
             k=spec.topk, stats_k=stats_k)
         return loss, {key: float(value) for key, value in stats.means().items()}
 

@@ -141,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="about a minute; for tests")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--student-ratio", type=float, default=0.65,
-                      help="the student is the first SFT checkpoint reaching this share of the teacher's accuracy "
+                      help="the student is the SFT checkpoint nearest this share of the teacher's accuracy "
                            "(default 0.65, the paper's 32.9/50.8; 0.15: a distant student)")
     demo.set_defaults(run=cmd_demo)
     train = sub.add_parser("train", help="distil a local student from a local teacher on a JSONL prompt file")

@@ -1,8 +1,8 @@
 """`oprd demo`: the whole method end to end on the embedded arithmetic task, with no downloads.
 
 1. Build the character tokenizer and a tiny Llama; train it by supervised learning: the teacher.
-2. Keep candidate checkpoints of the same run; the student is the first whose accuracy on a held-out selection
-   set reaches `student_ratio` (default 0.65, the paper's student/teacher ratio) of the teacher's: same
+2. Keep candidate checkpoints of the same run; the student is the one whose accuracy on a held-out selection set
+   is nearest `student_ratio` (default 0.65, the paper's student/teacher ratio) of the teacher's: same
    architecture and initialisation, weaker (the paper's R1-distill -> JustRL relation), chosen by accuracy, not by
    step (oprd.student_choice).
 3. Distil the student on-policy with each method from the same seed and step budget.
@@ -52,8 +52,9 @@ class DemoSettings:
     sft_steps: int = 1000
     sft_batch: int = 64
     sft_lr: float = 3e-3
-    student_ratio: float = 0.65  # the student: the first SFT candidate reaching this share of the teacher's accuracy
-    candidate_every: int = 25  # SFT steps between candidate students
+    student_ratio: float = 0.65  # the student: the SFT candidate nearest this share of the teacher's accuracy
+    candidate_every: int = 5  # SFT steps between candidate students (all kept: the demo's models are small)
+    candidate_stride: int = 5  # the coarse search evaluates every this many candidates (oprd.student_choice)
     select_size: int = 64  # held-out problems the candidates and the teacher are compared on (not the eval set)
     distill_steps: int = 200
     prompts_per_step: int = 16
@@ -161,9 +162,9 @@ def _prepare(settings: DemoSettings, progress: bool) -> _Stage:
 
 
 def _train_teacher(settings: DemoSettings, stage: _Stage) -> dict:
-    """SFT of the teacher, keeping candidate students every `candidate_every` steps; the student is the first that
-    reaches `student_ratio` of the teacher's accuracy on the selection set (oprd.student_choice). Both are saved
-    under models/; returns the SFT facts and the choice."""
+    """SFT of the teacher, keeping candidate students every `candidate_every` steps; the student is the one nearest
+    `student_ratio` of the teacher's accuracy on the selection set, searched coarse to fine (oprd.student_choice).
+    Both are saved under models/; returns the SFT facts and the choice."""
     stage.log(f"[1/4] supervised teacher: {settings.sft_steps} steps, a candidate student every "
               f"{settings.candidate_every}")
     model = _model(stage.tokenizer, settings)
@@ -194,7 +195,8 @@ def _choose_student(settings: DemoSettings, stage: _Stage, teacher, keeper: Cand
         return _eval(probe, stage.tokenizer, stage.task, stage.select_set, settings)
 
     teacher_accuracy = _eval(teacher, stage.tokenizer, stage.task, stage.select_set, settings)
-    choice, state = choose_student(keeper.states, accuracy_of, teacher_accuracy, settings.student_ratio)
+    choice, state = choose_student(keeper.states, accuracy_of, teacher_accuracy, settings.student_ratio,
+                                   stride=settings.candidate_stride)
     probe.load_state_dict(state)
     _save(probe, stage, "student")
     reached = "" if choice.reached else f" (no candidate reached {settings.student_ratio:g} of it: the best taken)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bridges import bridge_for
 from test_trainer import TOKENIZER, prompts, tiny_model
 
 from oprd.accumulation import accumulate_gradients
@@ -30,7 +31,7 @@ def test_two_unequal_micro_batches_give_the_one_batch_gradient(method, weighting
     counts = [int(b.response_mask.sum()) for b in (long, short)]
     assert counts[0] > 2 * counts[1]  # unequal, or the test could not tell a mean of means from the global mean
     spec = ObjectiveSpec(method=method, topk=4, positions="last_k", k=6, weighting=weighting, backend="cpu")
-    plan = plan_layers(spec, student, teacher)
+    plan = plan_layers(spec, student, teacher, bridge_for(spec, student, teacher))
 
     metrics = accumulate_gradients(spec, student, teacher, [long, short], plan)
     accumulated = grads(student)

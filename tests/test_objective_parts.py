@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bridges import bridge_for
 from host_reads import HostReads
 from test_trainer import fixed_rollouts, make_trainer, read_metrics, tiny_model
 
@@ -72,7 +73,7 @@ def test_a_step_without_metrics_reads_nothing_back_and_computes_the_same_loss(me
     student, teacher = tiny_model(0), tiny_model(1, layers=3)
     rollouts = fixed_rollouts(student)
     spec = ObjectiveSpec(method=method, topk=3, positions="last_k", k=5, backend="cpu", opd_impl=impl)
-    plan = plan_layers(spec, student, teacher)
+    plan = plan_layers(spec, student, teacher, bridge_for(spec, student, teacher))
     with_metrics = compute_objective(spec, student, teacher, rollouts, plan)
     # the metrics' conversions (float of a loss, tolist of the per-layer cosine); the batch checks' reads of the
     # ids' range (int, bool) are not metrics and stay

@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from bridges import bridge_for
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import oprd_kernels
@@ -55,6 +56,9 @@ def divergences(student, teacher, rollouts, spec, plan) -> dict[str, float]:
         if spec.uses_oprd:
             oprd_only = ObjectiveSpec(method="oprd", positions=spec.positions, loss_type=spec.loss_type)
             out["oprd"] = float(compute_objective(oprd_only, student, teacher, rollouts, plan).loss)
+        if spec.uses_bridge:
+            bridge_only = ObjectiveSpec(method="oprd_bridge", positions=spec.positions)
+            out["bridge"] = float(compute_objective(bridge_only, student, teacher, rollouts, plan).loss)
     return out
 
 
@@ -62,7 +66,7 @@ def divergences(student, teacher, rollouts, spec, plan) -> dict[str, float]:
 def test_every_method_lowers_what_it_distils_on_a_fixed_batch(method):
     student, teacher = tiny_model(0), tiny_model(1, layers=3)
     spec = ObjectiveSpec(method=method, topk=4, positions="all", loss_type="mse", backend="cpu")
-    plan = plan_layers(spec, student, teacher)
+    plan = plan_layers(spec, student, teacher, bridge_for(spec, student, teacher))
     rollouts = fixed_rollouts(student)
     optimizer = torch.optim.AdamW(student.parameters(), lr=2e-3)
     before = divergences(student, teacher, rollouts, spec, plan)
@@ -72,9 +76,10 @@ def test_every_method_lowers_what_it_distils_on_a_fixed_batch(method):
         result.loss.backward()
         optimizer.step()
     after = divergences(student, teacher, rollouts, spec, plan)
-    watched = "oprd" if spec.uses_oprd else "kl"
+    watched = "oprd" if spec.uses_oprd else "bridge" if spec.uses_bridge else "kl"
     assert after[watched] < 0.9 * before[watched], (before, after)
-    assert "rep/cosine_similarity" in result.metrics and "loss/total" in result.metrics
+    cosine = "rep/bridge_cosine" if spec.uses_bridge else "rep/cosine_similarity"
+    assert cosine in result.metrics and "loss/total" in result.metrics
 
 
 def test_combined_objective_is_opd_plus_mu_times_oprd():

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from oprd.layers import LAYER_MODES
-from oprd.objective.spec import METHODS, OPD_IMPLS, OPD_VARIANTS
+from oprd.objective.spec import BRIDGE_METHODS, METHODS, OPD_IMPLS, OPD_VARIANTS
 from oprd.positions import POSITION_MODES, WEIGHTINGS
 from oprd_kernels import BACKENDS
 
@@ -59,9 +59,10 @@ class RolloutConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "oprd"           # "oprd" | "opd_top1" | "opd_topk" | "opd_full" | "oprd+opd"
+    name: str = "oprd"           # "oprd" | "opd_top1" | "opd_topk" | "opd_full" | "oprd+opd" | "oprd_bridge"
+    #                              | "oprd_bridge+opd"
     topk: int = 16               # >= 1 (opd_topk)
-    mu: float = 1.0              # weight of L_OPRD in "oprd+opd", >= 0
+    mu: float = 1.0              # weight of L_OPRD in "oprd+opd" (of L_Bridge in "oprd_bridge+opd"), >= 0
     opd_variant: str = "opd_top1"  # the OPD term of "oprd+opd": "opd_top1" (the paper's) | "opd_topk" | "opd_full"
     opd_impl: str = "fused"      # "fused" (no [N, |V|] logits) | "naive" (the reference code's materialised logits)
     logit_metrics: bool = True   # OPD methods log reward, entropies and top-k overlap (extra no-grad head passes)
@@ -77,6 +78,12 @@ class OprdConfig:
     coefficient: float = 1.0     # > 0, multiplies L_OPRD in method "oprd"
     gradient_injection: bool = False
     head_from_teacher: bool = False  # start the student from the teacher's LM head and final norm (oprd.head_transfer)
+
+
+@dataclass
+class BridgeConfig:
+    path: str = ""               # bridge.safetensors from `oprd bridge fit`; required by the oprd_bridge methods
+    coefficient: float = 10.0    # > 0, multiplies L_Bridge in method "oprd_bridge" (the reference code's 10)
 
 
 @dataclass
@@ -116,6 +123,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     oprd: OprdConfig = field(default_factory=OprdConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -195,6 +203,7 @@ _RULES = {
     "oprd.k": _at_least(1),
     "oprd.weighting": _choice(WEIGHTINGS),
     "oprd.coefficient": _POSITIVE,
+    "bridge.coefficient": _POSITIVE,
     "optim.lr": _POSITIVE,
     "optim.weight_decay": _at_least(0),
     "optim.betas": ((lambda v: all(0 <= b < 1 for b in v)), "2 numbers, each in [0, 1)"),
@@ -344,7 +353,15 @@ def validate(config: TrainConfig) -> TrainConfig:
             raise TypeError(_expected(section, f"a {cls.__name__}", part, with_type=True))
         for key, hint in _HINTS[section].items():
             _check(f"{section}.{key}", getattr(part, key), hint)
+    _check_together(config)
     return config
+
+
+def _check_together(config: TrainConfig) -> None:
+    """Rules that read more than one key."""
+    if config.method.name in BRIDGE_METHODS and not config.bridge.path:
+        raise ValueError(f"config: `bridge.path` must name a bridge file (from `oprd bridge fit`) for method "
+                         f"{config.method.name!r}; got ''")
 
 
 def parse_layers(spec: str) -> str | list[int]:

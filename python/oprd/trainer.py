@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from oprd import metrics_log
 from oprd.accumulation import accumulate_gradients
+from oprd.bridge import load_bridge
 from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
@@ -52,7 +53,8 @@ def objective_spec(config: TrainConfig) -> ObjectiveSpec:
     return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, opd_variant=m.opd_variant, opd_impl=m.opd_impl,
                          logit_metrics=m.logit_metrics, coefficient=o.coefficient, loss_type=o.loss_type,
                          layers=parse_layers(o.layers), positions=o.positions, k=o.k, weighting=o.weighting,
-                         gradient_injection=o.gradient_injection, backend=backend)
+                         gradient_injection=o.gradient_injection, backend=backend,
+                         bridge_coefficient=config.bridge.coefficient)
 
 
 class Trainer:
@@ -63,7 +65,8 @@ class Trainer:
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.device = resolve_device(config.run.device)
         self.spec = objective_spec(config)
-        self.plan = plan_layers(self.spec, student, teacher)  # refuses an unusable pair before any model work
+        bridge = load_bridge(config.bridge.path).to(self.device) if self.spec.uses_bridge else None
+        self.plan = plan_layers(self.spec, student, teacher, bridge)  # refuses an unusable pair before model work
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -63,9 +63,13 @@ class Bridge:
     def __post_init__(self, where: str) -> None:
         _check_consistent(self, where)
 
-    def teacher_projection(self, device=None) -> tuple[Tensor, Tensor]:
-        """(P_T, mu_T) for `oprd.capture.teacher_cache(projection=...)`, on `device`."""
-        return self.proj_t.to(device), self.mean_t.to(device)
+    def teacher_projection(self) -> tuple[Tensor, Tensor]:
+        """(P_T, mu_T) for `oprd.capture.teacher_cache(projection=...)`."""
+        return self.proj_t, self.mean_t
+
+    def to(self, device) -> "Bridge":
+        """A copy with its tensors on `device` (the trainer's)."""
+        return replace(self, **{name: getattr(self, name).to(device) for name in TENSORS})
 
 
 def _fail(where: str, what: str) -> BridgeFileError:

@@ -126,10 +126,13 @@ def teacher_cache(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, l
 
 @torch.no_grad()
 def teacher_cache_and_final(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: LayerSpec,
-                            rows: Tensor, *, dtype: torch.dtype = torch.bfloat16) -> tuple[Tensor, Tensor]:
-    """One whole teacher pass for objectives that need both: the compact cache (as `teacher_cache`) and the
-    post-norm final state [B, S, D] for the teacher's LM head. No other layer's states outlive the pass."""
-    return _cache_pass("teacher_cache_and_final", model, input_ids, attention_mask, layers, rows, dtype, None, True)
+                            rows: Tensor, *, dtype: torch.dtype = torch.bfloat16,
+                            projection: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """One whole teacher pass for objectives that need both: the compact cache (as `teacher_cache`, Bridge
+    projections included) and the post-norm final state [B, S, D] for the teacher's LM head. No other layer's states
+    outlive the pass."""
+    return _cache_pass("teacher_cache_and_final", model, input_ids, attention_mask, layers, rows, dtype, projection,
+                       True)
 
 
 def _cache_pass(func: str, model: nn.Module, input_ids: Tensor, attention_mask: Tensor, layers: LayerSpec,

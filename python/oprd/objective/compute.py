@@ -25,7 +25,9 @@ class StepResult:
 
 
 def _logs_cosine(spec: ObjectiveSpec, plan: LayerPlan) -> bool:
-    return spec.log_cosine and plan.same_width
+    """rep/cosine_similarity compares full-width states: not across widths, and not against a Bridge cache (which
+    holds projections; the Bridge term logs rep/bridge_cosine in the shared subspace instead)."""
+    return spec.log_cosine and plan.same_width and plan.bridge is None
 
 
 def compute_objective(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, rollouts: Rollouts,

@@ -15,8 +15,8 @@ from oprd.rollout import Rollouts
 @dataclass(frozen=True)
 class TokenCounts:
     """What the token-means of one optimizer step divide by, summed over its micro-batches (verl's global token-mean):
-    the rows the OPRD term selects (with oprd.weighting "sample": the samples that have any) and the response tokens
-    the OPD term averages over."""
+    the rows the OPRD (or Bridge) term selects (with oprd.weighting "sample": the samples that have any) and the
+    response tokens the OPD term averages over."""
 
     oprd: float = 0.0
     opd: float = 0.0
@@ -45,7 +45,7 @@ def _oprd_count(spec: ObjectiveSpec, rows: Tensor, seq_len: int) -> float:
 def token_counts(spec: ObjectiveSpec, rollouts: Rollouts) -> TokenCounts:
     """This micro-batch's share of the normalisers (see TokenCounts)."""
     oprd = 0.0
-    if spec.uses_oprd:
+    if spec.distils_states:
         rows, _ = distilled_positions(spec, rollouts)
         oprd = _oprd_count(spec, rows, rollouts.input_ids.shape[1])
     opd = float(rollouts.response_mask[:, rollouts.prompt_width:].sum()) if spec.uses_opd else 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from oprd.objective.bridge_term import BridgeTerm
 from oprd.objective.opd_term import OPDTerm
 from oprd.objective.oprd_term import OPRDTerm
 from oprd.objective.spec import ObjectiveSpec
@@ -21,7 +22,7 @@ class Use:
     coefficient: Callable[[ObjectiveSpec], float] = lambda spec: 1.0
 
 
-_OPRD, _OPD = OPRDTerm(), OPDTerm()
+_OPRD, _OPD, _BRIDGE = OPRDTerm(), OPDTerm(), BridgeTerm()
 
 METHOD_TERMS: dict[str, tuple[Use, ...]] = {
     "oprd": (Use(_OPRD, lambda spec: spec.coefficient),),
@@ -29,6 +30,8 @@ METHOD_TERMS: dict[str, tuple[Use, ...]] = {
     "opd_topk": (Use(_OPD),),
     "opd_full": (Use(_OPD),),
     "oprd+opd": (Use(_OPRD, lambda spec: spec.mu), Use(_OPD)),  # mu L_OPRD + L_OPD, OPD of `spec.opd_variant`
+    "oprd_bridge": (Use(_BRIDGE, lambda spec: spec.bridge_coefficient),),
+    "oprd_bridge+opd": (Use(_BRIDGE, lambda spec: spec.mu), Use(_OPD)),  # mu L_Bridge + L_OPD
 }
 
 

@@ -26,19 +26,22 @@ class Needs:
 
 @dataclass
 class TeacherOutputs:
-    cache: Tensor | None  # [L_t, N_sel, D] bf16: the teacher's selected rows of its cached layers (Needs.states)
+    cache: Tensor | None  # [L_t, N_sel, D] bf16: the teacher's selected rows of its cached layers (Needs.states);
+    # with a bridge in the plan, their projections P_T (h - mu_T) [L_t, N_sel, r] in float32
     final: Tensor | None  # [B, S, D_t] post-norm final state (Needs.final)
 
 
 @torch.no_grad()
 def teacher_pass(teacher: nn.Module, rollouts: Rollouts, plan: LayerPlan, rows: Tensor | None,
                  needs: Needs) -> TeacherOutputs:
-    """One no-grad teacher pass. States alone: truncated after the deepest cached layer, no norm, no LM head."""
+    """One no-grad teacher pass. States alone: truncated after the deepest cached layer, no norm, no LM head. With a
+    bridge in the plan the cache holds the r-dim projections (the full-width rows never leave the pass)."""
     ids, mask = rollouts.input_ids, rollouts.attention_mask
+    projection = None if plan.bridge is None else plan.bridge.teacher_projection()
     if needs.states and needs.final:
-        return TeacherOutputs(*teacher_cache_and_final(teacher, ids, mask, plan.teacher, rows))
+        return TeacherOutputs(*teacher_cache_and_final(teacher, ids, mask, plan.teacher, rows, projection=projection))
     if needs.states:
-        return TeacherOutputs(teacher_cache(teacher, ids, mask, plan.teacher, rows), None)
+        return TeacherOutputs(teacher_cache(teacher, ids, mask, plan.teacher, rows, projection=projection), None)
     return TeacherOutputs(None, capture_student(teacher, ids, mask, "last", final_state=True).final)
 
 

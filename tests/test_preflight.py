@@ -154,6 +154,34 @@ def test_opd_trains_with_a_teacher_of_another_width(models, tmp_path):
                                                   {"prompt": "2+2=", "answer": "4"}]
 
 
+def test_a_bridge_method_needs_a_bridge_file_fitted_for_the_pair(models, tmp_path):
+    from bridges import random_bridge
+    from transformers import AutoModelForCausalLM
+
+    from oprd.bridge import BridgeFileError, save_bridge
+
+    with pytest.raises(ValueError, match="`bridge.path` must name a bridge file .* for method 'oprd_bridge'"):
+        config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge")
+    missing = config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
+                         f"bridge.path={tmp_path / 'none.safetensors'}")
+    with pytest.raises(BridgeFileError, match="no such file"):
+        check_train(missing)
+
+    student = AutoModelForCausalLM.from_pretrained(models["student"])
+    wide, narrow = (AutoModelForCausalLM.from_pretrained(models[n]) for n in ("wide", "teacher"))
+    fitted = save_bridge(random_bridge(student, wide), tmp_path / "wide.safetensors")
+    ok = config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
+                    f"bridge.path={fitted}")
+    assert len(check_train(ok)[0]) == 2
+    other = save_bridge(random_bridge(student, narrow), tmp_path / "narrow.safetensors")
+    with pytest.raises(BridgeFileError, match="teacher with hidden_size 32 .* `model.teacher` has 48"):
+        check_train(config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
+                               f"bridge.path={other}"))
+    with pytest.raises(BridgeFileError, match=r"aligns student layers \[1, 2\]; `oprd.layers` selects \[2\]"):
+        check_train(config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
+                               f"bridge.path={fitted}", "oprd.layers=last"))
+
+
 def test_layers_beyond_the_students_depth_are_refused(models, tmp_path):
     with pytest.raises(ValueError, match=r"`oprd.layers` '1,5' does not fit `model.student` .* \(2 blocks\)"):
         check_train(config_for(models, tmp_path, "oprd.layers=1,5"))

@@ -3,7 +3,8 @@ and no minutes of loading. Each error names the config key (or flag) and the fil
 
 `check_train`: the required keys are set; the prompt files parse (evaluation's need for answers is explained, with
 the way to turn it off); both model directories hold a config, whole weights and (the student) a tokenizer; the two
-configs agree with the method (OPRD-Vanilla needs equal widths) and with `oprd.layers`; `run.dir` is a directory one
+configs agree with the method (OPRD-Vanilla needs equal widths; the Bridge methods a bridge file fitted for the pair)
+and with `oprd.layers`; `run.dir` is a directory one
 can write in, and a fresh run does not land on another run's outputs (`oprd.run_dir`). `Trainer.run` checks the run
 directory again for API users. With `--resume`, at least one checkpoint must pass the cheap file-and-size check.
 """
@@ -14,12 +15,14 @@ import os
 import tempfile
 from pathlib import Path
 
+from oprd.bridge import check_bridge_fits, load_bridge
 from oprd.checkpoint import latest_checkpoint
 from oprd.config import TrainConfig, parse_layers
 from oprd.data import MissingFieldError, load_prompts
 from oprd.head_transfer import check_head_transfer
 from oprd.layers import resolve_layers
 from oprd.model_files import check_model_dir
+from oprd.objective.spec import BRIDGE_METHODS
 from oprd.pairing import check_widths, hidden_size
 from oprd.run_dir import prepare_fresh_run
 
@@ -79,12 +82,15 @@ def check_pair(config: TrainConfig) -> None:
     if config.oprd.head_from_teacher:
         check_head_transfer(student, teacher)
     depth = getattr(getattr(student, "text_config", None) or student, "num_hidden_layers", None)
+    layers = None
     if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
         try:
-            resolve_layers(parse_layers(config.oprd.layers), depth)
+            layers = resolve_layers(parse_layers(config.oprd.layers), depth)
         except ValueError as exc:
             raise ValueError(f"`oprd.layers` {config.oprd.layers!r} does not fit `model.student` "
                              f"{config.model.student} ({depth} blocks): {exc}") from None
+    if config.method.name in BRIDGE_METHODS:
+        check_bridge_fits(load_bridge(config.bridge.path), student, teacher, layers)
 
 
 def _width(model_config, path: str, key: str) -> int:

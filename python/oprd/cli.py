@@ -1,8 +1,9 @@
-"""The `oprd` command: `demo`, `train`, `eval`.
+"""The `oprd` command: `demo`, `train`, `eval`, `bridge` (oprd.cli_bridge).
 
     oprd demo [--out DIR] [--quick] [--seed N] [--student-ratio R]
     oprd train --config run.yaml [section.key=value ...] [--resume | --overwrite]
     oprd eval --model DIR --prompts FILE [--samples K] [--temperature T] [--max-new-tokens N] [--size N]
+    oprd bridge collect|fit ...
 
 A user's mistake is one `error: ...` line on stderr and exit status 2, never a traceback. `train` and `eval` check
 everything they can before any model loads (`oprd.preflight`).
@@ -15,33 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-
-def _load_model(path: str, key: str, dtype=None):
-    """The model of a directory the preflight has checked; a failure that only loading reveals is one error line."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
-
-    from oprd.preflight import one_line
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(Path(path), local_files_only=True, dtype=dtype)
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise ValueError(f"`{key}` {path}: the model does not load ({one_line(exc)})") from None
-
-
-def _load_tokenizer(path: str, key: str):
-    from transformers import AutoTokenizer
-
-    from oprd.preflight import one_line
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # a user's files: any failure to read them is reported, not raised as a traceback
-        raise ValueError(f"`{key}` {path}: the tokenizer does not load ({one_line(exc)})") from None
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+from oprd.cli_bridge import add_bridge_parser
+from oprd.loading import load_model as _load_model
+from oprd.loading import load_tokenizer as _load_tokenizer
 
 
 def _load_config(path: str | None, overrides: list[str]):
@@ -161,6 +138,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=_at_least_1, default=256)
     ev.add_argument("--size", type=_at_least_1, default=64, help="evaluate the first N prompts")
     ev.set_defaults(run=cmd_eval)
+    add_bridge_parser(sub, _at_least_1, _positive)
     return p
 
 

@@ -47,3 +47,38 @@ def test_collect_mistakes_are_one_error_line(pair, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --layers '1,7' does not fit --student") and "(2 blocks)" in err
     assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_collect_fit_then_train_with_the_bridge(pair, tmp_path, capsys):
+    from oprd.bridge import load_bridge
+
+    assert main(collect_args(pair, tmp_path / "rows")) == 0
+    out = tmp_path / "bridge.safetensors"
+    assert main(["bridge", "fit", "--rows", str(tmp_path / "rows"), "--out", str(out), "--rank", "2", "--ranks",
+                 "1,2", "--epochs", "3", "--lr", "0.01", "--batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    bridge = load_bridge(out)
+    assert (bridge.rank, bridge.student_layers, bridge.teacher_layers, bridge.layer_map) == (2, [1, 2], [1, 3], [0, 1])
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [e["rank"] for e in report["rank_sweep"]] == [1, 2] and len(report["pairs"]) == 2
+    assert report["collection"]["rows"] == 24 and "student layer 1 <- teacher layer 1: cosine" in printed
+    run = tmp_path / "run"
+    assert main(["train", f"model.student={pair['student']}", f"model.teacher={pair['teacher']}",
+                 f"data.prompts={pair['prompts']}", "data.answer_field=", "method.name=oprd_bridge",
+                 f"bridge.path={out}", "optim.steps=2", "rollout.prompts_per_step=2", "rollout.max_new_tokens=6",
+                 "oprd.positions=all", f"run.dir={run}"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2] and all("loss/oprd_bridge" in line for line in lines)
+    assert all(-1 <= line["rep/bridge_cosine"] <= 1 for line in lines)
+
+
+def test_fit_mistakes_are_one_error_line(pair, tmp_path, capsys):
+    assert main(["bridge", "fit", "--rows", str(tmp_path / "none"), "--out", str(tmp_path / "b.safetensors")]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "b.safetensors").exists()
+    assert main(collect_args(pair, tmp_path / "rows")) == 0
+    assert main(["bridge", "fit", "--rows", str(tmp_path / "rows"), "--out", str(tmp_path / "b.pt")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+    assert main(["bridge", "fit", "--rows", str(tmp_path / "rows"), "--out", str(tmp_path / "b.safetensors"),
+                 "--rank", "49"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "rank" in err and "Traceback" not in err

@@ -10,6 +10,7 @@ Everything that can be checked before a model loads is checked first; a user's m
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,6 +51,35 @@ def cmd_collect(args) -> int:
     bar.close()
     print(f"{manifest['rows']} rows of {len(manifest['student_layers'])} layer pairs from {manifest['responses']} "
           f"responses to {manifest['prompts']} prompts in {manifest['shards']} shards: {out}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from oprd.bridge import ModelIdentity, save_bridge
+    from oprd.bridge.collect import read_manifest
+    from oprd.bridge.fit import fit_bridge, read_shards
+
+    manifest = read_manifest(args.rows)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {args.out} must end in .safetensors (bridge files are safetensors only)")
+    paired = manifest["teacher_layers"]  # one per student layer
+    teacher_layers = sorted(set(paired))
+    bridge, report = fit_bridge(read_shards(args.rows), student=ModelIdentity(**manifest["student"]),
+                                teacher=ModelIdentity(**manifest["teacher"]),
+                                student_layers=manifest["student_layers"], teacher_layers=teacher_layers,
+                                layer_map=[teacher_layers.index(t) for t in paired], rank=args.rank,
+                                ranks=args.ranks or (), epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                holdout=args.holdout, max_rows=args.max_rows, seed=args.seed)
+    save_bridge(bridge, out)
+    report_path = out.with_suffix(".json")
+    report_path.write_text(json.dumps({"rows_dir": str(args.rows), "collection": manifest, **report}, indent=2))
+    for pair in report["pairs"]:
+        print(f"student layer {pair['student_layer']} <- teacher layer {pair['teacher_layer']}: cosine "
+              f"{pair['cosine_before']:.3f} -> {pair['cosine_after']:.3f} (best epoch {pair['best_epoch']})")
+    for entry in report.get("rank_sweep", []):
+        print(f"rank {entry['rank']}: mean cosine {entry['cosine']:.3f}")
+    print(f"bridge (rank {bridge.rank}): {out}; report: {report_path}")
     return 0
 
 
@@ -98,3 +128,15 @@ def add_bridge_parser(sub, at_least_1, positive) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto")
     c.set_defaults(run=cmd_collect)
+    f = actions.add_parser("fit", help="Stage 1: P_T (teacher PCA) and P_S (trained), to bridge.safetensors")
+    f.add_argument("--rows", required=True, help="the directory `oprd bridge collect` wrote")
+    f.add_argument("--out", required=True, help="the bridge file to write (.safetensors); the report goes beside it")
+    f.add_argument("--rank", type=at_least_1, default=8, help="r (paper: 8 across architectures, 4 tokenizers)")
+    f.add_argument("--ranks", type=_int_list, default=None, help="also fit these ranks: the sweep, e.g. 1,2,4,8,16")
+    f.add_argument("--epochs", type=at_least_1, default=20)
+    f.add_argument("--lr", type=positive, default=1e-3)
+    f.add_argument("--batch-size", type=at_least_1, default=256)
+    f.add_argument("--holdout", type=positive, default=0.1, help="share of rows held out to pick the best epoch")
+    f.add_argument("--max-rows", type=at_least_1, default=16384, help="rows for each teacher covariance")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(run=cmd_fit)

@@ -147,6 +147,13 @@ def test_oprd_vanilla_refuses_a_teacher_of_another_width(models, tmp_path, metho
         check_train(config)
 
 
+def test_a_later_phase_is_checked_like_the_first(models, tmp_path):
+    config = config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=opd_top1",
+                        "method.then=oprd", "method.switch_step=1", "optim.steps=3")
+    with pytest.raises(ValueError, match="method 'oprd' \\(OPRD-Vanilla\\) aligns hidden states directly"):
+        check_train(config)
+
+
 def test_opd_trains_with_a_teacher_of_another_width(models, tmp_path):
     prompts, eval_prompts = check_train(config_for(models, tmp_path, f"model.teacher={models['wide']}",
                                                    "method.name=opd_top1"))

@@ -66,6 +66,8 @@ class MethodConfig:
     opd_variant: str = "opd_top1"  # the OPD term of "oprd+opd": "opd_top1" (the paper's) | "opd_topk" | "opd_full"
     opd_impl: str = "fused"      # "fused" (no [N, |V|] logits) | "naive" (the reference code's materialised logits)
     logit_metrics: bool = True   # OPD methods log reward, entropies and top-k overlap (extra no-grad head passes)
+    then: str = ""               # "" or a method the run switches to after `switch_step` steps (e.g. Bridge, then
+    switch_step: int = 0         #   opd_top1: the paper's best Table 4 row); >= 1 and < optim.steps when `then` is set
 
 
 @dataclass
@@ -197,6 +199,8 @@ _RULES = {
     "method.mu": _at_least(0),
     "method.opd_variant": _choice(OPD_VARIANTS),
     "method.opd_impl": _choice(OPD_IMPLS),
+    "method.then": _choice(("", *METHODS)),
+    "method.switch_step": _at_least(0),
     "oprd.loss_type": _choice(LOSS_TYPES),
     "oprd.layers": (_is_layer_spec, _LAYERS_EXPECTED),
     "oprd.positions": _choice(POSITION_MODES),
@@ -359,9 +363,18 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 def _check_together(config: TrainConfig) -> None:
     """Rules that read more than one key."""
-    if config.method.name in BRIDGE_METHODS and not config.bridge.path:
-        raise ValueError(f"config: `bridge.path` must name a bridge file (from `oprd bridge fit`) for method "
-                         f"{config.method.name!r}; got ''")
+    m = config.method
+    for key, method in (("method.name", m.name), ("method.then", m.then)):
+        if method in BRIDGE_METHODS and not config.bridge.path:
+            raise ValueError(f"config: `bridge.path` must name a bridge file (from `oprd bridge fit`) for method "
+                             f"{method!r} (`{key}`); got ''")
+    if m.then and not 1 <= m.switch_step < config.optim.steps:
+        raise ValueError(f"config: `method.switch_step` must be in [1, optim.steps - 1] = [1, {config.optim.steps - 1}]"
+                         f" when `method.then` is set ({m.then!r}): the steps of {m.name!r} before the switch; got "
+                         f"{m.switch_step}")
+    if m.then == m.name:
+        raise ValueError(f"config: `method.then` must differ from `method.name` ({m.name!r}); leave it '' for one "
+                         f"method")
 
 
 def parse_layers(spec: str) -> str | list[int]:

@@ -77,8 +77,10 @@ def check_pair(config: TrainConfig) -> None:
     student's depth."""
     student = _model_config(config.model.student, "model.student")
     teacher = _model_config(config.model.teacher, "model.teacher")
-    check_widths(config.method.name, _width(student, config.model.student, "model.student"),
-                 _width(teacher, config.model.teacher, "model.teacher"))
+    methods = [m for m in (config.method.name, config.method.then) if m]
+    for method in methods:
+        check_widths(method, _width(student, config.model.student, "model.student"),
+                     _width(teacher, config.model.teacher, "model.teacher"))
     if config.oprd.head_from_teacher:
         check_head_transfer(student, teacher)
     depth = getattr(getattr(student, "text_config", None) or student, "num_hidden_layers", None)
@@ -89,7 +91,7 @@ def check_pair(config: TrainConfig) -> None:
         except ValueError as exc:
             raise ValueError(f"`oprd.layers` {config.oprd.layers!r} does not fit `model.student` "
                              f"{config.model.student} ({depth} blocks): {exc}") from None
-    if config.method.name in BRIDGE_METHODS:
+    if any(m in BRIDGE_METHODS for m in methods):
         check_bridge_fits(load_bridge(config.bridge.path), student, teacher, layers)
 
 

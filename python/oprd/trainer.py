@@ -47,10 +47,11 @@ def warmup_cosine(steps: int, warmup_ratio: float):
     return factor
 
 
-def objective_spec(config: TrainConfig) -> ObjectiveSpec:
+def objective_spec(config: TrainConfig, method: str | None = None) -> ObjectiveSpec:
+    """The objective `config` describes, for `method.name` (or `method`: the one of a later phase)."""
     backend = None if config.run.backend == "auto" else config.run.backend
     o, m = config.oprd, config.method
-    return ObjectiveSpec(method=m.name, topk=m.topk, mu=m.mu, opd_variant=m.opd_variant, opd_impl=m.opd_impl,
+    return ObjectiveSpec(method=method or m.name, topk=m.topk, mu=m.mu, opd_variant=m.opd_variant, opd_impl=m.opd_impl,
                          logit_metrics=m.logit_metrics, coefficient=o.coefficient, loss_type=o.loss_type,
                          layers=parse_layers(o.layers), positions=o.positions, k=o.k, weighting=o.weighting,
                          gradient_injection=o.gradient_injection, backend=backend,
@@ -64,9 +65,14 @@ class Trainer:
                  prompts: Sequence[dict], eval_prompts: Sequence[dict] = (), grader: Grader = default_grader) -> None:
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.device = resolve_device(config.run.device)
-        self.spec = objective_spec(config)
-        bridge = load_bridge(config.bridge.path).to(self.device) if self.spec.uses_bridge else None
-        self.plan = plan_layers(self.spec, student, teacher, bridge)  # refuses an unusable pair before model work
+        # the phases: (first step, objective, its layer plan); a second one when `method.then` is set
+        methods = [(1, config.method.name)] + ([(config.method.switch_step + 1, config.method.then)]
+                                               if config.method.then else [])
+        specs = [(first, objective_spec(config, method)) for first, method in methods]
+        bridge = (load_bridge(config.bridge.path).to(self.device) if any(s.uses_bridge for _, s in specs)
+                  else None)
+        # plan_layers refuses an unusable pair before any model work
+        self.phases = [(first, spec, plan_layers(spec, student, teacher, bridge)) for first, spec in specs]
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)
@@ -127,6 +133,20 @@ class Trainer:
         bar.close()
         return last
 
+    @property
+    def spec(self) -> ObjectiveSpec:
+        """The objective of the next step."""
+        return self.objective_at(self.step + 1)[0]
+
+    @property
+    def plan(self):
+        return self.objective_at(self.step + 1)[1]
+
+    def objective_at(self, step: int):
+        """(objective, layer plan) of step `step` (1-based): the last phase that has started by then."""
+        _, spec, plan = [phase for phase in self.phases if phase[0] <= step][-1]
+        return spec, plan
+
     def logs_at(self, step: int) -> bool:
         """Whether step `step` (1-based) writes a metrics line: every `run.log_every` steps, the last step, and every
         step that evaluates. Only these steps compute metrics (no host synchronisation for them otherwise)."""
@@ -146,7 +166,8 @@ class Trainer:
         self.student.train()
         self.optimizer.zero_grad(set_to_none=True)
         batches = [self._rollouts() for _ in range(cfg.optim.grad_accum)]  # all first: the window's token counts
-        sums = accumulate_gradients(self.spec, self.student, self.teacher, batches, self.plan, self._autocast,
+        spec, plan = self.objective_at(self.step + 1)
+        sums = accumulate_gradients(spec, self.student, self.teacher, batches, plan, self._autocast,
                                     with_metrics=with_metrics)
         grad_norm = None
         if cfg.optim.grad_clip > 0:

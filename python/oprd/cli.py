@@ -19,6 +19,7 @@ from pathlib import Path
 from oprd.cli_bridge import add_bridge_parser
 from oprd.loading import load_model as _load_model
 from oprd.loading import load_tokenizer as _load_tokenizer
+from oprd.loading import teacher_tokenizer_for
 
 
 def _load_config(path: str | None, overrides: list[str]):
@@ -60,7 +61,8 @@ def cmd_train(args) -> int:
     tokenizer = _load_tokenizer(config.model.student, "model.student")
     student = _load_model(config.model.student, "model.student")  # fp32 master weights; bf16 autocast on CUDA
     teacher = _load_model(config.model.teacher, "model.teacher", resolve_dtype(config.model.dtype, device))
-    trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_prompts)
+    trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_prompts,
+                      teacher_tokenizer=teacher_tokenizer_for(tokenizer, config.model.teacher))
     last = trainer.run(resume=args.resume, overwrite=args.overwrite)
     final = Path(config.run.dir) / "final"
     student.save_pretrained(final)

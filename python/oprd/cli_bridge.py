@@ -19,11 +19,12 @@ def cmd_collect(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from oprd.bridge.collect import MANIFEST, CollectSettings, collect_rows
+    from oprd.bridge.collect import MANIFEST, CollectSettings, collect_rows, other_tokens
     from oprd.config import resolve_device
     from oprd.data import load_prompts
-    from oprd.loading import load_model, load_tokenizer
+    from oprd.loading import load_model, load_tokenizer, teacher_tokenizer_for
     from oprd.model_files import check_model_dir
+    from oprd.rollout import eos_token_ids
 
     out = Path(args.out)
     if (out / MANIFEST).exists() or any(out.glob("rows-*.safetensors")):
@@ -46,8 +47,11 @@ def cmd_collect(args) -> int:
         bar.update(total - seen[0])
         seen[0] = total
 
+    teacher_tokenizer = teacher_tokenizer_for(tokenizer, args.teacher, "--teacher")
+    pairing = None if teacher_tokenizer is None else other_tokens(tokenizer, teacher_tokenizer,
+                                                                  eos_token_ids(student, tokenizer))
     manifest = collect_rows(student, teacher, tokenizer, prompts, out, layers=layers, settings=settings,
-                            dtype=torch.float32, on_batch=progress)
+                            pairing=pairing, dtype=torch.float32, on_batch=progress)
     bar.close()
     print(f"{manifest['rows']} rows of {len(manifest['student_layers'])} layer pairs from {manifest['responses']} "
           f"responses to {manifest['prompts']} prompts in {manifest['shards']} shards: {out}")

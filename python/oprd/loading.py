@@ -31,3 +31,14 @@ def load_tokenizer(path: str, key: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def teacher_tokenizer_for(student_tokenizer, teacher_dir: str, key: str = "model.teacher"):
+    """The teacher directory's own tokenizer when it has one whose vocabulary is not the student's (a teacher of
+    another tokenizer, for OPRD-Bridge), else None: the teacher reads the student's token ids."""
+    from oprd.model_files import TOKENIZER_FILES
+
+    if not any((Path(teacher_dir) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    tokenizer = load_tokenizer(teacher_dir, key)
+    return None if tokenizer.get_vocab() == student_tokenizer.get_vocab() else tokenizer

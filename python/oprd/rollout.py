@@ -22,6 +22,7 @@ class Rollouts:
     response_mask: Tensor  # [B, P + T]: 1 on response tokens up to and including the first EOS
     prompt_width: int  # P
     prompt_index: Tensor  # [B]: which prompt of the step each row answers
+    teacher: object | None = None  # another tokenizer's teacher: its view of the rows (token_alignment.TeacherView)
 
     @property
     def responses(self) -> Tensor:
@@ -40,6 +41,9 @@ class Rollouts:
 def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
     """One batch holding every row of `parts`: prompts left-padded and responses right-padded to the widest part.
     Position ids are counted from the attention mask, so the extra padding changes no real token's outputs."""
+    if any(p.teacher is not None for p in parts):
+        raise ValueError("concat_rollouts: rollouts with a teacher view (another tokenizer) cannot be concatenated; "
+                         "build the view for the concatenated batch instead")
     width = max(p.prompt_width for p in parts)
     total = max(p.input_ids.shape[1] - p.prompt_width for p in parts)
 

@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 from oprd import metrics_log
 from oprd.accumulation import accumulate_gradients
 from oprd.bridge import load_bridge
+from oprd.bridge.token_alignment import teacher_view
 from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
 from oprd.head_transfer import copy_head_and_norm
 from oprd.objective import ObjectiveSpec, plan_layers
-from oprd.rollout import generate_rollouts
+from oprd.rollout import eos_token_ids, generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
 
 
@@ -62,8 +63,12 @@ class Trainer:
     """Distils `student` from `teacher` on `prompts` as `config` says."""
 
     def __init__(self, config: TrainConfig, student: nn.Module, teacher: nn.Module, tokenizer,
-                 prompts: Sequence[dict], eval_prompts: Sequence[dict] = (), grader: Grader = default_grader) -> None:
+                 prompts: Sequence[dict], eval_prompts: Sequence[dict] = (), grader: Grader = default_grader,
+                 teacher_tokenizer=None) -> None:
+        """teacher_tokenizer: the teacher's, when it is not the student's (OPRD-Bridge across tokenizers): each
+        batch's teacher then reads its own tokens of the same text (oprd.bridge.token_alignment)."""
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
+        self.teacher_tokenizer = teacher_tokenizer
         self.device = resolve_device(config.run.device)
         # the phases: (first step, objective, its layer plan); a second one when `method.then` is set
         methods = [(1, config.method.name)] + ([(config.method.switch_step + 1, config.method.then)]
@@ -73,6 +78,10 @@ class Trainer:
                   else None)
         # plan_layers refuses an unusable pair before any model work
         self.phases = [(first, spec, plan_layers(spec, student, teacher, bridge)) for first, spec in specs]
+        if teacher_tokenizer is not None and any(spec.uses_opd for _, spec in specs):
+            raise ValueError(f"the teacher's tokenizer is not the student's: OPD compares next-token distributions "
+                             f"over one vocabulary, so method(s) {[s.method for _, s in specs if s.uses_opd]} cannot "
+                             f"train this pair; use method.name=oprd_bridge (states aligned by text offsets)")
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
         if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)
@@ -193,9 +202,13 @@ class Trainer:
         """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now."""
         r = self.config.rollout
         prompts = [p["prompt"] for p in self.stream.take(r.prompts_per_step)]
-        return generate_rollouts(self.student, self.tokenizer, prompts, responses_per_prompt=r.responses_per_prompt,
-                                 max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                 vocab_limit=self.vocab_limit)
+        rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
+                                     responses_per_prompt=r.responses_per_prompt, max_new_tokens=r.max_new_tokens,
+                                     temperature=r.temperature, top_p=r.top_p, vocab_limit=self.vocab_limit)
+        if self.teacher_tokenizer is not None:
+            rollouts.teacher = teacher_view(rollouts, self.tokenizer, self.teacher_tokenizer, prompts,
+                                            student_eos_ids=eos_token_ids(self.student, self.tokenizer))
+        return rollouts
 
     def _batch_metrics(self, batches, grad_norm, lr: float, elapsed: float) -> dict:
         tokens = sum(int(b.response_mask.sum()) for b in batches)

@@ -71,6 +71,19 @@ def same_tokens(rollouts: Rollouts) -> Pairing:
     return Pairing(rollouts.input_ids, rollouts.attention_mask, rows, rows)
 
 
+def other_tokens(student_tokenizer, teacher_tokenizer, eos_ids: Sequence[int]):
+    """A `pairing` for a teacher of another tokenizer: it reads its own encoding of the same prompt and response
+    text, and student positions pair with the teacher tokens ending at the same byte (token_alignment)."""
+    from oprd.bridge.token_alignment import teacher_view
+
+    def pairing(rollouts: Rollouts, prompts: Sequence[str]) -> Pairing:
+        view = teacher_view(rollouts, student_tokenizer, teacher_tokenizer, list(prompts),
+                            student_eos_ids=list(eos_ids))
+        return Pairing(view.input_ids, view.attention_mask, view.student_rows, view.teacher_rows)
+
+    return pairing
+
+
 def layer_pairs(student: nn.Module, teacher: nn.Module, layers="all") -> tuple[list[int], list[int]]:
     """(student hidden_states indices, the paired teacher index of each), as Stage 2 will align them."""
     num_s, num_t = decoder_parts(student).num_layers, decoder_parts(teacher).num_layers

@@ -31,4 +31,7 @@ class BridgeTerm:
         metrics = {}
         if with_metrics and scale > 0:  # the batch's weighted mean cosine in the shared subspace
             metrics["rep/bridge_cosine"] = 1.0 - float(loss.detach()) / scale / 2.0
+        view = batch.rollouts.teacher
+        if with_metrics and view is not None:  # another tokenizer: response positions without a teacher partner
+            metrics["bridge/unpaired_share"] = view.unpaired / max(view.response_positions, 1)
         return TermOutput(loss, metrics)

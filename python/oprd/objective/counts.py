@@ -31,9 +31,31 @@ class TokenCounts:
 
 
 def distilled_positions(spec: ObjectiveSpec, rollouts: Rollouts) -> tuple[Tensor, Tensor]:
-    """(rows, weights) of the response positions the OPRD term (and the cosine diagnostic) reads."""
+    """(rows, weights) of the response positions the OPRD term (and the cosine diagnostic) reads. With a teacher of
+    another tokenizer (`rollouts.teacher`), only the positions that have a teacher partner are candidates."""
     k = spec.k if spec.positions in ("last_k", "first_k") else None
-    return select_positions(rollouts.response_mask, spec.positions, k, weighting=spec.weighting)
+    return select_positions(candidate_mask(rollouts), spec.positions, k, weighting=spec.weighting)
+
+
+def candidate_mask(rollouts: Rollouts) -> Tensor:
+    """[B, S] the response positions a state term may distil: all of them, or those paired with a teacher token."""
+    if rollouts.teacher is None:
+        return rollouts.response_mask
+    paired = torch.zeros(rollouts.response_mask.numel(), dtype=rollouts.response_mask.dtype,
+                         device=rollouts.response_mask.device)
+    paired[rollouts.teacher.student_rows] = 1
+    return paired.view_as(rollouts.response_mask)
+
+
+def teacher_rows(rollouts: Rollouts, rows: Tensor) -> Tensor:
+    """The teacher batch's flat positions of the student's `rows`: the same ones for one tokenizer, else each
+    row's partner in `rollouts.teacher` (every row given must have one: `distilled_positions` picks only those)."""
+    view = rollouts.teacher
+    if view is None:
+        return rows
+    partner = torch.full((rollouts.response_mask.numel(),), -1, dtype=torch.long, device=rows.device)
+    partner[view.student_rows] = view.teacher_rows
+    return partner[rows]
 
 
 def _oprd_count(spec: ObjectiveSpec, rows: Tensor, seq_len: int) -> float:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from oprd.capture import StudentStates, capture_student, teacher_cache, teacher_cache_and_final
+from oprd.objective.counts import teacher_rows
 from oprd.objective.plan import LayerPlan
 from oprd.rollout import Rollouts
 
@@ -35,8 +36,15 @@ class TeacherOutputs:
 def teacher_pass(teacher: nn.Module, rollouts: Rollouts, plan: LayerPlan, rows: Tensor | None,
                  needs: Needs) -> TeacherOutputs:
     """One no-grad teacher pass. States alone: truncated after the deepest cached layer, no norm, no LM head. With a
-    bridge in the plan the cache holds the r-dim projections (the full-width rows never leave the pass)."""
+    bridge in the plan the cache holds the r-dim projections (the full-width rows never leave the pass). `rows` are
+    the student's; with a teacher of another tokenizer the pass runs on its view and reads the partners' rows."""
     ids, mask = rollouts.input_ids, rollouts.attention_mask
+    if rollouts.teacher is not None:  # another tokenizer: the teacher reads its own tokens of the same text
+        if needs.final:
+            raise ValueError("teacher_pass: a teacher of another tokenizer has no next-token distribution over the "
+                             "student's vocabulary; OPD terms need one tokenizer")
+        ids, mask = rollouts.teacher.input_ids, rollouts.teacher.attention_mask
+        rows = teacher_rows(rollouts, rows) if rows is not None else None
     projection = None if plan.bridge is None else plan.bridge.teacher_projection()
     if needs.states and needs.final:
         return TeacherOutputs(*teacher_cache_and_final(teacher, ids, mask, plan.teacher, rows, projection=projection))

@@ -1,6 +1,6 @@
 """The `oprd` command: `demo`, `train`, `eval`, `bridge` (oprd.cli_bridge).
 
-    oprd demo [--out DIR] [--quick] [--seed N] [--student-ratio R]
+    oprd demo [--out DIR] [--quick] [--seed N] [--student-ratio R] [--bridge]
     oprd train --config run.yaml [section.key=value ...] [--resume | --overwrite]
     oprd eval --model DIR --prompts FILE [--samples K] [--temperature T] [--max-new-tokens N] [--size N]
     oprd bridge collect|fit ...
@@ -45,7 +45,14 @@ def cmd_demo(args) -> int:
                          f"{args.student_ratio:g}")
     settings = DemoSettings.quick(args.out, args.seed) if args.quick else DemoSettings(out=args.out, seed=args.seed)
     settings.student_ratio = args.student_ratio
-    run_demo(settings)
+    if args.bridge:
+        from oprd.demo_bridge import BridgeDemoSettings, run_bridge_demo
+
+        bridge = BridgeDemoSettings.quick(args.out, args.seed) if args.quick else BridgeDemoSettings(base=settings)
+        bridge.base.student_ratio = args.student_ratio
+        run_bridge_demo(bridge)
+    else:
+        run_demo(settings)
     print(f"artefacts in {Path(args.out).resolve()}")
     return 0
 
@@ -122,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--student-ratio", type=float, default=0.65,
                       help="the student is the SFT checkpoint nearest this share of the teacher's accuracy "
                            "(default 0.65, the paper's 32.9/50.8; 0.15: a distant student)")
+    demo.add_argument("--bridge", action="store_true",
+                      help="OPRD-Bridge instead: a 4x96 teacher for the 3x64 student (collect, fit, train)")
     demo.set_defaults(run=cmd_demo)
     train = sub.add_parser("train", help="distil a local student from a local teacher on a JSONL prompt file")
     train.add_argument("--config", default=None, help="YAML config (see docs/trainer.md)")

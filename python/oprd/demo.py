@@ -88,9 +88,13 @@ class DemoRun:
     label: str
     method: str
     head_from_teacher: bool
+    overrides: tuple[str, ...] = ()  # more config overrides (the Bridge demo: bridge.path, method.then)
+    name: str = ""  # its runs/ directory, when the method's name is not enough
 
     @property
     def dir_name(self) -> str:
+        if self.name:
+            return self.name
         return self.method.replace("+", "_plus_") + ("_teacher_head" if self.head_from_teacher else "")
 
 
@@ -119,7 +123,8 @@ def _distill_config(settings: DemoSettings, run: DemoRun, seed: int, run_dir: Pa
         f"rollout.responses_per_prompt={settings.responses_per_prompt}",
         f"rollout.max_new_tokens={task.max_solution_chars + 2}", "oprd.positions=all", "oprd.layers=all",
         f"eval.every={settings.eval_every}", f"eval.samples={settings.eval_samples}",
-        f"eval.max_new_tokens={task.max_solution_chars + 2}", f"data.eval_size={settings.eval_size}"])
+        f"eval.max_new_tokens={task.max_solution_chars + 2}", f"data.eval_size={settings.eval_size}",
+        *run.overrides])
 
 
 @dataclass
@@ -241,8 +246,9 @@ def _distill(settings: DemoSettings, stage: _Stage, run: DemoRun, seed: int, tea
     cosine = [(m["step"], m["rep/cosine_similarity"]) for m in metrics if "rep/cosine_similarity" in m]
     final = curve[-1][1]
     diagnostics = _diagnostics(settings, stage, student, teacher, metrics, acc_student, acc_teacher)
-    stage.log(f"      {run.label}, seed {seed}: accuracy {final:.3f} ({diagnostics['accuracy_teacher_head']:.3f} "
-              f"through the teacher's head), {seconds:.1f} s")
+    via = diagnostics.get("accuracy_teacher_head")
+    through = "" if via is None else f" ({via:.3f} through the teacher's head)"
+    stage.log(f"      {run.label}, seed {seed}: accuracy {final:.3f}{through}, {seconds:.1f} s")
     return {"seed": seed, "accuracy": final, "gap_closed": _gap(final, acc_student, acc_teacher), "seconds": seconds,
             "seconds_per_step": seconds / settings.distill_steps, "update_delta_peak_mb": peak / 2**20,
             "accuracy_curve": curve, "cosine_curve": cosine, **diagnostics}
@@ -250,11 +256,21 @@ def _distill(settings: DemoSettings, stage: _Stage, run: DemoRun, seed: int, tea
 
 def _diagnostics(settings: DemoSettings, stage: _Stage, student, teacher, metrics: list[dict], acc_student: float,
                  acc_teacher: float) -> dict:
-    """The trained student's numbers that explain its result (oprd.demo_diagnostics)."""
+    """The trained student's numbers that explain its result (oprd.demo_diagnostics); the head diagnostics need
+    the same head shapes (not so for the Bridge demo's wider teacher), the per-layer cosine the same widths."""
+    if student.get_output_embeddings().weight.shape != teacher.get_output_embeddings().weight.shape:
+        return {"response_length": _mean_response_length(metrics)}
     via_teacher = _eval(decoded_by_teacher(student, teacher), stage.tokenizer, stage.task, stage.eval_set, settings)
     return {"accuracy_teacher_head": via_teacher,
             "gap_closed_teacher_head": _gap(via_teacher, acc_student, acc_teacher),
-            "head_distance": head_distance(student, teacher), "cosine_per_layer": final_cosines(metrics)}
+            "head_distance": head_distance(student, teacher), "cosine_per_layer": final_cosines(metrics),
+            "response_length": _mean_response_length(metrics)}
+
+
+def _mean_response_length(metrics: list[dict], last: int = 20) -> float:
+    """The mean response length over the last `last` logged steps (the paper saw Bridge answers 2-3x shorter)."""
+    lengths = [m["response/length"] for m in metrics if "response/length" in m][-last:]
+    return sum(lengths) / len(lengths) if lengths else float("nan")
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> dict:

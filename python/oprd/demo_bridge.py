@@ -1,0 +1,123 @@
+"""`oprd demo --bridge`: OPRD-Bridge end to end on the embedded task, a teacher of another depth and width.
+
+1. The same tokenizer, task sets and 3x64 SFT run as `oprd demo`; the student is chosen from its candidates as
+   there (oprd.student_choice), against the final 3x64 model's accuracy.
+2. A wider, deeper teacher (4 blocks of 96 by default) trained by SFT on the same examples.
+3. Stage 0 and 1 (oprd.bridge): the student answers prompts, both models' rows are collected, the bridge is fitted
+   at rank 8 with the rank sweep beside it.
+4. The paper's Table 4 rows from the same student, steps and seeds: OPD top-1, OPD top-16, OPRD-Bridge, and
+   Bridge for half the steps then OPD top-1; accuracy, gap closed and response length.
+
+The cross-tokenizer pair is not part of this demo yet (tested in tests/test_cross_tokenizer.py, not shown here).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+from oprd.bridge import (
+    CollectSettings,
+    ModelIdentity,
+    collect_rows,
+    fit_bridge,
+    read_manifest,
+    read_shards,
+    save_bridge,
+)
+from oprd.demo import DemoRun, DemoSettings, _distill_seeds, _eval, _model, _prepare, _save, _train_teacher
+from oprd.demo_bridge_report import plot_bridge, render_bridge_tables
+from oprd.sft import train_sft
+
+
+@dataclass
+class BridgeDemoSettings:
+    base: DemoSettings = field(default_factory=lambda: DemoSettings(out="oprd-demo-bridge"))
+    teacher_hidden: int = 96
+    teacher_layers: int = 4
+    collect_prompts: int = 512
+    rows_per_response: int = 8
+    max_rows: int = 4096
+    rank: int = 8
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    fit_epochs: int = 20
+    fit_lr: float = 1e-3  # the paper's
+
+    @classmethod
+    def quick(cls, out: str, seed: int = 0) -> "BridgeDemoSettings":
+        """Every stage on tiny budgets (the tests): the numbers mean little."""
+        return cls(base=replace(DemoSettings.quick(out, seed), methods=(), teacher_head_methods=()),
+                   teacher_hidden=48, teacher_layers=3, collect_prompts=8, max_rows=64, ranks=(1, 2, 4), rank=4,
+                   fit_epochs=2)
+
+    def runs(self, bridge_file: Path) -> list[DemoRun]:
+        bridge = (f"bridge.path={bridge_file}",)
+        half = max(1, self.base.distill_steps // 2)
+        return [DemoRun("opd_top1", "opd_top1", False), DemoRun("opd_topk", "opd_topk", False),
+                DemoRun("oprd_bridge", "oprd_bridge", False, bridge),
+                DemoRun("oprd_bridge, then opd_top1", "oprd_bridge", False,
+                        (*bridge, "method.then=opd_top1", f"method.switch_step={half}"), "oprd_bridge_then_opd_top1")]
+
+
+def _wide_teacher(settings: BridgeDemoSettings, stage) -> LlamaForCausalLM:
+    base = settings.base
+    stage.log(f"[2/5] the Bridge teacher: {settings.teacher_layers} blocks of {settings.teacher_hidden}, "
+              f"{base.sft_steps} SFT steps")
+    teacher = _model(stage.tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
+    train_sft(teacher, stage.tokenizer, stage.train, steps=base.sft_steps, batch_size=base.sft_batch,
+              lr=base.sft_lr, seed=base.seed)
+    _save(teacher, stage, "bridge_teacher")
+    return teacher.eval()
+
+
+def _fit(settings: BridgeDemoSettings, stage, student, teacher) -> tuple[Path, dict]:
+    stage.log(f"[3/5] Stage 0 and 1: rows from {settings.collect_prompts} answers, the bridge at rank {settings.rank}")
+    rows = stage.out / "bridge_rows"
+    if not (rows / "manifest.json").exists():
+        prompts = [p["prompt"] for p in stage.prompts[: settings.collect_prompts]]
+        collect_rows(student, teacher, stage.tokenizer, prompts, rows, settings=CollectSettings(
+            prompts_per_batch=32, max_new_tokens=stage.task.max_solution_chars + 2,
+            rows_per_response=settings.rows_per_response, max_rows=settings.max_rows, seed=settings.base.seed))
+    manifest = read_manifest(rows)
+    paired = manifest["teacher_layers"]
+    unique = sorted(set(paired))
+    bridge, report = fit_bridge(read_shards(rows), student=ModelIdentity(**manifest["student"]),
+                                teacher=ModelIdentity(**manifest["teacher"]),
+                                student_layers=manifest["student_layers"], teacher_layers=unique,
+                                layer_map=[unique.index(t) for t in paired], rank=settings.rank,
+                                ranks=settings.ranks, epochs=settings.fit_epochs, lr=settings.fit_lr,
+                                seed=settings.base.seed)
+    path = save_bridge(bridge, stage.out / "bridge.safetensors")
+    for pair in report["pairs"]:
+        stage.log(f"      student layer {pair['student_layer']} <- teacher layer {pair['teacher_layer']}: cosine "
+                  f"{pair['cosine_before']:.3f} -> {pair['cosine_after']:.3f}")
+    return path, {"rows": manifest["rows"], "pairs": report["pairs"], "rank_sweep": report["rank_sweep"]}
+
+
+def run_bridge_demo(settings: BridgeDemoSettings, progress: bool = True) -> dict:
+    """The five stages (module docstring); returns results.json's content."""
+    base = settings.base
+    stage = _prepare(base, progress)
+    trained = _train_teacher(base, stage)  # the 3x64 run: its candidates give the student
+    teacher = _wide_teacher(settings, stage)
+    student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
+    acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, base)
+    acc_student = _eval(student, stage.tokenizer, stage.task, stage.eval_set, base)
+    stage.log(f"      Bridge teacher {acc_teacher:.3f}, student {acc_student:.3f}")
+    bridge_file, fit = _fit(settings, stage, student, teacher)
+    results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
+                     "student_choice": trained["student_choice"], "bridge": fit, "methods": {}}
+    runs = settings.runs(bridge_file)
+    for i, run in enumerate(runs, start=1):
+        stage.log(f"[4/5] distilling with {run.label} ({i}/{len(runs)})")
+        results["methods"][run.label] = _distill_seeds(base, stage, run, teacher, acc_student, acc_teacher)
+    stage.log("[5/5] tables and plots")
+    (stage.out / "results.json").write_text(json.dumps(results, indent=2))
+    tables = render_bridge_tables(results)
+    (stage.out / "tables.md").write_text(tables)
+    plot_bridge(results, stage.out / "plots")
+    stage.log(tables)
+    return results

@@ -1,0 +1,32 @@
+"""`oprd demo --bridge --quick`: every Bridge stage runs end to end on the embedded task (the numbers mean little at
+this size), and the outputs hold what the tables and the closing notes quote."""
+
+from __future__ import annotations
+
+import json
+
+from oprd.bridge import load_bridge
+from oprd.cli import main
+
+
+def test_quick_bridge_demo_runs_every_stage(tmp_path, capfd):
+    out = tmp_path / "bridge-demo"
+    assert main(["demo", "--bridge", "--quick", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    labels = ["opd_top1", "opd_topk", "oprd_bridge", "oprd_bridge, then opd_top1"]
+    assert list(results["methods"]) == labels
+    for label in labels:
+        method = results["methods"][label]
+        assert method["seeds"] == [0, 1] and 0 <= method["accuracy"] <= 1 and method["response_length"] > 0
+    bridge = load_bridge(out / "bridge.safetensors")
+    assert bridge.student.hidden_size == 64 and bridge.teacher.hidden_size == 48 and bridge.rank == 4
+    assert [e["rank"] for e in results["bridge"]["rank_sweep"]] == [1, 2, 4]
+    assert results["bridge"]["rows"] == 64 and len(results["bridge"]["pairs"]) == 3
+    steps = [json.loads(line) for line in (out / "runs" / "oprd_bridge_then_opd_top1" / "seed0" / "metrics.jsonl")
+             .read_text().splitlines()]
+    assert [("loss/oprd_bridge" in s, "loss/opd" in s) for s in steps] == [(True, False)] * 2 + [(False, True)] * 2
+    tables = (out / "tables.md").read_text()
+    assert "| oprd_bridge, then opd_top1 |" in tables and "Rank sweep" in tables and "33.9" in tables
+    for name in ("accuracy.png", "rank_sweep.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "USDT" not in capfd.readouterr().err

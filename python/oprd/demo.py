@@ -285,17 +285,29 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
     stage.log(f"      teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
                      "student_head_distance": head_distance(student, teacher), **trained, "methods": {}}
-    runs = settings.runs()
-    for i, run in enumerate(runs, start=1):
-        stage.log(f"[3/4] distilling with {run.label} ({i}/{len(runs)})")
-        results["methods"][run.label] = _distill_seeds(settings, stage, run, teacher, acc_student, acc_teacher)
-    stage.log("[4/4] tables and plots")
-    (stage.out / "results.json").write_text(json.dumps(results, indent=2))
-    tables = render_tables(results)
-    (stage.out / "tables.md").write_text(tables)
-    plot(results, stage.out / "plots")
-    stage.log(tables)
+    results["methods"] = distill_runs(settings, stage, settings.runs(), teacher, acc_student, acc_teacher, "[3/4]")
+    write_outputs(stage, results, render_tables, plot, "[4/4]")
     return results
+
+
+def distill_runs(settings: DemoSettings, stage: _Stage, runs: list[DemoRun], teacher, acc_student: float,
+                 acc_teacher: float, label: str) -> dict:
+    """Every run (a table row) over the seeds, in order: label -> its combined entry."""
+    methods = {}
+    for i, run in enumerate(runs, start=1):
+        stage.log(f"{label} distilling with {run.label} ({i}/{len(runs)})")
+        methods[run.label] = _distill_seeds(settings, stage, run, teacher, acc_student, acc_teacher)
+    return methods
+
+
+def write_outputs(stage: _Stage, results: dict, render, draw, label: str) -> None:
+    """results.json, tables.md (`render(results)`) and plots/ (`draw(results, directory)`), and the tables shown."""
+    stage.log(f"{label} tables and plots")
+    (stage.out / "results.json").write_text(json.dumps(results, indent=2))
+    tables = render(results)
+    (stage.out / "tables.md").write_text(tables)
+    draw(results, stage.out / "plots")
+    stage.log(tables)
 
 
 def _gap(accuracy: float, student: float, teacher: float) -> float:

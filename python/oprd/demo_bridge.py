@@ -13,7 +13,6 @@ The cross-tokenizer pair is not part of this demo yet (tested in tests/test_cros
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from oprd.bridge import (
     read_shards,
     save_bridge,
 )
-from oprd.demo import DemoRun, DemoSettings, _distill_seeds, _eval, _model, _prepare, _save, _train_teacher
+from oprd.demo import DemoRun, DemoSettings, _eval, _model, _prepare, _save, _train_teacher, distill_runs, write_outputs
 from oprd.demo_bridge_report import plot_bridge, render_bridge_tables
 from oprd.sft import train_sft
 
@@ -109,15 +108,8 @@ def run_bridge_demo(settings: BridgeDemoSettings, progress: bool = True) -> dict
     stage.log(f"      Bridge teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     bridge_file, fit = _fit(settings, stage, student, teacher)
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
-                     "student_choice": trained["student_choice"], "bridge": fit, "methods": {}}
-    runs = settings.runs(bridge_file)
-    for i, run in enumerate(runs, start=1):
-        stage.log(f"[4/5] distilling with {run.label} ({i}/{len(runs)})")
-        results["methods"][run.label] = _distill_seeds(base, stage, run, teacher, acc_student, acc_teacher)
-    stage.log("[5/5] tables and plots")
-    (stage.out / "results.json").write_text(json.dumps(results, indent=2))
-    tables = render_bridge_tables(results)
-    (stage.out / "tables.md").write_text(tables)
-    plot_bridge(results, stage.out / "plots")
-    stage.log(tables)
+                     "student_choice": trained["student_choice"], "bridge": fit}
+    results["methods"] = distill_runs(base, stage, settings.runs(bridge_file), teacher, acc_student, acc_teacher,
+                                      "[4/5]")
+    write_outputs(stage, results, render_bridge_tables, plot_bridge, "[5/5]")
     return results

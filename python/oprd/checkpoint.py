@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from oprd.atomic_files import fsync_dir, write_atomic
 from oprd.manifest import MANIFEST, build_manifest, check_manifest
 
 __all__ = ["TrainerState", "CheckpointError", "CheckpointWarning", "save_checkpoint", "latest_checkpoint",
@@ -102,7 +103,7 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
             aside = tempfile.mkdtemp(prefix=f"{_TMP}old-{final.name}-", dir=ckpt_dir)
             os.replace(final, aside)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
+        fsync_dir(ckpt_dir)
     except BaseException:
         if aside is not None and not final.exists():
             os.replace(aside, final)
@@ -113,14 +114,14 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
     os.close(fd)
     _write_synced(Path(latest_tmp), final.name + "\n")
     os.replace(latest_tmp, ckpt_dir / "latest")
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
 
     others = sorted((p for p in _step_dirs(ckpt_dir) if p != final and (p / MANIFEST).is_file()), key=_step_of,
                     reverse=True)
     for old in others[keep - 1:]:
         os.replace(old, tempfile.mkdtemp(prefix=f"{_TMP}del-{old.name}-", dir=ckpt_dir))  # atomic "delete"
     remove_temporaries(ckpt_dir)
-    _fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
     return final
 
 
@@ -265,21 +266,9 @@ def _write_synced(file: Path, text: str) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    """Makes the directory's entries (new names, renames) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(root: Path) -> None:
     """Writes root/manifest.json atomically (temporary name, fsync, rename, fsync of the directory)."""
-    tmp = root / (MANIFEST + ".tmp")
-    _write_synced(tmp, build_manifest(root))
-    os.replace(tmp, root / MANIFEST)
-    _fsync_dir(root)
+    write_atomic(root / MANIFEST, lambda tmp: tmp.write_text(build_manifest(root)))
 
 
 def _fsync_tree(root: Path) -> None:
@@ -290,7 +279,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _load_pt(file: Path):

@@ -20,6 +20,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from oprd.atomic_files import write_atomic
+
 FORMAT = "oprd-bridge/1"
 TENSORS = ("proj_t", "mean_t", "proj_s")
 
@@ -115,17 +117,8 @@ def save_bridge(bridge: Bridge, path: str | os.PathLike) -> Path:
     """Writes `bridge` to `path` atomically and reads it back to verify it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {name: getattr(bridge, name).detach().to("cpu", torch.float32).contiguous() for name in TENSORS}
-    save_file(tensors, str(tmp), metadata=_metadata(bridge))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=_metadata(bridge)))
     back = load_bridge(path)
     if any(not torch.equal(getattr(back, n), tensors[n]) for n in TENSORS):
         raise _fail(str(path), "the file read back differs from what was written (disk or filesystem fault)")

@@ -19,7 +19,7 @@ def cmd_collect(args) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from oprd.bridge.collect import MANIFEST, CollectSettings, collect_rows, other_tokens
+    from oprd.bridge.collect import CollectSettings, check_new_rows_dir, collect_rows, other_tokens
     from oprd.config import resolve_device
     from oprd.data import load_prompts
     from oprd.loading import load_model, load_tokenizer, teacher_tokenizer_for
@@ -27,8 +27,7 @@ def cmd_collect(args) -> int:
     from oprd.rollout import eos_token_ids
 
     out = Path(args.out)
-    if (out / MANIFEST).exists() or any(out.glob("rows-*.safetensors")):
-        raise ValueError(f"--out {args.out} already holds collected rows; choose a new directory")
+    check_new_rows_dir(out, "--out")
     settings = CollectSettings(prompts_per_batch=args.batch, responses_per_prompt=args.responses_per_prompt,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                rows_per_response=args.rows_per_response, max_rows=args.max_rows, seed=args.seed)
@@ -59,22 +58,15 @@ def cmd_collect(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from oprd.bridge import ModelIdentity, save_bridge
-    from oprd.bridge.collect import read_manifest
-    from oprd.bridge.fit import fit_bridge, read_shards
+    from oprd.bridge import save_bridge
+    from oprd.bridge.fit import fit_collected
 
-    manifest = read_manifest(args.rows)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out {args.out} must end in .safetensors (bridge files are safetensors only)")
-    paired = manifest["teacher_layers"]  # one per student layer
-    teacher_layers = sorted(set(paired))
-    bridge, report = fit_bridge(read_shards(args.rows), student=ModelIdentity(**manifest["student"]),
-                                teacher=ModelIdentity(**manifest["teacher"]),
-                                student_layers=manifest["student_layers"], teacher_layers=teacher_layers,
-                                layer_map=[teacher_layers.index(t) for t in paired], rank=args.rank,
-                                ranks=args.ranks or (), epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                holdout=args.holdout, max_rows=args.max_rows, seed=args.seed)
+    bridge, report, manifest = fit_collected(args.rows, rank=args.rank, ranks=args.ranks or (), epochs=args.epochs,
+                                             lr=args.lr, batch_size=args.batch_size, holdout=args.holdout,
+                                             max_rows=args.max_rows, seed=args.seed)
     save_bridge(bridge, out)
     report_path = out.with_suffix(".json")
     report_path.write_text(json.dumps({"rows_dir": str(args.rows), "collection": manifest, **report}, indent=2))
@@ -87,18 +79,13 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _student_layers(text: str, student: str) -> list[int]:
+def _student_layers(text: str, student: str) -> list[int] | str:
     """--layers resolved against the student's depth, from its config alone (before any weights load)."""
-    from transformers import AutoConfig
-
     from oprd.config import parse_layers
-    from oprd.layers import resolve_layers
+    from oprd.preflight import model_config, student_layers
 
-    depth = AutoConfig.from_pretrained(student, local_files_only=True).num_hidden_layers
-    try:
-        return resolve_layers(parse_layers(text), depth)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"--layers {text!r} does not fit --student {student} ({depth} blocks): {exc}") from None
+    layers = student_layers(text, model_config(student, "--student"), student, "--layers", "--student")
+    return parse_layers(text) if layers is None else layers
 
 
 def _int_list(text: str) -> list[int]:

@@ -18,15 +18,8 @@ from pathlib import Path
 
 from transformers import LlamaForCausalLM
 
-from oprd.bridge import (
-    CollectSettings,
-    ModelIdentity,
-    collect_rows,
-    fit_bridge,
-    read_manifest,
-    read_shards,
-    save_bridge,
-)
+from oprd.bridge import CollectSettings, collect_rows, save_bridge
+from oprd.bridge.fit import fit_collected
 from oprd.demo import DemoRun, DemoSettings, _eval, _model, _prepare, _save, _train_teacher, distill_runs, write_outputs
 from oprd.demo_bridge_report import plot_bridge, render_bridge_tables
 from oprd.sft import train_sft
@@ -80,15 +73,8 @@ def _fit(settings: BridgeDemoSettings, stage, student, teacher) -> tuple[Path, d
         collect_rows(student, teacher, stage.tokenizer, prompts, rows, settings=CollectSettings(
             prompts_per_batch=32, max_new_tokens=stage.task.max_solution_chars + 2,
             rows_per_response=settings.rows_per_response, max_rows=settings.max_rows, seed=settings.base.seed))
-    manifest = read_manifest(rows)
-    paired = manifest["teacher_layers"]
-    unique = sorted(set(paired))
-    bridge, report = fit_bridge(read_shards(rows), student=ModelIdentity(**manifest["student"]),
-                                teacher=ModelIdentity(**manifest["teacher"]),
-                                student_layers=manifest["student_layers"], teacher_layers=unique,
-                                layer_map=[unique.index(t) for t in paired], rank=settings.rank,
-                                ranks=settings.ranks, epochs=settings.fit_epochs, lr=settings.fit_lr,
-                                seed=settings.base.seed)
+    bridge, report, manifest = fit_collected(rows, rank=settings.rank, ranks=settings.ranks,
+                                             epochs=settings.fit_epochs, lr=settings.fit_lr, seed=settings.base.seed)
     path = save_bridge(bridge, stage.out / "bridge.safetensors")
     for pair in report["pairs"]:
         stage.log(f"      student layer {pair['student_layer']} <- teacher layer {pair['teacher_layer']}: cosine "

@@ -74,35 +74,43 @@ def _prompts(path: str, prompt_field: str, answer_field: str, key: str) -> list[
 
 def check_pair(config: TrainConfig) -> None:
     """The two models' configs (no weights): loadable, widths the method can train, `oprd.layers` within the
-    student's depth."""
-    student = _model_config(config.model.student, "model.student")
-    teacher = _model_config(config.model.teacher, "model.teacher")
+    student's depth, and for the Bridge methods a bridge file fitted for this pair and these layers."""
+    student = model_config(config.model.student, "model.student")
+    teacher = model_config(config.model.teacher, "model.teacher")
     methods = [m for m in (config.method.name, config.method.then) if m]
+    widths = (_width(student, config.model.student, "model.student"),
+              _width(teacher, config.model.teacher, "model.teacher"))
     for method in methods:
-        check_widths(method, _width(student, config.model.student, "model.student"),
-                     _width(teacher, config.model.teacher, "model.teacher"))
+        check_widths(method, *widths)
     if config.oprd.head_from_teacher:
         check_head_transfer(student, teacher)
-    depth = getattr(getattr(student, "text_config", None) or student, "num_hidden_layers", None)
-    layers = None
-    if isinstance(depth, int) and not isinstance(depth, bool) and depth >= 1:
-        try:
-            layers = resolve_layers(parse_layers(config.oprd.layers), depth)
-        except ValueError as exc:
-            raise ValueError(f"`oprd.layers` {config.oprd.layers!r} does not fit `model.student` "
-                             f"{config.model.student} ({depth} blocks): {exc}") from None
+    layers = student_layers(config.oprd.layers, student, config.model.student, "`oprd.layers`", "`model.student`")
     if any(m in BRIDGE_METHODS for m in methods):
         check_bridge_fits(load_bridge(config.bridge.path), student, teacher, layers)
 
 
-def _width(model_config, path: str, key: str) -> int:
+def student_layers(layers: str, student_config, path: str, layers_name: str, student_name: str) -> list[int] | None:
+    """`layers` (as `oprd.layers` writes it) resolved against the student's depth from its config alone, before any
+    weights load; None when the config gives no depth (the model checks it once loaded). The error names both."""
+    depth = getattr(getattr(student_config, "text_config", None) or student_config, "num_hidden_layers", None)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        return None
     try:
-        return hidden_size(model_config)
+        return resolve_layers(parse_layers(layers), depth)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{layers_name} {layers!r} does not fit {student_name} {path} ({depth} blocks): {exc}") \
+            from None
+
+
+def _width(config, path: str, key: str) -> int:
+    try:
+        return hidden_size(config)
     except ValueError as exc:
         raise ValueError(f"`{key}` {path}: {exc}") from None
 
 
-def _model_config(path: str, key: str):
+def model_config(path: str, key: str):
+    """The Hugging Face config of the model directory `path` (the value of `key`); one error line if it fails."""
     from transformers import AutoConfig
 
     try:

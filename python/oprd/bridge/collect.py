@@ -16,7 +16,6 @@ kept positions are then drawn among the student positions that have a teacher pa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from oprd.atomic_files import write_atomic
 from oprd.bridge.file import ModelIdentity
 from oprd.capture import capture_student, decoder_parts, teacher_cache
 from oprd.layers import hidden_state_pairs, resolve_layers
@@ -103,12 +103,10 @@ def keep_per_response(rows: Tensor, seq_len: int, per_response: int, generator: 
     return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
 
 
-def _write_atomic(file: Path, write: Callable[[Path], None]) -> None:
-    tmp = file.with_name(file.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, file)
+def check_new_rows_dir(out: Path, name: str) -> None:
+    """ValueError naming `name` when `out` already holds a collection (finished or not): rows are never mixed."""
+    if (out / MANIFEST).exists() or any(out.glob("rows-*.safetensors")):
+        raise ValueError(f"{name} {str(out)!r} already holds collected rows; choose a new directory")
 
 
 @torch.no_grad()
@@ -121,8 +119,7 @@ def collect_rows(student: nn.Module, teacher: nn.Module, tokenizer, prompts: Seq
     pairing(rollouts, batch_prompts): the teacher's view of a batch (default `same_tokens`; across tokenizers
     `oprd.bridge.token_alignment`). on_batch(rows so far): progress."""
     out = Path(out_dir)
-    if (out / MANIFEST).exists() or any(out.glob("rows-*.safetensors")):
-        raise ValueError(f"collect_rows: `out_dir` {str(out)!r} already holds collected rows; choose a new directory")
+    check_new_rows_dir(out, "collect_rows: `out_dir`")
     if not prompts:
         raise ValueError("collect_rows: `prompts` is empty; Stage 0 needs prompts for the student to answer")
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +153,7 @@ def collect_rows(student: nn.Module, teacher: nn.Module, tokenizer, prompts: Seq
         for s_index, state, t_index in zip(s_layers, s_states, t_paired):
             tensors[f"student.{s_index}"] = state.reshape(-1, state.shape[-1])[s_rows].to("cpu", dtype).contiguous()
             tensors[f"teacher.{s_index}"] = cache[t_layers.index(t_index)].to("cpu", dtype, copy=True)
-        _write_atomic(out / f"rows-{shards:05d}.safetensors", lambda f: save_file(tensors, str(f)))
+        write_atomic(out / f"rows-{shards:05d}.safetensors", lambda f: save_file(tensors, str(f)))
         shards += 1
         total += int(pick.numel())
         if on_batch is not None:
@@ -165,7 +162,7 @@ def collect_rows(student: nn.Module, teacher: nn.Module, tokenizer, prompts: Seq
                 "teacher": asdict(ModelIdentity.of(teacher)), "student_layers": s_layers, "teacher_layers": t_paired,
                 "rows": total, "shards": shards, "prompts": prompts_used, "responses": responses,
                 "dtype": str(dtype).removeprefix("torch."), "settings": asdict(settings)}
-    _write_atomic(out / MANIFEST, lambda f: f.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_atomic(out / MANIFEST, lambda f: f.write_text(json.dumps(manifest, indent=2) + "\n"))
     student.train(modes[0])
     teacher.train(modes[1])
     return manifest

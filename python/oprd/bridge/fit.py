@@ -465,6 +465,22 @@ def fit_bridge(shards, *, student: ModelIdentity, teacher: ModelIdentity, studen
     return bridge, report
 
 
+def fit_collected(rows_dir: str | os.PathLike, **options) -> tuple[Bridge, dict, dict]:
+    """`fit_bridge` on a finished `collect_rows` directory: the models and the layer pairing from its manifest
+    (one teacher layer per student layer there; unique and sorted here, with each student layer's slot). `options`
+    are fit_bridge's keyword arguments (rank, ranks, epochs, ...). Returns (bridge, report, manifest)."""
+    from oprd.bridge.collect import read_manifest
+
+    manifest = read_manifest(rows_dir)
+    paired = manifest["teacher_layers"]
+    unique = sorted(set(paired))
+    bridge, report = fit_bridge(read_shards(rows_dir), student=ModelIdentity(**manifest["student"]),
+                                teacher=ModelIdentity(**manifest["teacher"]),
+                                student_layers=manifest["student_layers"], teacher_layers=unique,
+                                layer_map=[unique.index(t) for t in paired], **options)
+    return bridge, report, manifest
+
+
 def _report(rank, sweep, s_layers, t_layers, lmap, pcas, fits, rows, settings) -> dict:
     """The full Stage-1 report: per pair, per teacher layer, and the rank sweep; plain lists, floats and ints."""
     pairs = [{"student_layer": s, "teacher_layer": t_layers[slot], "cosine_before": f[rank].cosine_before,

@@ -258,13 +258,13 @@ def _diagnostics(settings: DemoSettings, stage: _Stage, student, teacher, metric
                  acc_teacher: float) -> dict:
     """The trained student's numbers that explain its result (oprd.demo_diagnostics); the head diagnostics need
     the same head shapes (not so for the Bridge demo's wider teacher), the per-layer cosine the same widths."""
+    out = {"response_length": _mean_response_length(metrics)}
     if student.get_output_embeddings().weight.shape != teacher.get_output_embeddings().weight.shape:
-        return {"response_length": _mean_response_length(metrics)}
+        return out
     via_teacher = _eval(decoded_by_teacher(student, teacher), stage.tokenizer, stage.task, stage.eval_set, settings)
-    return {"accuracy_teacher_head": via_teacher,
+    return {**out, "accuracy_teacher_head": via_teacher,
             "gap_closed_teacher_head": _gap(via_teacher, acc_student, acc_teacher),
-            "head_distance": head_distance(student, teacher), "cosine_per_layer": final_cosines(metrics),
-            "response_length": _mean_response_length(metrics)}
+            "head_distance": head_distance(student, teacher), "cosine_per_layer": final_cosines(metrics)}
 
 
 def _mean_response_length(metrics: list[dict], last: int = 20) -> float:

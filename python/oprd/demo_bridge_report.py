@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oprd.demo_report import COLORS, STYLES, _pm
+from oprd.demo_report import _pm, plot_curves
 
 # The paper's Table 4 (best@16 avg, %; Qwen3-4B -> Qwen3-1.7B-Base), PAPER_NOTES section 4.
 PAPER_TABLE4 = {"opd_top1": 30.8, "opd_topk": 27.1, "oprd_bridge": 30.8, "oprd_bridge, then opd_top1": 33.9}
@@ -42,24 +42,10 @@ def plot_bridge(results: dict, directory: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     directory.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for (method, r), (marker, line), color in zip(results["methods"].items(), STYLES * 4, COLORS * 4):
-        for i, run in enumerate(r.get("runs", [r])):
-            if run["accuracy_curve"]:
-                steps, values = zip(*run["accuracy_curve"])
-                ax.plot(steps, values, marker=marker, linestyle=line, color=color, markevery=max(1, len(steps) // 8),
-                        alpha=1.0 if i == 0 else 0.5, label=method if i == 0 else None)
-    ax.axhline(results["teacher_accuracy"], color="k", linestyle="--", label="teacher")
-    ax.axhline(results["student_accuracy"], color="gray", linestyle=":", label="student (before)")
-    ax.set(xlabel="step", ylabel="accuracy (avg@k)", title="Held-out accuracy, teacher of another depth and width")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(directory / "accuracy.png", dpi=100)
-    plt.close(fig)
+    plot_curves(results, "accuracy_curve", directory / "accuracy.png", "accuracy (avg@k)",
+                "Held-out accuracy, teacher of another depth and width", plt)
 
     sweep = results["bridge"]["rank_sweep"]
     fig, ax = plt.subplots(figsize=(6, 3.5))

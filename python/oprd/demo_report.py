@@ -86,31 +86,37 @@ def plot(results: dict, directory: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     directory.mkdir(parents=True, exist_ok=True)
     curves = (("accuracy_curve", "accuracy.png", "accuracy (avg@k)", "Held-out accuracy during distillation"),
               ("cosine_curve", "cosine_similarity.png", "rep/cosine_similarity",
                "Student-teacher cosine of the distilled layers"))
     for key, name, ylabel, title in curves:
-        fig, ax = plt.subplots(figsize=(7.5, 4))
-        for (method, r), (marker, line), color in zip(results["methods"].items(), STYLES * 4, COLORS * 4):
-            for i, run in enumerate(r.get("runs", [r])):  # every seed, one style and colour per method
-                if run[key]:
-                    steps, values = zip(*run[key])
-                    ax.plot(steps, values, marker=marker, linestyle=line, color=color,
-                            markevery=max(1, len(steps) // 8), alpha=1.0 if i == 0 else 0.5,
-                            label=method if i == 0 else None)
-        if key == "accuracy_curve":
-            ax.axhline(results["teacher_accuracy"], color="k", linestyle="--", label="teacher")
-            ax.axhline(results["student_accuracy"], color="gray", linestyle=":", label="student (before)")
-        ax.set(xlabel="step", ylabel=ylabel, title=title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-        fig.tight_layout()
-        fig.savefig(directory / name, dpi=100)
-        plt.close(fig)
+        plot_curves(results, key, directory / name, ylabel, title, plt)
     _plot_diagnostics(results, directory / "diagnostics.png", plt)
+
+
+def plot_curves(results: dict, key: str, path: Path, ylabel: str, title: str, plt) -> None:
+    """One curve per run of every method against step (`run[key]`: (step, value) pairs), one style and colour per
+    method, the later seeds fainter; the accuracy plot also marks the teacher and the student before."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for (method, r), (marker, line), color in zip(results["methods"].items(), STYLES * 4, COLORS * 4):
+        for i, run in enumerate(r.get("runs", [r])):
+            if run[key]:
+                steps, values = zip(*run[key])
+                ax.plot(steps, values, marker=marker, linestyle=line, color=color, markevery=max(1, len(steps) // 8),
+                        alpha=1.0 if i == 0 else 0.5, label=method if i == 0 else None)
+    if key == "accuracy_curve":
+        ax.axhline(results["teacher_accuracy"], color="k", linestyle="--", label="teacher")
+        ax.axhline(results["student_accuracy"], color="gray", linestyle=":", label="student (before)")
+    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot_diagnostics(results: dict, path: Path, plt) -> None:

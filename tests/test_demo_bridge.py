@@ -11,6 +11,9 @@ from oprd.cli import main
 
 def test_quick_bridge_demo_runs_every_stage(tmp_path, capfd):
     out = tmp_path / "bridge-demo"
+    stale = out / "bridge_rows"  # an earlier run's collection (of other models) must not be reused
+    stale.mkdir(parents=True)
+    (stale / "manifest.json").write_text('{"format": "oprd-bridge-rows/1", "rows": 7}')
     assert main(["demo", "--bridge", "--quick", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     labels = ["opd_top1", "opd_topk", "oprd_bridge", "oprd_bridge, then opd_top1"]

@@ -13,6 +13,7 @@ The cross-tokenizer pair is not part of this demo yet (tested in tests/test_cros
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -68,11 +69,11 @@ def _wide_teacher(settings: BridgeDemoSettings, stage) -> LlamaForCausalLM:
 def _fit(settings: BridgeDemoSettings, stage, student, teacher) -> tuple[Path, dict]:
     stage.log(f"[3/5] Stage 0 and 1: rows from {settings.collect_prompts} answers, the bridge at rank {settings.rank}")
     rows = stage.out / "bridge_rows"
-    if not (rows / "manifest.json").exists():
-        prompts = [p["prompt"] for p in stage.prompts[: settings.collect_prompts]]
-        collect_rows(student, teacher, stage.tokenizer, prompts, rows, settings=CollectSettings(
-            prompts_per_batch=32, max_new_tokens=stage.task.max_solution_chars + 2,
-            rows_per_response=settings.rows_per_response, max_rows=settings.max_rows, seed=settings.base.seed))
+    shutil.rmtree(rows, ignore_errors=True)  # the demo rebuilt its models: an earlier collection is stale
+    prompts = [p["prompt"] for p in stage.prompts[: settings.collect_prompts]]
+    collect_rows(student, teacher, stage.tokenizer, prompts, rows, settings=CollectSettings(
+        prompts_per_batch=32, max_new_tokens=stage.task.max_solution_chars + 2,
+        rows_per_response=settings.rows_per_response, max_rows=settings.max_rows, seed=settings.base.seed))
     bridge, report, manifest = fit_collected(rows, rank=settings.rank, ranks=settings.ranks,
                                              epochs=settings.fit_epochs, lr=settings.fit_lr, seed=settings.base.seed)
     path = save_bridge(bridge, stage.out / "bridge.safetensors")

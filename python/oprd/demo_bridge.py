@@ -37,7 +37,7 @@ class BridgeDemoSettings:
     rank: int = 8
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     fit_epochs: int = 20
-    fit_lr: float = 1e-2  # the paper's 1e-3 under-fits at 4,096 rows (20 epochs of 15 batches); see docs/bridge.md
+    fit_lr: float = 1e-2  # the paper's 1e-3 under-fits 4,096 rows (scripts/bridge_probe.py, docs/bridge.md)
 
     @classmethod
     def quick(cls, out: str, seed: int = 0) -> "BridgeDemoSettings":

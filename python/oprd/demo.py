@@ -166,11 +166,11 @@ def _prepare(settings: DemoSettings, progress: bool) -> _Stage:
     return _Stage(out, tokenizer, task, train, prompts, eval_set, select_set, progress)
 
 
-def _train_teacher(settings: DemoSettings, stage: _Stage) -> dict:
+def _train_teacher(settings: DemoSettings, stage: _Stage, label: str = "[1/4]") -> dict:
     """SFT of the teacher, keeping candidate students every `candidate_every` steps; the student is the one nearest
     `student_ratio` of the teacher's accuracy on the selection set, searched coarse to fine (oprd.student_choice).
     Both are saved under models/; returns the SFT facts and the choice."""
-    stage.log(f"[1/4] supervised teacher: {settings.sft_steps} steps, a candidate student every "
+    stage.log(f"{label} supervised teacher: {settings.sft_steps} steps, a candidate student every "
               f"{settings.candidate_every}")
     model = _model(stage.tokenizer, settings)
     keeper = CandidateKeeper(settings.candidate_every)
@@ -216,11 +216,11 @@ def _save(model, stage: _Stage, name: str) -> None:
 
 
 def _distill_seeds(settings: DemoSettings, stage: _Stage, run: DemoRun, teacher, acc_student: float,
-                   acc_teacher: float) -> dict:
+                   acc_teacher: float, teacher_tokenizer=None) -> dict:
     """One table row: the run over every distillation seed (oprd.demo_seeds)."""
     seeds = [settings.seed + i for i in range(settings.seeds)]
-    entries = [_distill(settings, stage, run, seed, teacher, acc_student, acc_teacher, measure_peak=i == 0)
-               for i, seed in enumerate(seeds)]
+    entries = [_distill(settings, stage, run, seed, teacher, acc_student, acc_teacher, measure_peak=i == 0,
+                        teacher_tokenizer=teacher_tokenizer) for i, seed in enumerate(seeds)]
     combined = combine_seeds(entries, seeds)
     stage.log(f"      {run.label}: accuracy {combined['accuracy']:.3f} ± {combined['accuracy_spread']:.3f} over "
               f"{len(seeds)} seeds")
@@ -228,15 +228,16 @@ def _distill_seeds(settings: DemoSettings, stage: _Stage, run: DemoRun, teacher,
 
 
 def _distill(settings: DemoSettings, stage: _Stage, run: DemoRun, seed: int, teacher, acc_student: float,
-             acc_teacher: float, measure_peak: bool) -> dict:
-    """One distillation run from the saved student, and its per-seed entry."""
+             acc_teacher: float, measure_peak: bool, teacher_tokenizer=None) -> dict:
+    """One distillation run from the saved student, and its per-seed entry (teacher_tokenizer: the teacher's own,
+    when it is not the student's)."""
     run_dir = stage.out / "runs" / run.dir_name / f"seed{seed}"
     config = _distill_config(settings, run, seed, run_dir, stage.task)
     student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
     trainer = Trainer(config, student, teacher, stage.tokenizer, stage.prompts, stage.eval_set,
-                      grader=stage.task.grade)  # copies the teacher's head into `student` if the run asks
-    peak = _update_delta_peak(config, student, teacher, stage.tokenizer, stage.prompts, stage.task) if measure_peak \
-        else 0
+                      grader=stage.task.grade, teacher_tokenizer=teacher_tokenizer)  # copies the teacher's head
+    peak = _update_delta_peak(config, student, teacher, stage.tokenizer, stage.prompts, stage.task,
+                              teacher_tokenizer) if measure_peak else 0
     start = time.perf_counter()
     trainer.run(progress=stage.progress, overwrite=True)  # the demo rebuilt its models: an earlier run is stale
     seconds = time.perf_counter() - start
@@ -259,6 +260,9 @@ def _diagnostics(settings: DemoSettings, stage: _Stage, student, teacher, metric
     """The trained student's numbers that explain its result (oprd.demo_diagnostics); the head diagnostics need
     the same head shapes (not so for the Bridge demo's wider teacher), the per-layer cosine the same widths."""
     out = {"response_length": _mean_response_length(metrics)}
+    unpaired = [m["bridge/unpaired_share"] for m in metrics if "bridge/unpaired_share" in m]
+    if unpaired:  # across tokenizers: the share of student positions without a teacher partner
+        out["unpaired_share"] = sum(unpaired) / len(unpaired)
     if student.get_output_embeddings().weight.shape != teacher.get_output_embeddings().weight.shape:
         return out
     via_teacher = _eval(decoded_by_teacher(student, teacher), stage.tokenizer, stage.task, stage.eval_set, settings)
@@ -291,12 +295,13 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict:
 
 
 def distill_runs(settings: DemoSettings, stage: _Stage, runs: list[DemoRun], teacher, acc_student: float,
-                 acc_teacher: float, label: str) -> dict:
+                 acc_teacher: float, label: str, teacher_tokenizer=None) -> dict:
     """Every run (a table row) over the seeds, in order: label -> its combined entry."""
     methods = {}
     for i, run in enumerate(runs, start=1):
         stage.log(f"{label} distilling with {run.label} ({i}/{len(runs)})")
-        methods[run.label] = _distill_seeds(settings, stage, run, teacher, acc_student, acc_teacher)
+        methods[run.label] = _distill_seeds(settings, stage, run, teacher, acc_student, acc_teacher,
+                                            teacher_tokenizer)
     return methods
 
 
@@ -314,11 +319,12 @@ def _gap(accuracy: float, student: float, teacher: float) -> float:
     return (accuracy - student) / (teacher - student) if teacher != student else float("nan")
 
 
-def _update_delta_peak(config, student, teacher, tokenizer, prompts, task) -> int:
+def _update_delta_peak(config, student, teacher, tokenizer, prompts, task, teacher_tokenizer=None) -> int:
     """Delta-peak of one full update (rollout, teacher pass, student pass, loss, backward, step), measured on a copy
     of the student so that the measured run itself is untouched."""
     probe_config = copy.deepcopy(config)
     probe_config.run.dir = str(Path(config.run.dir) / "probe")
-    probe = Trainer(probe_config, copy.deepcopy(student), teacher, tokenizer, prompts, grader=task.grade)
+    probe = Trainer(probe_config, copy.deepcopy(student), teacher, tokenizer, prompts, grader=task.grade,
+                    teacher_tokenizer=teacher_tokenizer)
     _, peak = delta_peak_bytes(probe.train_step, probe.device)
     return peak

@@ -7,12 +7,13 @@
    at rank 8 with the rank sweep beside it.
 4. The paper's Table 4 rows from the same student, steps and seeds: OPD top-1, OPD top-16, OPRD-Bridge, and
    Bridge for half the steps then OPD top-1; accuracy, gap closed and response length.
-
-The cross-tokenizer pair is not part of this demo yet (tested in tests/test_cross_tokenizer.py, not shown here).
+5. The cross-tokenizer pair (oprd.demo_bridge_tokenizers): a teacher of the same shape on a byte-level BPE, its
+   bridge at rank 4, OPRD-Bridge across the tokenizers.
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from oprd.bridge import CollectSettings, collect_rows, save_bridge
 from oprd.bridge.fit import fit_collected
 from oprd.demo import DemoRun, DemoSettings, _eval, _model, _prepare, _save, _train_teacher, distill_runs, write_outputs
 from oprd.demo_bridge_report import plot_bridge, render_bridge_tables
+from oprd.demo_bridge_tokenizers import run_cross_tokenizer
 from oprd.sft import train_sft
 
 
@@ -38,13 +40,16 @@ class BridgeDemoSettings:
     ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     fit_epochs: int = 20
     fit_lr: float = 1e-2  # the paper's 1e-3 under-fits 4,096 rows (scripts/bridge_probe.py, docs/bridge.md)
+    cross_tokenizer: bool = True  # also the cross-tokenizer pair (a BPE teacher)
+    bpe_vocab: int = 80
+    cross_rank: int = 4  # the paper's cross-tokenizer default
 
     @classmethod
     def quick(cls, out: str, seed: int = 0) -> "BridgeDemoSettings":
         """Every stage on tiny budgets (the tests): the numbers mean little."""
         return cls(base=replace(DemoSettings.quick(out, seed), methods=(), teacher_head_methods=()),
                    teacher_hidden=48, teacher_layers=3, collect_prompts=8, max_rows=64, ranks=(1, 2, 4), rank=4,
-                   fit_epochs=2)
+                   fit_epochs=2, cross_rank=2)
 
     def runs(self, bridge_file: Path) -> list[DemoRun]:
         bridge = (f"bridge.path={bridge_file}",)
@@ -55,9 +60,9 @@ class BridgeDemoSettings:
                         (*bridge, "method.then=opd_top1", f"method.switch_step={half}"), "oprd_bridge_then_opd_top1")]
 
 
-def _wide_teacher(settings: BridgeDemoSettings, stage) -> LlamaForCausalLM:
+def _wide_teacher(settings: BridgeDemoSettings, stage, label: str) -> LlamaForCausalLM:
     base = settings.base
-    stage.log(f"[2/5] the Bridge teacher: {settings.teacher_layers} blocks of {settings.teacher_hidden}, "
+    stage.log(f"{label} the Bridge teacher: {settings.teacher_layers} blocks of {settings.teacher_hidden}, "
               f"{base.sft_steps} SFT steps")
     teacher = _model(stage.tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
     train_sft(teacher, stage.tokenizer, stage.train, steps=base.sft_steps, batch_size=base.sft_batch,
@@ -66,37 +71,46 @@ def _wide_teacher(settings: BridgeDemoSettings, stage) -> LlamaForCausalLM:
     return teacher.eval()
 
 
-def _fit(settings: BridgeDemoSettings, stage, student, teacher) -> tuple[Path, dict]:
-    stage.log(f"[3/5] Stage 0 and 1: rows from {settings.collect_prompts} answers, the bridge at rank {settings.rank}")
-    rows = stage.out / "bridge_rows"
+def _fit(settings: BridgeDemoSettings, stage, student, teacher, name: str, rank: int, pairing,
+         label: str) -> tuple[Path, dict]:
+    """Stage 0 into `name`_rows/ (same tokens unless `pairing`) and Stage 1 at `rank` with the rank sweep, written
+    to `name`.safetensors; returns its path and the fit's summary."""
+    stage.log(f"{label} Stage 0 and 1: rows from {settings.collect_prompts} answers, the bridge at rank {rank}")
+    rows = stage.out / f"{name}_rows"
     shutil.rmtree(rows, ignore_errors=True)  # the demo rebuilt its models: an earlier collection is stale
     prompts = [p["prompt"] for p in stage.prompts[: settings.collect_prompts]]
-    collect_rows(student, teacher, stage.tokenizer, prompts, rows, settings=CollectSettings(
+    collect_rows(student, teacher, stage.tokenizer, prompts, rows, pairing=pairing, settings=CollectSettings(
         prompts_per_batch=32, max_new_tokens=stage.task.max_solution_chars + 2,
         rows_per_response=settings.rows_per_response, max_rows=settings.max_rows, seed=settings.base.seed))
-    bridge, report, manifest = fit_collected(rows, rank=settings.rank, ranks=settings.ranks,
-                                             epochs=settings.fit_epochs, lr=settings.fit_lr, seed=settings.base.seed)
-    path = save_bridge(bridge, stage.out / "bridge.safetensors")
+    bridge, report, manifest = fit_collected(rows, rank=rank, ranks=settings.ranks, epochs=settings.fit_epochs,
+                                             lr=settings.fit_lr, seed=settings.base.seed)
+    path = save_bridge(bridge, stage.out / f"{name}.safetensors")
     for pair in report["pairs"]:
         stage.log(f"      student layer {pair['student_layer']} <- teacher layer {pair['teacher_layer']}: cosine "
                   f"{pair['cosine_before']:.3f} -> {pair['cosine_after']:.3f}")
-    return path, {"rows": manifest["rows"], "pairs": report["pairs"], "rank_sweep": report["rank_sweep"]}
+    return path, {"rank": rank, "rows": manifest["rows"], "pairs": report["pairs"],
+                  "rank_sweep": report["rank_sweep"]}
 
 
 def run_bridge_demo(settings: BridgeDemoSettings, progress: bool = True) -> dict:
-    """The five stages (module docstring); returns results.json's content."""
+    """The stages (module docstring); returns results.json's content."""
     base = settings.base
+    labels = [f"[{i}/{8 if settings.cross_tokenizer else 5}]" for i in range(1, 9)]
     stage = _prepare(base, progress)
-    trained = _train_teacher(base, stage)  # the 3x64 run: its candidates give the student
-    teacher = _wide_teacher(settings, stage)
+    trained = _train_teacher(base, stage, labels[0])  # the 3x64 run: its candidates give the student
+    teacher = _wide_teacher(settings, stage, labels[1])
     student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
     acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, base)
     acc_student = _eval(student, stage.tokenizer, stage.task, stage.eval_set, base)
     stage.log(f"      Bridge teacher {acc_teacher:.3f}, student {acc_student:.3f}")
-    bridge_file, fit = _fit(settings, stage, student, teacher)
+    bridge_file, fit = _fit(settings, stage, student, teacher, "bridge", settings.rank, None, labels[2])
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
                      "student_choice": trained["student_choice"], "bridge": fit}
     results["methods"] = distill_runs(base, stage, settings.runs(bridge_file), teacher, acc_student, acc_teacher,
-                                      "[4/5]")
-    write_outputs(stage, results, render_bridge_tables, plot_bridge, "[5/5]")
+                                      labels[3])
+    if settings.cross_tokenizer:
+        fit_pair = functools.partial(_fit, settings)
+        results["cross_tokenizer"] = run_cross_tokenizer(settings, stage, student, acc_student, fit_pair,
+                                                         tuple(labels[4:7]))
+    write_outputs(stage, results, render_bridge_tables, plot_bridge, labels[7 if settings.cross_tokenizer else 4])
     return results

@@ -7,7 +7,7 @@ seeds it is the distance of each from the mean.
 from __future__ import annotations
 
 AVERAGED = ("accuracy", "gap_closed", "accuracy_teacher_head", "gap_closed_teacher_head", "head_distance", "seconds",
-            "seconds_per_step", "response_length")
+            "seconds_per_step", "response_length", "unpaired_share")
 
 
 def combine_seeds(entries: list[dict], seeds: list[int]) -> dict:

@@ -113,5 +113,23 @@ def test_the_bridge_must_fit_both_models_and_the_distilled_layers():
     deep = LlamaConfig(hidden_size=8, num_hidden_layers=5, vocab_size=32, num_attention_heads=2)
     with pytest.raises(BridgeFileError, match="student with num_layers 3.*has 5"):
         check_bridge_fits(bridge, deep, teacher)
-    with pytest.raises(BridgeFileError, match=r"aligns student layers \[1, 2, 3\]; `oprd.layers` selects \[3\]"):
-        check_bridge_fits(bridge, student, teacher, [3])
+    check_bridge_fits(bridge, student, teacher, [3])  # a subset: trained through bridge.restricted_to
+    with pytest.raises(BridgeFileError, match=r"aligns student layers \[1, 2, 3\]; `oprd.layers` selects \[0, 3\], "
+                                              r"not all among them"):
+        check_bridge_fits(bridge, student, teacher, [0, 3])
+
+
+def test_restricted_to_keeps_the_chosen_student_layers_and_their_teacher_layers():
+    bridge = make_bridge()  # student 1, 2, 3 -> teacher slots 0, 0, 1 (layers 1, 4)
+    last = bridge.restricted_to([3])
+    assert (last.student_layers, last.teacher_layers, last.layer_map) == ([3], [4], [0])
+    assert torch.equal(last.proj_s, bridge.proj_s[2:]) and torch.equal(last.proj_t, bridge.proj_t[1:])
+    assert torch.equal(last.mean_t, bridge.mean_t[1:])
+    first = bridge.restricted_to([2, 1])
+    assert (first.student_layers, first.teacher_layers, first.layer_map) == ([1, 2], [1], [0, 0])
+    assert torch.equal(first.proj_s, bridge.proj_s[:2]) and torch.equal(first.proj_t, bridge.proj_t[:1])
+    both = bridge.restricted_to([1, 3])
+    assert (both.teacher_layers, both.layer_map) == ([1, 4], [0, 1])
+    for bad in ([0], [], [3, 4]):
+        with pytest.raises(BridgeFileError, match="non-empty subset"):
+            bridge.restricted_to(bad)

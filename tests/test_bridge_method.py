@@ -22,8 +22,9 @@ def model(seed: int, hidden: int, layers: int) -> LlamaForCausalLM:
                                         bos_token_id=TOKENIZER.bos_token_id, eos_token_id=TOKENIZER.eos_token_id))
 
 
-def hand_bridge_loss(spec, student, teacher, rollouts, bridge):
-    """coefficient * mean over layers of sum_rows w * ||z_S/|z_S| - z_T/|z_T|||^2, from output_hidden_states."""
+def hand_bridge_loss(spec, student, teacher, rollouts, bridge, only=None):
+    """coefficient * mean over layers of sum_rows w * ||z_S/|z_S| - z_T/|z_T|||^2, from output_hidden_states
+    (over the student layers `only`, when given, of the bridge's)."""
     ids, mask = rollouts.input_ids, rollouts.attention_mask
     kw = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), output_hidden_states=True)
     s_states = student(**kw).hidden_states
@@ -32,6 +33,8 @@ def hand_bridge_loss(spec, student, teacher, rollouts, bridge):
     rows, weights = distilled_positions(spec, rollouts)
     per_layer = []
     for i, (s_index, slot) in enumerate(zip(bridge.student_layers, bridge.layer_map)):
+        if only is not None and s_index not in only:
+            continue
         h_s = s_states[s_index].reshape(-1, s_states[s_index].shape[-1])[rows]
         h_t = t_states[bridge.teacher_layers[slot]].reshape(-1, t_states[0].shape[-1])[rows]
         z_s = torch.nn.functional.normalize(h_s @ bridge.proj_s[i].T, dim=-1)
@@ -90,6 +93,19 @@ def test_bridge_plus_opd_is_opd_plus_mu_times_the_bridge_loss():
     assert total.metrics["loss/opd"] == pytest.approx(opd_part, rel=1e-5)
 
 
+def test_a_subset_of_the_bridges_layers_trains_those_layers_alone():
+    teacher, student = model(1, 48, 4), model(0, 32, 3)
+    bridge = random_bridge(student, teacher, rank=4)  # fitted for every layer: 1, 2, 3
+    spec = ObjectiveSpec(method="oprd_bridge", positions="last_k", k=5, layers=[1, 3])
+    plan = plan_layers(spec, student, teacher, bridge)
+    assert plan.student == plan.bridge.student_layers == [1, 3]
+    assert plan.teacher == [bridge.teacher_layers[bridge.layer_map[0]], bridge.teacher_layers[bridge.layer_map[2]]]
+    rollouts = fixed_rollouts(student)
+    got = compute_objective(spec, student, teacher, rollouts, plan).loss
+    expected = hand_bridge_loss(spec, student, teacher, rollouts, bridge, only=[1, 3])
+    torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_bridge_method_without_a_bridge_or_with_another_pairs_bridge_is_refused():
     from oprd.bridge import BridgeFileError
 
@@ -101,5 +117,5 @@ def test_a_bridge_method_without_a_bridge_or_with_another_pairs_bridge_is_refuse
     with pytest.raises(BridgeFileError, match="teacher with hidden_size 32"):
         plan_layers(spec, student, teacher, other)
     last_only = random_bridge(student, teacher, layers="last")
-    with pytest.raises(BridgeFileError, match=r"aligns student layers \[2\]; `oprd.layers` selects \[1, 2\]"):
+    with pytest.raises(BridgeFileError, match=r"aligns student layers \[2\]; `oprd.layers` selects \[1, 2\], not all"):
         plan_layers(spec, student, teacher, last_only)

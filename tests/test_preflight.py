@@ -184,9 +184,12 @@ def test_a_bridge_method_needs_a_bridge_file_fitted_for_the_pair(models, tmp_pat
     with pytest.raises(BridgeFileError, match="teacher with hidden_size 32 .* `model.teacher` has 48"):
         check_train(config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
                                f"bridge.path={other}"))
-    with pytest.raises(BridgeFileError, match=r"aligns student layers \[1, 2\]; `oprd.layers` selects \[2\]"):
+    assert len(check_train(config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
+                                      f"bridge.path={fitted}", "oprd.layers=last"))[0]) == 2  # a subset trains
+    last = save_bridge(random_bridge(student, wide, layers="last"), tmp_path / "last.safetensors")
+    with pytest.raises(BridgeFileError, match=r"aligns student layers \[2\]; `oprd.layers` selects \[1, 2\], not all"):
         check_train(config_for(models, tmp_path, f"model.teacher={models['wide']}", "method.name=oprd_bridge",
-                               f"bridge.path={fitted}", "oprd.layers=last"))
+                               f"bridge.path={last}"))
 
 
 def test_layers_beyond_the_students_depth_are_refused(models, tmp_path):

@@ -69,6 +69,20 @@ class Bridge:
         """(P_T, mu_T) for `oprd.capture.teacher_cache(projection=...)`."""
         return self.proj_t, self.mean_t
 
+    def restricted_to(self, student_layers: list[int]) -> "Bridge":
+        """The bridge for a subset of its student layers (fitted once for all, trained on some): their P_S rows and
+        the teacher layers they pair with; BridgeFileError for a layer it was not fitted for."""
+        missing = [i for i in student_layers if i not in self.student_layers]
+        if missing or not student_layers:
+            raise _fail("Bridge.restricted_to", f"`student_layers` must be a non-empty subset of the bridge's "
+                                                f"{self.student_layers}; got {list(student_layers)}")
+        rows = [self.student_layers.index(i) for i in sorted(set(student_layers))]
+        slots = sorted({self.layer_map[r] for r in rows})
+        return replace(self, student_layers=[self.student_layers[r] for r in rows],
+                       teacher_layers=[self.teacher_layers[t] for t in slots],
+                       layer_map=[slots.index(self.layer_map[r]) for r in rows],
+                       proj_t=self.proj_t[slots], mean_t=self.mean_t[slots], proj_s=self.proj_s[rows])
+
     def to(self, device) -> "Bridge":
         """A copy with its tensors on `device` (the trainer's)."""
         return replace(self, **{name: getattr(self, name).to(device) for name in TENSORS})
@@ -162,7 +176,7 @@ def load_bridge(path: str | os.PathLike) -> Bridge:
 def check_bridge_fits(bridge: Bridge, student, teacher, student_layers: list[int] | None = None,
                       where: str = "bridge.path") -> None:
     """BridgeFileError unless `bridge` was fitted for models shaped like `student` and `teacher` (widths, depths,
-    rank) and, when given, for the student layers the run distils."""
+    rank) and, when given, for every student layer the run distils (a subset of the bridge's: see restricted_to)."""
     for role, model, ident in (("student", student, bridge.student), ("teacher", teacher, bridge.teacher)):
         now = ModelIdentity.of(model)
         for key in ("hidden_size", "num_layers"):
@@ -170,6 +184,7 @@ def check_bridge_fits(bridge: Bridge, student, teacher, student_layers: list[int
                 raise _fail(where, f"was fitted for a {role} with {key} {getattr(ident, key)} ({ident.name!r}); "
                                    f"`model.{role}` has {getattr(now, key)}. Fit a bridge for this pair "
                                    f"(`oprd bridge collect` then `oprd bridge fit`)")
-    if student_layers is not None and list(student_layers) != bridge.student_layers:
+    if student_layers is not None and not set(student_layers) <= set(bridge.student_layers):
         raise _fail(where, f"aligns student layers {bridge.student_layers}; `oprd.layers` selects "
-                           f"{list(student_layers)}. Use the bridge's layers or fit one for these")
+                           f"{list(student_layers)}, not all among them. Use the bridge's layers (or a subset) or "
+                           f"fit one for these")

@@ -27,7 +27,8 @@ class LayerPlan:
 def plan_layers(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, bridge: Bridge | None = None) -> LayerPlan:
     """The layers of `spec` for this pair. A pair of different widths is refused for OPRD-Vanilla (it aligns the
     states directly) and trains OPD without the cosine diagnostic, which has no meaning across widths. The Bridge
-    methods take their layers from `bridge` (fitted for this pair and these layers, else BridgeFileError)."""
+    methods align `oprd.layers` through `bridge` (fitted for this pair and at least these layers, else
+    BridgeFileError)."""
     s_width, t_width = hidden_size(student.config), hidden_size(teacher.config)
     check_widths(spec.method, s_width, t_width)
     num_s = decoder_parts(student).num_layers
@@ -38,6 +39,7 @@ def plan_layers(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, bri
             raise ValueError(f"method {spec.method!r} needs a bridge file: set `bridge.path` (written by "
                              f"`oprd bridge fit`)")
         check_bridge_fits(bridge, student, teacher, s_layers)
+        bridge = bridge.restricted_to(s_layers) if s_layers != bridge.student_layers else bridge
         return LayerPlan(bridge.student_layers, bridge.teacher_layers, bridge.layer_map, s_width == t_width, bridge)
     paired = hidden_state_pairs(s_layers, num_s, num_t)
     t_layers = sorted(set(paired))

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from oprd.prompt_format import CHAT_TEMPLATE_MODES, uses_template
+
 
 def cmd_collect(args) -> int:
     import torch
@@ -30,13 +32,18 @@ def cmd_collect(args) -> int:
     check_new_rows_dir(out, "--out")
     settings = CollectSettings(prompts_per_batch=args.batch, responses_per_prompt=args.responses_per_prompt,
                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               rows_per_response=args.rows_per_response, max_rows=args.max_rows, seed=args.seed)
+                               rows_per_response=args.rows_per_response, max_rows=args.max_rows, seed=args.seed,
+                               chat_template=args.chat_template)
     prompts = [p["prompt"] for p in load_prompts(args.prompts, args.prompt_field)][: args.num_prompts]
     check_model_dir(args.student, "--student", tokenizer=True)
     check_model_dir(args.teacher, "--teacher")
     layers = _student_layers(args.layers, args.student)
     device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.student, "--student")
+    teacher_tokenizer = teacher_tokenizer_for(tokenizer, args.teacher, "--teacher")
+    for tok in (tokenizer, teacher_tokenizer):  # --chat-template on: each tokenizer needs one, checked before loading
+        if tok is not None:
+            uses_template(tok, settings.chat_template, "oprd bridge collect", "--chat-template")
     student = load_model(args.student, "--student").to(device)
     teacher = load_model(args.teacher, "--teacher").to(device)
     bar = tqdm(total=args.max_rows, desc="rows", disable=not sys.stderr.isatty(), dynamic_ncols=True)
@@ -46,9 +53,9 @@ def cmd_collect(args) -> int:
         bar.update(total - seen[0])
         seen[0] = total
 
-    teacher_tokenizer = teacher_tokenizer_for(tokenizer, args.teacher, "--teacher")
     pairing = None if teacher_tokenizer is None else other_tokens(tokenizer, teacher_tokenizer,
-                                                                  eos_token_ids(student, tokenizer))
+                                                                  eos_token_ids(student, tokenizer),
+                                                                  settings.chat_template)
     manifest = collect_rows(student, teacher, tokenizer, prompts, out, layers=layers, settings=settings,
                             pairing=pairing, dtype=torch.float32, on_batch=progress)
     bar.close()
@@ -117,6 +124,8 @@ def add_bridge_parser(sub, at_least_1, positive) -> None:
     c.add_argument("--rows-per-response", type=at_least_1, default=8)
     c.add_argument("--max-rows", type=at_least_1, default=16384, help="rows per layer in all (paper: 16,384)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--chat-template", choices=CHAT_TEMPLATE_MODES, default="auto",
+                   help="prompts in each tokenizer's chat template: auto (where it has one), on (required), off")
     c.add_argument("--device", default="auto")
     c.set_defaults(run=cmd_collect)
     f = actions.add_parser("fit", help="Stage 1: P_T (teacher PCA) and P_S (trained), to bridge.safetensors")

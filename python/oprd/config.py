@@ -5,7 +5,8 @@ Every error names the dotted key, the value seen and what is expected. Defaults 
 (PAPER_NOTES §2, §4) at a size one machine can run: AdamW at lr 1e-5 with 3% warm-up, 8 prompts x 2 responses per
 step at temperature 1.0, plain MSE/d on all layers over the last k = 2000 response tokens, eval at temperature 0.7.
 
-YAML is read with one fix to PyYAML's YAML 1.1 rules: `1e-5` and `3E4` are floats (PyYAML reads them as strings).
+YAML is read with two fixes to PyYAML's YAML 1.1 rules: `1e-5` and `3E4` are floats (PyYAML reads them as strings),
+and a bare `on` / `off` for `data.chat_template` is that mode (YAML 1.1 reads the words as booleans).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import yaml
 from oprd.layers import LAYER_MODES
 from oprd.objective.spec import BRIDGE_METHODS, METHODS, OPD_IMPLS, OPD_VARIANTS
 from oprd.positions import POSITION_MODES, WEIGHTINGS
+from oprd.prompt_format import CHAT_TEMPLATE_MODES
 from oprd_kernels import BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -46,6 +48,7 @@ class DataConfig:
     answer_field: str = "answer"  # "" means: no graded evaluation
     eval_prompts: str = ""       # JSONL; "" = use `prompts`
     eval_size: int = 64          # number of evaluation prompts (the first N), >= 1
+    chat_template: str = "auto"  # "auto" (the tokenizer's chat template when it has one) | "on" (required) | "off"
 
 
 @dataclass
@@ -189,6 +192,7 @@ _POSITIVE = (lambda v: v > 0), "> 0"
 _RULES = {
     "model.dtype": _choice(DTYPES),
     "data.eval_size": _at_least(1),
+    "data.chat_template": _choice(CHAT_TEMPLATE_MODES),
     "rollout.prompts_per_step": _at_least(1),
     "rollout.responses_per_prompt": _at_least(1),
     "rollout.max_new_tokens": _at_least(1),
@@ -284,8 +288,15 @@ def _hint(section: Any, key: Any, value: Any, where: str) -> Any:
     return keys[key]
 
 
+# String keys with the choices "on" and "off", which YAML 1.1 reads as True and False when written bare
+_ON_OFF_KEYS = {"data.chat_template"}
+
+
 def _set(config: TrainConfig, section: str, key: str, value: Any, where: str) -> None:
-    setattr(getattr(config, section), key, _coerce(value, _hint(section, key, value, where)))
+    hint = _hint(section, key, value, where)
+    if f"{section}.{key}" in _ON_OFF_KEYS and isinstance(value, bool):
+        value = "on" if value else "off"
+    setattr(getattr(config, section), key, _coerce(value, hint))
 
 
 def _read_yaml(path: str | os.PathLike) -> dict:

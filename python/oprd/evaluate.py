@@ -29,8 +29,9 @@ def default_grader(response: str, answer: str) -> bool:
 @torch.no_grad()
 def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: int, temperature: float,
              max_new_tokens: int, grader: Grader = default_grader, batch_prompts: int = 32,
-             seed: int = 1234) -> dict[str, float]:
-    """{"eval/accuracy": avg@k accuracy, "eval/response_length": mean tokens} over `examples` (with "answer")."""
+             seed: int = 1234, chat_template: str = "auto") -> dict[str, float]:
+    """{"eval/accuracy": avg@k accuracy, "eval/response_length": mean tokens} over `examples` (with "answer").
+    chat_template: how prompts are encoded, as in training (`oprd.prompt_format`)."""
     correct = total = length = 0
     devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
     with torch.random.fork_rng(devices=devices):
@@ -38,7 +39,8 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: 
         for start in range(0, len(examples), batch_prompts):
             chunk = examples[start:start + batch_prompts]
             rollouts = generate_rollouts(model, tokenizer, [e["prompt"] for e in chunk], responses_per_prompt=samples,
-                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
+                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
+                                         chat_template=chat_template)
             texts = tokenizer.batch_decode(rollouts.responses, skip_special_tokens=True)
             for row, text in enumerate(texts):
                 correct += bool(grader(text, chunk[int(rollouts.prompt_index[row])]["answer"]))

@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from oprd.prompt_format import encode_prompt_texts
+
 
 @dataclass
 class Rollouts:
@@ -59,12 +61,15 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
                     torch.cat([p.prompt_index + int(o) for p, o in zip(parts, offsets)]))
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-padded [B, P] ids and attention mask (with BOS when the tokenizer adds one)."""
+def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device,
+                   chat_template: str = "auto") -> tuple[Tensor, Tensor]:
+    """Left-padded [B, P] ids and attention mask: each prompt in the tokenizer's chat template, or plainly with BOS
+    when the tokenizer adds one (`oprd.prompt_format`: which, under `chat_template`)."""
     if tokenizer.padding_side != "left":
         raise ValueError(f"encode_prompts: the tokenizer must pad on the left for generation; got "
                          f"padding_side={tokenizer.padding_side!r}")
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+    batch = encode_prompt_texts(tokenizer, prompts, chat_template, func="encode_prompts", return_tensors="pt",
+                                padding=True)
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
@@ -94,12 +99,13 @@ def response_mask_from(responses: Tensor, eos_token_ids: Sequence[int]) -> Tenso
 @torch.no_grad()
 def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, responses_per_prompt: int,
                       max_new_tokens: int, temperature: float, top_p: float,
-                      vocab_limit: int | None = None) -> Rollouts:
+                      vocab_limit: int | None = None, chat_template: str = "auto") -> Rollouts:
     """Sample `responses_per_prompt` responses per prompt from `model` (its current weights: on-policy).
-    vocab_limit: never sample ids at or above it (the student's head rows a differently padded teacher lacks)."""
+    vocab_limit: never sample ids at or above it (the student's head rows a differently padded teacher lacks).
+    chat_template: "auto" encodes prompts in the tokenizer's chat template when it has one (oprd.prompt_format)."""
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
-    ids, mask = encode_prompts(tokenizer, prompts, device)
+    ids, mask = encode_prompts(tokenizer, prompts, device, chat_template)
     vocab = model.get_output_embeddings().weight.shape[0]
     limit = {} if vocab_limit is None or vocab_limit >= vocab else {"suppress_tokens": list(range(vocab_limit, vocab))}
     was_training = model.training

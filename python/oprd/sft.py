@@ -14,14 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from oprd.capture import position_ids_from_mask
+from oprd.prompt_format import prompt_ids
 
 
-def sft_batch(tokenizer, prompts: Sequence[str], solutions: Sequence[str],
-              device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """(input_ids, attention_mask, labels) with labels -100 everywhere but the solution tokens and EOS."""
+def sft_batch(tokenizer, prompts: Sequence[str], solutions: Sequence[str], device: torch.device,
+              chat_template: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """(input_ids, attention_mask, labels) with labels -100 everywhere but the solution tokens and EOS. Prompts are
+    encoded as rollouts encode them (`oprd.prompt_format`: the chat template, or plainly with BOS)."""
     rows, label_rows = [], []
-    for prompt, solution in zip(prompts, solutions):
-        p = tokenizer(prompt)["input_ids"]  # with BOS
+    for p, solution in zip(prompt_ids(tokenizer, prompts, chat_template), solutions):
         s = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(p + s)
         label_rows.append([-100] * len(p) + s)
@@ -40,9 +41,11 @@ def sft_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor) -> Ten
 
 
 def train_sft(model: nn.Module, tokenizer, examples: Sequence, *, steps: int, batch_size: int, lr: float,
-              seed: int, on_step: Callable[[int, nn.Module, float], None] | None = None) -> list[float]:
+              seed: int, on_step: Callable[[int, nn.Module, float], None] | None = None,
+              chat_template: str = "auto") -> list[float]:
     """AdamW with linear warm-up (5%) and cosine decay; `examples` have .prompt and .solution. Calls
-    on_step(step, model, loss) after every step (1-based), e.g. to save the student checkpoint. Returns the losses."""
+    on_step(step, model, loss) after every step (1-based), e.g. to save the student checkpoint. Returns the losses.
+    chat_template: how prompts are encoded (`sft_batch`)."""
     device = next(model.parameters()).device
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -53,7 +56,8 @@ def train_sft(model: nn.Module, tokenizer, examples: Sequence, *, steps: int, ba
     model.train()
     for step in range(1, steps + 1):
         batch = rng.sample(list(examples), min(batch_size, len(examples)))
-        ids, mask, labels = sft_batch(tokenizer, [e.prompt for e in batch], [e.solution for e in batch], device)
+        ids, mask, labels = sft_batch(tokenizer, [e.prompt for e in batch], [e.solution for e in batch], device,
+                                       chat_template)
         loss = sft_loss(model, ids, mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -31,6 +31,7 @@ from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
 from oprd.head_transfer import copy_head_and_norm
 from oprd.objective import ObjectiveSpec, plan_layers
+from oprd.prompt_format import uses_template
 from oprd.rollout import eos_token_ids, generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
 
@@ -69,6 +70,9 @@ class Trainer:
         batch's teacher then reads its own tokens of the same text (oprd.bridge.token_alignment)."""
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.teacher_tokenizer = teacher_tokenizer
+        for tok in (tokenizer, teacher_tokenizer):  # "on" and a tokenizer without a template: refused before any work
+            if tok is not None:
+                uses_template(tok, config.data.chat_template, "config", "data.chat_template")
         self.device = resolve_device(config.run.device)
         # the phases: (first step, objective, its layer plan); a second one when `method.then` is set
         methods = [(1, config.method.name)] + ([(config.method.switch_step + 1, config.method.then)]
@@ -194,20 +198,22 @@ class Trainer:
         e = self.config.eval
         return evaluate(self.student, self.tokenizer, self.eval_prompts, samples=e.samples,
                         temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
-                        seed=self.config.run.seed + 1)
+                        seed=self.config.run.seed + 1, chat_template=self.config.data.chat_template)
 
     # ------------------------------------------------------------------------------------------------ helpers
 
     def _rollouts(self):
         """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now."""
-        r = self.config.rollout
+        r, chat_template = self.config.rollout, self.config.data.chat_template
         prompts = [p["prompt"] for p in self.stream.take(r.prompts_per_step)]
         rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
                                      responses_per_prompt=r.responses_per_prompt, max_new_tokens=r.max_new_tokens,
-                                     temperature=r.temperature, top_p=r.top_p, vocab_limit=self.vocab_limit)
+                                     temperature=r.temperature, top_p=r.top_p, vocab_limit=self.vocab_limit,
+                                     chat_template=chat_template)
         if self.teacher_tokenizer is not None:
             rollouts.teacher = teacher_view(rollouts, self.tokenizer, self.teacher_tokenizer, prompts,
-                                            student_eos_ids=eos_token_ids(self.student, self.tokenizer))
+                                            student_eos_ids=eos_token_ids(self.student, self.tokenizer),
+                                            chat_template=chat_template)
         return rollouts
 
     def _batch_metrics(self, batches, grad_norm, lr: float, elapsed: float) -> dict:

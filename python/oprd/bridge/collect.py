@@ -28,6 +28,7 @@ from oprd.atomic_files import write_atomic
 from oprd.bridge.file import ModelIdentity
 from oprd.capture import capture_student, decoder_parts, teacher_cache
 from oprd.layers import hidden_state_pairs, resolve_layers
+from oprd.prompt_format import check_chat_template
 from oprd.rollout import Rollouts, generate_rollouts
 
 MANIFEST = "manifest.json"
@@ -44,6 +45,7 @@ class CollectSettings:
     rows_per_response: int = 8  # response positions kept per response
     max_rows: int = 16384  # rows kept per layer in all
     seed: int = 0
+    chat_template: str = "auto"  # how prompts are encoded (oprd.prompt_format): "auto" | "on" | "off"
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_batch", "responses_per_prompt", "max_new_tokens", "rows_per_response", "max_rows"):
@@ -53,6 +55,7 @@ class CollectSettings:
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"CollectSettings: need temperature > 0 and 0 < top_p <= 1; got {self.temperature!r}, "
                              f"{self.top_p!r}")
+        check_chat_template("CollectSettings", self.chat_template)
 
 
 @dataclass
@@ -71,14 +74,17 @@ def same_tokens(rollouts: Rollouts) -> Pairing:
     return Pairing(rollouts.input_ids, rollouts.attention_mask, rows, rows)
 
 
-def other_tokens(student_tokenizer, teacher_tokenizer, eos_ids: Sequence[int]):
+def other_tokens(student_tokenizer, teacher_tokenizer, eos_ids: Sequence[int], chat_template: str = "auto"):
     """A `pairing` for a teacher of another tokenizer: it reads its own encoding of the same prompt and response
-    text, and student positions pair with the teacher tokens ending at the same byte (token_alignment)."""
+    text, and student positions pair with the teacher tokens ending at the same byte (token_alignment). The teacher
+    encodes the prompt under `chat_template` (its own template; pass the collection's CollectSettings.chat_template)."""
     from oprd.bridge.token_alignment import teacher_view
+
+    check_chat_template("other_tokens", chat_template)
 
     def pairing(rollouts: Rollouts, prompts: Sequence[str]) -> Pairing:
         view = teacher_view(rollouts, student_tokenizer, teacher_tokenizer, list(prompts),
-                            student_eos_ids=list(eos_ids))
+                            student_eos_ids=list(eos_ids), chat_template=chat_template)
         return Pairing(view.input_ids, view.attention_mask, view.student_rows, view.teacher_rows)
 
     return pairing
@@ -137,7 +143,7 @@ def collect_rows(student: nn.Module, teacher: nn.Module, tokenizer, prompts: Seq
         batch = list(prompts[start:start + settings.prompts_per_batch])
         rollouts = generate_rollouts(student, tokenizer, batch, responses_per_prompt=settings.responses_per_prompt,
                                      max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                     top_p=settings.top_p)
+                                     top_p=settings.top_p, chat_template=settings.chat_template)
         view = (pairing or (lambda r, _: same_tokens(r)))(rollouts, batch)
         pick = keep_per_response(view.student_rows, rollouts.input_ids.shape[1], settings.rows_per_response,
                                  generator)[: settings.max_rows - total]

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from oprd.bridge.boundaries import _first_of_runs, _merge, _unshadowed, pair_by_boundaries
 from oprd.bridge.byte_ends import METHODS, _backend, _byte_ends, _describe, _Pieces, token_byte_ends
+from oprd.prompt_format import prompt_ids, uses_template
 
 __all__ = ["METHODS", "TeacherView", "pair_by_boundaries", "teacher_view", "token_byte_ends"]
 
@@ -160,25 +161,28 @@ def _left_right(prompts: list[list[int]], responses: list[list[int]], pad: int, 
 
 
 def teacher_view(rollouts, student_tokenizer, teacher_tokenizer, prompts_for_teacher: Sequence[str], *,
-                 student_eos_ids: Sequence[int] | None = None, method: str = "auto") -> TeacherView:
+                 student_eos_ids: Sequence[int] | None = None, method: str = "auto",
+                 chat_template: str = "auto") -> TeacherView:
     """The teacher's batch for `rollouts` and the pairing of student and teacher response positions.
 
-    Row b: the teacher's encoding of `prompts_for_teacher[prompt_index[b]]` (add_special_tokens=True, as
-    `oprd.rollout.encode_prompts` encodes the student's), left-padded to P_t, then its encoding (no special tokens)
-    of the text decoded from the student's response ids, right-padded. When the response ends with one of
-    `student_eos_ids` (default: the student tokenizer's eos_token_id; pass `oprd.rollout.eos_token_ids(model, tok)`
-    for models stopping on several) that EOS is left out of the text, the teacher's eos_token_id is appended, and
-    the two EOS positions are paired; a teacher without an EOS leaves the student's unpaired. Pads are the teacher's
-    pad_token_id, else its eos_token_id. Only response positions are paired; a student token without a teacher token
-    ending at the same byte (part of a character, a special token inside the response) is counted in `unpaired`.
-    method "prefix" is the way around a ValueError from the linear byte ends: the student's ends by decoding every
-    prefix, the teacher's from its offsets.
+    Row b: the teacher's encoding of `prompts_for_teacher[prompt_index[b]]` (`oprd.prompt_format` under
+    `chat_template`, as `oprd.rollout.encode_prompts` encodes the student's: "auto" renders the teacher's own chat
+    template when it has one, else encodes plainly with its special tokens), left-padded to P_t, then its encoding
+    (no special tokens) of the text decoded from the student's response ids, right-padded. When the response ends
+    with one of `student_eos_ids` (default: the student tokenizer's eos_token_id; pass
+    `oprd.rollout.eos_token_ids(model, tok)` for models stopping on several) that EOS is left out of the text, the
+    teacher's eos_token_id is appended, and the two EOS positions are paired; a teacher without an EOS leaves the
+    student's unpaired. Pads are the teacher's pad_token_id, else its eos_token_id. Only response positions are
+    paired; a student token without a teacher token ending at the same byte (part of a character, a special token
+    inside the response) is counted in `unpaired`. method "prefix" is the way around a ValueError from the linear
+    byte ends: the student's ends by decoding every prefix, the teacher's from its offsets.
     """
     func = "teacher_view"
     if method not in METHODS:
         raise ValueError(f"{func}: `method` must be one of {list(METHODS)}; got {method!r}")
     _backend(func, "student_tokenizer", student_tokenizer)
     _backend(func, "teacher_tokenizer", teacher_tokenizer)
+    uses_template(teacher_tokenizer, chat_template, func)  # a bad mode, or "on" without a template: before any work
     student, teacher = _Pieces(student_tokenizer), _Pieces(teacher_tokenizer)
     _check_rollouts(func, rollouts, prompts_for_teacher)
     pad = _special_id(teacher_tokenizer, "pad_token_id", "eos_token_id")
@@ -199,8 +203,8 @@ def teacher_view(rollouts, student_tokenizer, teacher_tokenizer, prompts_for_tea
     encodings = teacher_tokenizer([r.text for r in rows], add_special_tokens=False, return_offsets_mapping=True)
     index = rollouts.prompt_index.tolist()
     needed = sorted(set(index))
-    encoded = teacher_tokenizer([prompts_for_teacher[i] for i in needed], add_special_tokens=True)["input_ids"]
-    prompt_ids = dict(zip(needed, encoded))
+    encoded = dict(zip(needed, prompt_ids(teacher_tokenizer, [prompts_for_teacher[i] for i in needed], chat_template,
+                                             func=func)))
 
     teacher_eos = _special_id(teacher_tokenizer, "eos_token_id")
     responses, s_flat, t_flat = [], [], []
@@ -210,7 +214,7 @@ def teacher_view(rollouts, student_tokenizer, teacher_tokenizer, prompts_for_tea
         responses.append(t_ids)
         s_flat.append((b, s_pos))
         t_flat.append((b, t_pos))
-    ids, attention, p_t = _left_right([prompt_ids[i] for i in index], responses, pad, rollouts.attention_mask.dtype)
+    ids, attention, p_t = _left_right([encoded[i] for i in index], responses, pad, rollouts.attention_mask.dtype)
     s_width, t_width = rollouts.input_ids.shape[1], ids.shape[1]
     student_rows = [b * s_width + width + p for b, pos in s_flat for p in pos]
     teacher_rows = [b * t_width + p_t + p for b, pos in t_flat for p in pos]

@@ -208,6 +208,27 @@ def test_eval_reports_mistakes_in_one_line(tiny, capsys):
     assert err.count("\n") == 1 and "bare.jsonl:1 has no field 'answer'" in err and "--answer-field" in err
 
 
+def test_eval_chat_template_flag_reaches_evaluation(tiny, capsys, monkeypatch):
+    import oprd.evaluate
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, examples, **kwargs):
+        seen.update(kwargs)
+        return {"eval/accuracy": 0.0}
+
+    monkeypatch.setattr(oprd.evaluate, "evaluate", fake_evaluate)
+    args = ["eval", "--model", str(tiny / "student"), "--prompts", str(tiny / "prompts.jsonl")]
+    assert main([*args, "--chat-template", "off"]) == 0 and seen["chat_template"] == "off"
+    capsys.readouterr()
+    assert main([*args, "--chat-template", "on"]) == 2  # the tiny tokenizer has no template
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: oprd eval: `--chat-template` is 'on' but the tokenizer")
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--chat-template", "bogus"])
+    assert info.value.code == 2 and "argument --chat-template: invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--model", "m", "--prompts", "p", "--samples", "0"], "argument --samples: must be an int >= 1; got '0'"),
     (["eval", "--model", "m", "--prompts", "p", "--size", "0"], "argument --size: must be an int >= 1; got '0'"),

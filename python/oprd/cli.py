@@ -3,6 +3,7 @@
     oprd demo [--out DIR] [--quick] [--seed N] [--student-ratio R] [--bridge]
     oprd train --config run.yaml [section.key=value ...] [--resume | --overwrite]
     oprd eval --model DIR --prompts FILE [--samples K] [--temperature T] [--max-new-tokens N] [--size N]
+              [--chat-template auto|on|off]
     oprd bridge collect|fit ...
 
 A user's mistake is one `error: ...` line on stderr and exit status 2, never a traceback. `train` and `eval` check
@@ -20,6 +21,7 @@ from oprd.cli_bridge import add_bridge_parser
 from oprd.loading import load_model as _load_model
 from oprd.loading import load_tokenizer as _load_tokenizer
 from oprd.loading import teacher_tokenizer_for
+from oprd.prompt_format import CHAT_TEMPLATE_MODES, uses_template
 
 
 def _load_config(path: str | None, overrides: list[str]):
@@ -85,9 +87,10 @@ def cmd_eval(args) -> int:
 
     examples = check_eval(args.model, args.prompts, args.prompt_field, args.answer_field)[: args.size]
     tokenizer = _load_tokenizer(args.model, "--model")
+    uses_template(tokenizer, args.chat_template, "oprd eval", "--chat-template")  # "on" needs one: before loading
     model = _load_model(args.model, "--model")
     result = evaluate(model, tokenizer, examples, samples=args.samples, temperature=args.temperature,
-                      max_new_tokens=args.max_new_tokens)
+                      max_new_tokens=args.max_new_tokens, chat_template=args.chat_template)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -148,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=_positive, default=0.7)
     ev.add_argument("--max-new-tokens", type=_at_least_1, default=256)
     ev.add_argument("--size", type=_at_least_1, default=64, help="evaluate the first N prompts")
+    ev.add_argument("--chat-template", choices=CHAT_TEMPLATE_MODES, default="auto",
+                    help="prompts in the tokenizer's chat template: auto (where it has one), on (required), off; "
+                         "as the run's data.chat_template")
     ev.set_defaults(run=cmd_eval)
     add_bridge_parser(sub, _at_least_1, _positive)
     return p

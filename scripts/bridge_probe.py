@@ -1,11 +1,12 @@
 """Why OPRD-Bridge lowers the demo's student (docs/bridge.md): variants of Stage 1 and Stage 2 on a finished
 `oprd demo --bridge` directory, with the demo's own distillation settings and seed 0.
 
-    python scripts/bridge_probe.py --demo oprd-demo-bridge --out bridge-probe      # about 6 minutes on 2 CPU cores
+    python scripts/bridge_probe.py --demo oprd-demo-bridge --out bridge-probe      # about 5 minutes on 2 CPU cores
 
 Stage 1: the rank-8 held-out cosine at the paper's lr 1e-3 and the demo's 1e-2, on the demo's collected rows.
 Stage 2: from the demo's student and Bridge teacher, 200 steps each of OPD top-1, OPRD-Bridge (the demo's run),
-Bridge at lr 5e-5, a rank-32 bridge, and oprd_bridge+opd with mu = 1. Prints and writes probe.json.
+Bridge at lr 5e-5, rank-32 and rank-64 bridges (64: every direction of the student's states constrained), Bridge
+without the final (post-norm) layer pair, and oprd_bridge+opd with mu = 1. Prints and writes probe.json.
 """
 
 from __future__ import annotations
@@ -37,12 +38,18 @@ def main() -> None:
     for lr in (1e-3, 1e-2):
         _, report, _ = fit_collected(demo / "bridge_rows", rank=8, lr=lr, seed=settings.seed)
         results["stage1"][f"lr {lr:g}"] = [round(pair["cosine_after"], 3) for pair in report["pairs"]]
-    wide, _, _ = fit_collected(demo / "bridge_rows", rank=32, lr=1e-2, seed=settings.seed)
-    rank32 = save_bridge(wide, out / "bridge_rank32.safetensors")
+    ranked = {}
+    for rank in (32, 64):
+        wide, report, _ = fit_collected(demo / "bridge_rows", rank=rank, lr=1e-2, seed=settings.seed)
+        ranked[rank] = save_bridge(wide, out / f"bridge_rank{rank}.safetensors")
+        results["stage1"][f"rank {rank}"] = [round(pair["cosine_after"], 3) for pair in report["pairs"]]
     bridge = demo / "bridge.safetensors"
+    no_final = ",".join(str(i) for i in range(1, settings.layers))  # every block output but the post-norm last
     variants = [("opd_top1", "opd_top1", ()), ("oprd_bridge (the demo's)", "oprd_bridge", (f"bridge.path={bridge}",)),
                 ("oprd_bridge, lr 5e-5", "oprd_bridge", (f"bridge.path={bridge}", "optim.lr=5e-5")),
-                ("oprd_bridge, rank 32", "oprd_bridge", (f"bridge.path={rank32}",)),
+                ("oprd_bridge, rank 32", "oprd_bridge", (f"bridge.path={ranked[32]}",)),
+                ("oprd_bridge, rank 64", "oprd_bridge", (f"bridge.path={ranked[64]}",)),
+                ("oprd_bridge, no final layer", "oprd_bridge", (f"bridge.path={bridge}", f"oprd.layers={no_final}")),
                 ("oprd_bridge+opd, mu 1", "oprd_bridge+opd", (f"bridge.path={bridge}", "method.mu=1"))]
     teacher = LlamaForCausalLM.from_pretrained(demo / "models" / "bridge_teacher").eval()
     for label, method, overrides in variants:

@@ -15,6 +15,8 @@ Methods:
   opd-top1-fused    fused_opd_loss_at_ids from the final hidden states and the LM-head weight: no logits
   opd-top16-fused   the same, 16 ids
   oprd+opd          OPRD + mu * fused top-1 (the combined objective, mu = 1)
+  oprd-bridge       OPRD-Bridge Stage 2: capture + fused bridge_loss against an r = 8 projected cache [L, N_sel, 8]
+                    (frozen P_S; the teacher side is P_T (h_T - mu_T) of the same teacher)
 
     python benchmarks/bench_actor_update.py --device cuda --out results/actor_update.jsonl      # Qwen2.5-1.5B dims
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
@@ -43,7 +45,8 @@ from oprd.capture import capture_student, position_ids_from_mask, teacher_cache 
 from oprd.positions import select_positions  # noqa: E402
 
 METHODS = ("oprd", "oprd-unoptimised", "opd-top1-naive", "opd-top16-naive", "opd-top1-fused", "opd-top16-fused",
-           "oprd+opd")
+           "oprd+opd", "oprd-bridge")
+BRIDGE_RANK = 8
 BASELINE = "opd-top16-naive"
 
 
@@ -90,6 +93,7 @@ class Batch:
     cache: torch.Tensor  # [L, N_sel, d] bf16
     top1: tuple[torch.Tensor, torch.Tensor]  # (ids [B, T, 1], teacher log-probs)
     top16: tuple[torch.Tensor, torch.Tensor]
+    bridge: tuple[torch.Tensor, torch.Tensor]  # (teacher_z [L, N_sel, r] bf16, P_S [L, r, d] in the student's dtype)
 
 
 def build_models(case: Case, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -129,7 +133,12 @@ def make_batch(case: Case, seq: int, student, teacher, device: torch.device) -> 
     student_top = stats(s_final, s_weight, topk=16).topk_ids  # the no-grad student pass
     top16 = (student_top, stats(t_final, t_weight, ids=student_top).log_probs)
     mask = full_mask[:, case.prompt:].bool()
-    return Batch(ids, attention, columns, mask, rows, weights, cache, top1, top16)
+    proj_t = torch.linalg.qr(torch.randn(len(layers), case.hidden, BRIDGE_RANK, generator=gen)).Q.transpose(1, 2)
+    teacher_z = oprd_kernels.project_teacher(cache.float(), proj_t.to(device), torch.zeros(len(layers), case.hidden,
+                                                                                       device=device))
+    proj_s = (torch.randn(len(layers), BRIDGE_RANK, case.hidden, generator=gen) / case.hidden ** 0.5).to(device)
+    bridge = (teacher_z.to(cache.dtype), proj_s.to(student.dtype))
+    return Batch(ids, attention, columns, mask, rows, weights, cache, top1, top16, bridge)
 
 
 def method_loss(method: str, student, batch: Batch, layers: list[int]) -> torch.Tensor:
@@ -141,11 +150,14 @@ def method_loss(method: str, student, batch: Batch, layers: list[int]) -> torch.
                   for i in layers]
         del out  # the logits are discarded, as the paper's OPRD-only path does after computing them
         return oprd_kernels.reference.alignment_loss(torch.stack(states), batch.cache.float(), weights=batch.weights)
-    wants_states = method in ("oprd", "oprd+opd")
+    wants_states = method in ("oprd", "oprd+opd", "oprd-bridge")
     wants_final = method.startswith("opd") or method == "oprd+opd"
     captured = capture_student(student, batch.ids, batch.attention, layers if wants_states else "last",
                                final_state=wants_final)
     total = 0
+    if method == "oprd-bridge":
+        teacher_z, proj_s = batch.bridge
+        return oprd_kernels.bridge_loss(captured.states, teacher_z, proj_s, rows=batch.rows, weights=batch.weights)
     if wants_states:
         total = oprd_kernels.alignment_loss(captured.states, batch.cache, rows=batch.rows, weights=batch.weights)
     if wants_final:
@@ -173,7 +185,7 @@ def update_flops(case: Case, seq: int, method: str) -> float:
     head = 2 * case.hidden * case.vocab
     if method == "oprd-unoptimised":
         return decoder + head * tokens
-    if method == "oprd":
+    if method in ("oprd", "oprd-bridge"):
         return decoder
     return decoder + head * case.batch * seq * (3 if method.endswith("naive") else 4)
 

@@ -63,5 +63,17 @@ def test_actor_update_benchmark_runs_every_method_on_the_tiny_model(tmp_path, ca
     assert losses["opd-top1-fused"] == pytest.approx(losses["opd-top1-naive"], rel=1e-2)
     assert losses["opd-top16-fused"] == pytest.approx(losses["opd-top16-naive"], rel=1e-2)
     assert losses["oprd-unoptimised"] == pytest.approx(losses["oprd"], rel=1e-2)
+    assert 0 < losses["oprd-bridge"] < 4 / bench_actor_update.BRIDGE_RANK  # nmse = (2 - 2 cos) / r
     assert all(r["p50"] > 0 for r in rows)
     assert "opd-top16-naive" in capsys.readouterr().out
+
+
+def test_bridge_fit_benchmark_times_both_sweeps_on_the_same_rows(tmp_path, capsys):
+    import bench_bridge_fit
+
+    out = tmp_path / "fit.jsonl"
+    rows = bench_bridge_fit.main(["--smoke", "--out", str(out)])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == json.loads(json.dumps(rows))
+    assert [r["method"] for r in rows] == ["one eigh, every rank sliced", "a fit per rank"]
+    assert all(r["seconds"] > 0 and r["ranks"] == [1, 2, 4] for r in rows)
+    assert "naive / ours" in capsys.readouterr().out

@@ -47,6 +47,15 @@ _IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
     ("alignment_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.alignment", "alignment_loss", cpu_unavailable),
     ("bridge_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.bridge", "bridge_loss", cpu_unavailable),
 }
+# (op, backend) -> its gradient without autograd, for the custom ops' backward (oprd_kernels/custom_ops.py, _vjp.py).
+_VJPS: dict[tuple[str, str], Implementation] = {
+    ("alignment_loss", "reference"): Implementation("oprd_kernels.reference.vjp", "alignment_vjp"),
+    ("bridge_loss", "reference"): Implementation("oprd_kernels.reference.vjp", "bridge_vjp"),
+    ("alignment_loss", "triton"): Implementation("oprd_kernels.triton_ops.alignment", "alignment_vjp"),
+    ("bridge_loss", "triton"): Implementation("oprd_kernels.triton_ops.bridge", "bridge_vjp"),
+    ("alignment_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.alignment", "alignment_vjp"),
+    ("bridge_loss", "cpu"): Implementation("oprd_kernels.cpu_ops.bridge", "bridge_vjp"),
+}
 # (op, backend) pairs whose fallback this process has already warned about (the registry reads and fills it).
 _WARNED: set[tuple[str, str]] = set()
 
@@ -60,6 +69,12 @@ def unavailable_reason(op: str, backend: str, device: torch.device | None) -> st
 def load(op: str, backend: str) -> Callable:
     """The implementation of `op` in `backend` (the registry has checked that it can run)."""
     return _IMPLEMENTATIONS[(op, backend)].load()
+
+
+def resolve_vjp(op: str, backend: str | None, device: torch.device | None) -> Callable:
+    """The gradient function of the backend that runs `op` for tensors on `device` (the forward's choice)."""
+    name, _ = resolve(op, backend, device)
+    return _VJPS[(op, name)].load()
 
 
 def requested_backend(func: str, backend: str | None) -> str:

@@ -24,6 +24,7 @@ from oprd_kernels._student_grads import (
 )
 from oprd_kernels._tables import layer_table
 from oprd_kernels._validation import check_bridge
+from oprd_kernels._vjp import function_vjp, tensors_of
 from oprd_kernels.cpu_ops import alignment as _alignment
 from oprd_kernels.cpu_ops._args import (
     DTYPE_CODES,
@@ -131,3 +132,16 @@ def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None,
     plan = bridge_plan(inp, loss_type, reduction, _alignment.GRADIENT_IN_FORWARD and torch.is_grad_enabled())
     stacked = isinstance(student, Tensor)
     return CpuBridgeFunction.apply(plan, stacked, inp.proj, *((student,) if stacked else tuple(student)))
+
+
+def bridge_vjp(student, teacher_z, proj: Tensor, grad: Tensor, *, rows: Tensor | None = None,
+               weights: Tensor | None = None, loss_type: str = "nmse", reduction: str = "mean",
+               proj_grad: bool = False) -> tuple[Tensor | None, list[Tensor]]:
+    """(d proj or None, the student gradients) of `bridge_loss(...)` against `grad`, without autograd
+    (oprd_kernels/_vjp.py)."""
+    inp = check_bridge("bridge_loss", student, teacher_z, proj, rows, weights, loss_type, reduction)
+    tensors, stacked = tensors_of(student)
+    plan = bridge_plan(inp, loss_type, reduction)
+    grads = function_vjp(CpuBridgeFunction, (plan, stacked, inp.proj), tensors,
+                         (False, False, proj_grad, *[True] * len(tensors)), grad)
+    return grads[2], list(grads[3:])

@@ -16,6 +16,7 @@ from oprd_kernels._plans import Plan, alignment_plan
 from oprd_kernels._student_grads import as_input_gradients, dense_gradients, slot_arrays, student_layers, wanted_layers
 from oprd_kernels._tables import LayerTable, layer_table
 from oprd_kernels._validation import AlignmentInputs, assert_values_async, check_alignment, device_of
+from oprd_kernels._vjp import function_vjp, tensors_of
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
 from oprd_kernels.triton_ops.common import cuda_grid, interpreting
@@ -109,3 +110,17 @@ def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Ten
     tensors = (student,) if stacked else tuple(student)
     per_layer = AlignmentFunction.apply(plan, stacked, *tensors)
     return per_layer.mean() if reduction == "mean" else per_layer
+
+
+def alignment_vjp(student, teacher, grad: Tensor, *, rows: Tensor | None = None, weights: Tensor | None = None,
+                  layer_map: Tensor | None = None, loss_type: str = "mse", reduction: str = "mean") -> list[Tensor]:
+    """The student gradients of `alignment_loss(...)` against `grad`, without autograd (oprd_kernels/_vjp.py): the
+    forward kernel for its row statistics, then the backward kernel reading `grad` per layer."""
+    inp = check_alignment("alignment_loss", student, teacher, rows, weights, layer_map, loss_type, reduction,
+                          check_values=False)  # checked when the loss ran
+    tensors, stacked = tensors_of(student)
+    plan = alignment_plan(inp, loss_type, reduction)
+    per_layer = grad.expand(plan.num_layers) / plan.num_layers if reduction == "mean" else grad
+    grads = function_vjp(AlignmentFunction, (plan, stacked), tensors, (False, False, *[True] * len(tensors)),
+                         per_layer)
+    return list(grads[2:])

@@ -16,6 +16,7 @@ from oprd_kernels._plans import Plan, bridge_plan
 from oprd_kernels._student_grads import as_input_gradients, dense_gradients, slot_arrays, student_layers, wanted_layers
 from oprd_kernels._tables import LayerTable, layer_table
 from oprd_kernels._validation import assert_values_async, check_bridge, device_of
+from oprd_kernels._vjp import function_vjp, tensors_of
 from oprd_kernels.reference.rowwise import NORM_EPS
 from oprd_kernels.triton_ops.alignment import accumulator
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel, bridge_proj_grad_kernel
@@ -143,3 +144,18 @@ def bridge_loss(student, teacher_z, proj: Tensor, *, rows: Tensor | None = None,
     stacked = isinstance(student, Tensor)
     per_layer = BridgeFunction.apply(plan, stacked, inp.proj, *((student,) if stacked else tuple(student)))
     return per_layer.mean() if reduction == "mean" else per_layer
+
+
+def bridge_vjp(student, teacher_z, proj: Tensor, grad: Tensor, *, rows: Tensor | None = None,
+               weights: Tensor | None = None, loss_type: str = "nmse", reduction: str = "mean",
+               proj_grad: bool = False) -> tuple[Tensor | None, list[Tensor]]:
+    """(d proj or None, the student gradients) of `bridge_loss(...)` against `grad`, without autograd
+    (oprd_kernels/_vjp.py)."""
+    inp = check_bridge("bridge_loss", student, teacher_z, proj, rows, weights, loss_type, reduction,
+                       check_values=False)  # checked when the loss ran
+    tensors, stacked = tensors_of(student)
+    plan = bridge_plan(inp, loss_type, reduction)
+    per_layer = grad.expand(plan.num_layers) / plan.num_layers if reduction == "mean" else grad
+    grads = function_vjp(BridgeFunction, (plan, stacked, inp.proj), tensors,
+                         (False, False, proj_grad, *[True] * len(tensors)), per_layer)
+    return grads[2], list(grads[3:])

@@ -26,6 +26,7 @@ from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_i
 from oprd_kernels.opd._passes import Passes, resolve_passes
 from oprd_kernels.opd._shared_vocab import head_statistics, reverse_kl
 from oprd_kernels.opd._tiles import Tiling, check_blocks, choose_tiling, matmul_dtype
+from oprd_kernels.opd.custom_ops import traced_fused_opd
 from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_heads
 from oprd_kernels.opd.rowwise import row_tiling
 
@@ -120,32 +121,47 @@ class FusedCall:
             raise ValueError("FusedCall: stats need the sampled tokens (not the at_ids kind)")
 
 
+def run_call(call: FusedCall, hidden: Tensor, weight: Tensor, teacher_weight: Tensor):
+    """(loss, d_hidden or None, d_weight or None, OPDStats tuple or None): the loss with its gradients for an
+    incoming gradient of 1, computed in the forward pass (what _FusedOPD and the custom op both run)."""
+    inp, passes, want_h, want_w = call.inp, call.passes, call.want_hidden, call.want_weight
+    stats = None
+    if inp.num_live == 0:
+        loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
+        grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
+        stats = concat_stats([], call.stats_k, inp.out_dtype, hidden.device) if call.stats_k else None
+    elif passes.whole_loss is not None:
+        whole = passes.whole_loss(call.kind, inp, weight, teacher_weight, call.k, call.tiling, call.mm_dtypes,
+                                  want_hidden=want_h, want_weight=want_w, stats_k=call.stats_k)
+        grads = (whole.d_hidden.view(hidden.shape) if whole.d_hidden is not None else None, whole.d_weight)
+        loss, stats = whole.loss, whole.stats
+    else:
+        loss, parts, stats = _loss_and_gradient(passes, call, weight, teacher_weight)
+        d_hidden = d_weight = None
+        if want_h or want_w:
+            d_hidden, d_weight = _backprop(passes, inp, weight, parts, call.tiling, call.mm_dtypes, want_h, want_w)
+        grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
+    values = None if stats is None else tuple(t.detach() for t in stats.as_tuple())
+    return loss, grads[0], grads[1], values
+
+
+def scaled(gradient: Tensor | None, grad_out: Tensor, in_place: bool = False) -> Tensor | None:
+    """A forward-computed gradient times the incoming gradient (taken in float32, float64 for float64)."""
+    if gradient is None:
+        return None
+    scale = grad_out.to(torch.float32 if grad_out.dtype != torch.float64 else torch.float64).to(gradient.dtype)
+    return gradient.mul_(scale) if in_place else gradient * scale
+
+
 class _FusedOPD(torch.autograd.Function):
     """Returns the loss, followed by the four OPDStats tensors when call.stats_k > 0 (not differentiable)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, call: FusedCall):
-        inp, passes, want_h, want_w = call.inp, call.passes, call.want_hidden, call.want_weight
-        stats = None
-        if inp.num_live == 0:
-            loss = torch.zeros((), dtype=inp.out_dtype, device=hidden.device)
-            ctx.grads = (torch.zeros_like(hidden) if want_h else None, torch.zeros_like(weight) if want_w else None)
-            stats = concat_stats([], call.stats_k, inp.out_dtype, hidden.device) if call.stats_k else None
-        elif passes.whole_loss is not None:
-            whole = passes.whole_loss(call.kind, inp, weight, teacher_weight, call.k, call.tiling, call.mm_dtypes,
-                                      want_hidden=want_h, want_weight=want_w, stats_k=call.stats_k)
-            ctx.grads = (whole.d_hidden.view(hidden.shape) if whole.d_hidden is not None else None, whole.d_weight)
-            loss, stats = whole.loss, whole.stats
-        else:
-            loss, parts, stats = _loss_and_gradient(passes, call, weight, teacher_weight)
-            d_hidden = d_weight = None
-            if want_h or want_w:
-                d_hidden, d_weight = _backprop(passes, inp, weight, parts, call.tiling, call.mm_dtypes, want_h,
-                                               want_w)
-            ctx.grads = (d_hidden.view(hidden.shape) if d_hidden is not None else None, d_weight)
-        if stats is None:
+        loss, d_hidden, d_weight, values = run_call(call, hidden, weight, teacher_weight)
+        ctx.grads = (d_hidden, d_weight)
+        if values is None:
             return loss
-        values = tuple(t.detach() for t in stats.as_tuple())
         ctx.mark_non_differentiable(*values)
         return (loss, *values)
 
@@ -156,19 +172,17 @@ class _FusedOPD(torch.autograd.Function):
                                "through the same graph (retain_graph=True) is not supported")
         d_hidden, d_weight = ctx.grads
         ctx.grads = None
-        scale = grad_out.to(torch.float32 if grad_out.dtype != torch.float64 else torch.float64)
-        if d_hidden is not None:
-            d_hidden = d_hidden.mul_(scale.to(d_hidden.dtype))
-        if d_weight is not None:
-            d_weight = d_weight.mul_(scale.to(d_weight.dtype))
-        return d_hidden, d_weight, None, None, None
+        return scaled(d_hidden, grad_out, in_place=True), scaled(d_weight, grad_out, in_place=True), None, None, None
 
 
-def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
-           tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
-           backend: str | None, stats_k: int = 0):
+def prepare_call(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor,
+                 teacher_weight: Tensor, tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None,
+                 vocab_block: int | None, backend: str | None, stats_k: int, want_hidden: bool,
+                 want_weight: bool) -> FusedCall:
+    """The validated call: inputs, backend passes, tiling and matmul dtypes (the teacher side of "at_ids" arrives
+    precomputed: (ids, log-probs) in the teacher's two slots)."""
     check_blocks(func, row_block, vocab_block)
-    if kind == "at_ids":  # the teacher side arrives precomputed: (ids, log-probs) in the teacher's two slots
+    if kind == "at_ids":
         inp = check_at_ids_inputs(func, hidden, weight, teacher_hidden, teacher_weight, mask)
     else:
         inp = check_opd_inputs(func, hidden, weight, teacher_hidden, teacher_weight, tokens, mask,
@@ -185,12 +199,24 @@ def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden:
               choose_tiling(inp.num_live, vocab, hidden.device, row_block, vocab_block))
     mm_dtypes = (matmul_dtype(hidden, weight),
                  matmul_dtype(hidden, weight) if kind == "at_ids" else matmul_dtype(teacher_hidden, teacher_weight))
-    grad_on = torch.is_grad_enabled()
-    want_h, want_w = grad_on and hidden.requires_grad, grad_on and weight.requires_grad
-    with torch.autocast(hidden.device.type, enabled=False):
-        call = FusedCall(passes=passes, kind=kind, inp=inp, k=k, tiling=tiling, mm_dtypes=mm_dtypes,
-                         want_hidden=want_h, want_weight=want_w, stats_k=stats_k)
-        result = _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
+    return FusedCall(passes=passes, kind=kind, inp=inp, k=k, tiling=tiling, mm_dtypes=mm_dtypes,
+                     want_hidden=want_hidden, want_weight=want_weight, stats_k=stats_k)
+
+
+def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+           tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
+           backend: str | None, stats_k: int = 0):
+    args = (func, kind, hidden, weight, teacher_hidden, teacher_weight, tokens, mask, k, row_block, vocab_block,
+            backend, stats_k)
+    if torch.compiler.is_compiling():  # the custom op: no Python dispatch inside a compiled graph
+        result = traced_fused_opd(*args)
+    else:
+        grad_on = torch.is_grad_enabled()
+        # the matmul dtypes follow an enclosing autocast; the passes then run with it off
+        wants = [grad_on and getattr(t, "requires_grad", False) for t in (hidden, weight)]  # validated in prepare
+        call = prepare_call(*args, *wants)
+        with torch.autocast(hidden.device.type, enabled=False):
+            result = _FusedOPD.apply(hidden, weight, teacher_hidden.detach(), teacher_weight.detach(), call)
     if not stats_k:
         return result
     return result[0], OPDStats.of_tuple(result[1:], stats_k)

@@ -13,6 +13,7 @@ from oprd_kernels._validation import as_int, check_same_device, describe, fail
 from oprd_kernels.opd._passes import resolve_passes
 from oprd_kernels.opd._shared_vocab import head_statistics
 from oprd_kernels.opd._tiles import check_blocks, choose_tiling, matmul_dtype
+from oprd_kernels.opd.custom_ops import traced_lm_head_stats
 from oprd_kernels.opd.rowwise import row_tiling
 
 
@@ -46,6 +47,18 @@ def lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, 
     topk_among: take the top-k among the ids below it only (the ids another, differently padded head shares; the
     softmax is still over all V rows; `ids` must then lie below it too); backend: as for the fused OPD losses (auto
     ignores the weight's dtype here: its bf16 rule concerns the losses' weight gradient, and this has none)."""
+    if torch.compiler.is_compiling():  # the custom op: no Python dispatch inside a compiled graph
+        return HeadStats(*traced_lm_head_stats(hidden, weight, ids=ids, topk=topk, entropy=entropy,
+                                               topk_among=topk_among, row_block=row_block, vocab_block=vocab_block,
+                                               backend=backend))
+    return eager_lm_head_stats(hidden, weight, ids=ids, topk=topk, entropy=entropy, topk_among=topk_among,
+                               row_block=row_block, vocab_block=vocab_block, backend=backend)
+
+
+def eager_lm_head_stats(hidden: Tensor, weight: Tensor, *, ids: Tensor | None = None, topk: int = 0,
+                        entropy: bool = False, topk_among: int | None = None, row_block: int | None = None,
+                        vocab_block: int | None = None, backend: str | None = None) -> HeadStats:
+    """`lm_head_stats` outside compilation (the custom op's body)."""
     func = "lm_head_stats"
     positions = check_final_hidden(func, "hidden", hidden)
     check_lm_head(func, "weight", weight, hidden.shape[-1], hidden.device)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU run (about 6 minutes on an H200), in order of value: install and build facts; the GPU tests
-# (the Triton kernels compiled for the GPU, then the realistic shapes: fused OPD at d = 1536, V = 151,936, N = 4,096,
+# (the Triton kernels compiled for the GPU, torch.compile through the custom ops, then the realistic shapes: fused OPD at d = 1536, V = 151,936, N = 4,096,
 # alignment at N_sel > 65,535); the actor update against top-16 OPD (the headline: Qwen2.5-1.5B dims, B = 2,
 # responses of 4k and 16k tokens); the loss path at the paper's shapes; the teacher pass; the kernel benchmark.
 # Every step has its own timeout, so one slow step cannot eat the others' time; every step's status goes to
@@ -22,9 +22,9 @@ if [ "$steps_failed" -ne 0 ]; then finish_steps; exit 1; fi
 run_step build-info 30 build_info.json $py -m oprd_kernels
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv >"$out/gpu.csv" 2>&1
 
-STEP_TAIL=6 run_step tests-compiled 100 gpu_tests.log $py -m pytest -q -p no:cacheprovider \
+STEP_TAIL=6 run_step tests-compiled 160 gpu_tests.log $py -m pytest -q -p no:cacheprovider \
   tests/test_triton_opd.py tests/test_backend_alignment.py tests/test_backend_bridge.py tests/test_lifetimes.py \
-  tests/test_position_checks.py
+  tests/test_position_checks.py tests/test_compile_cuda.py
 STEP_TAIL=6 run_step tests-shapes 150 gpu_shapes.log $py -m pytest -q -p no:cacheprovider -m gpu \
   tests/test_gpu_shapes.py
 

@@ -2,7 +2,8 @@
 # The one prepared GPU run (about 6 minutes on an H200), in order of value: install and build facts; the GPU tests
 # (the Triton kernels compiled for the GPU, torch.compile through the custom ops, then the realistic shapes: fused
 # OPD at d = 1536, V = 151,936, N = 4,096, alignment at N_sel > 65,535); the actor update against top-16 OPD (the
-# headline: Qwen2.5-1.5B dims, B = 2, responses of 4k and 16k tokens); the loss path at the paper's shapes; the teacher pass; the kernel benchmark.
+# headline: Qwen2.5-1.5B dims, B = 2, responses of 4k and 16k tokens); the loss path at the paper's shapes; the
+# teacher pass; the kernel benchmark.
 # Every step has its own timeout, so one slow step cannot eat the others' time; every step's status goes to
 # summary.tsv, a failed or timed-out step is printed as such, and the script exits 1 when any step did not pass.
 # Results go to the folder given as $1 (default: $OUT, else ./gpu-results): summary.tsv, build_info.json, gpu.csv,

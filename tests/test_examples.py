@@ -31,3 +31,17 @@ def test_custom_training_loop_updates_the_student(monkeypatch):
     after = built[0].state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed, "the optimizer step changed no student weight"
+
+
+@pytest.mark.filterwarnings("ignore:oprd_kernels. backend")
+def test_compiled_training_loop_updates_the_student_with_the_eager_loss(monkeypatch):
+    module = load("compiled_training_loop")
+    before = module.tiny_llama(layers=3, seed=0).state_dict()
+    built = []
+    original = module.tiny_llama
+    monkeypatch.setattr(module, "tiny_llama", lambda layers, seed: built.append(original(layers, seed)) or built[-1])
+    torch._dynamo.reset()
+    result = module.main()
+    assert math.isfinite(result["loss"]) and result["loss"] == pytest.approx(result["eager_loss"], rel=1e-5)
+    after = built[0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the optimizer step changed no student weight"

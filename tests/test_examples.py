@@ -45,3 +45,12 @@ def test_compiled_training_loop_updates_the_student_with_the_eager_loss(monkeypa
     assert math.isfinite(result["loss"]) and result["loss"] == pytest.approx(result["eager_loss"], rel=1e-5)
     after = built[0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "the optimizer step changed no student weight"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_trl_example_trains_and_lowers_the_oprd_loss(tmp_path, capsys):
+    pytest.importorskip("trl", minversion="1.16")
+    logged = load("trl_oprd").main(["--steps", "6", "--out", str(tmp_path / "run")])
+    assert [h["step"] for h in logged] == [1, 2, 3, 4, 5, 6]
+    assert logged[-1]["loss/oprd"] < logged[0]["loss/oprd"]
+    assert "step 6: loss/oprd" in capsys.readouterr().out

@@ -45,6 +45,19 @@ def _result(student: list[Tensor], stacked: bool, reduction: str, *others: Tenso
     return student[0].new_empty(shape, dtype=result_dtype(student[0].dtype, *(t.dtype for t in others)))
 
 
+def _save(ctx, student: list[Tensor], teacher: list[Tensor], *rest, options: list) -> None:
+    """Saves both tensor lists and the optional tensors after them; `options` are the op's non-tensor arguments."""
+    ctx.counts, ctx.options = (len(student), len(teacher)), options
+    ctx.save_for_backward(*student, *teacher, *rest)
+
+
+def _saved(ctx) -> tuple[list[Tensor], list[Tensor], tuple]:
+    """(student, teacher, the tensors saved after them) as `_save` stored them."""
+    n_s, n_t = ctx.counts
+    saved = ctx.saved_tensors
+    return list(saved[:n_s]), list(saved[n_s:n_s + n_t]), saved[n_s + n_t:]
+
+
 def _fake_gradients(tensors: list[Tensor]) -> list[Tensor]:
     return [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
 
@@ -86,16 +99,13 @@ def _(grad, student, *rest):
 
 def _alignment_setup(ctx, inputs, output) -> None:
     student, teacher, rows, weights, layer_map, *options = inputs
-    ctx.counts, ctx.options = (len(student), len(teacher)), options
-    ctx.save_for_backward(*student, *teacher, rows, weights, layer_map)
+    _save(ctx, student, teacher, rows, weights, layer_map, options=options)
 
 
 def _alignment_backward(ctx, grad):
-    n_s, n_t = ctx.counts
-    saved = ctx.saved_tensors
-    student, teacher = list(saved[:n_s]), list(saved[n_s:n_s + n_t])
-    grads = alignment_backward_op(grad, student, teacher, *saved[n_s + n_t:], *ctx.options)
-    return (grads, [None] * n_t, *[None] * 8)  # the structure of the inputs: a list for each list
+    student, teacher, rest = _saved(ctx)
+    grads = alignment_backward_op(grad, student, teacher, *rest, *ctx.options)
+    return (grads, [None] * len(teacher), *[None] * 8)  # the structure of the inputs: a list for each list
 
 
 alignment_op.register_autograd(_alignment_backward, setup_context=_alignment_setup)
@@ -148,18 +158,14 @@ def _(grad, student, teacher_z, proj, rows, weights, loss_type, reduction, backe
 
 def _bridge_setup(ctx, inputs, output) -> None:
     student, teacher_z, proj, rows, weights, *options = inputs
-    ctx.counts, ctx.options = (len(student), len(teacher_z)), options
-    ctx.save_for_backward(*student, *teacher_z, proj, rows, weights)
+    _save(ctx, student, teacher_z, proj, rows, weights, options=options)
 
 
 def _bridge_backward(ctx, grad):
-    n_s, n_t = ctx.counts
-    saved = ctx.saved_tensors
-    student, teacher_z = list(saved[:n_s]), list(saved[n_s:n_s + n_t])
-    proj, rows, weights = saved[n_s + n_t:]
+    student, teacher_z, (proj, rows, weights) = _saved(ctx)
     wants_proj = bool(ctx.needs_input_grad[2])
     d_proj, *d_student = bridge_backward_op(grad, student, teacher_z, proj, rows, weights, *ctx.options, wants_proj)
-    return (d_student, [None] * n_t, d_proj if wants_proj else None, *[None] * 7)
+    return (d_student, [None] * len(teacher_z), d_proj if wants_proj else None, *[None] * 7)
 
 
 bridge_op.register_autograd(_bridge_backward, setup_context=_bridge_setup)

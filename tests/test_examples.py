@@ -17,34 +17,32 @@ def load(name):
     return module
 
 
-@pytest.mark.filterwarnings("ignore:oprd_kernels. backend")
-def test_custom_training_loop_updates_the_student(monkeypatch):
-    module = load("custom_training_loop")
+def run_and_check_the_student_changed(monkeypatch, name: str) -> dict:
+    """The example's main() result, after checking its optimizer step changed the student (its first model)."""
+    module = load(name)
     before = module.tiny_llama(layers=3, seed=0).state_dict()
     built = []
     original = module.tiny_llama
     monkeypatch.setattr(module, "tiny_llama", lambda layers, seed: built.append(original(layers, seed)) or built[-1])
     result = module.main()
+    after = built[0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the optimizer step changed no student weight"
+    return result
+
+
+@pytest.mark.filterwarnings("ignore:oprd_kernels. backend")
+def test_custom_training_loop_updates_the_student(monkeypatch):
+    result = run_and_check_the_student_changed(monkeypatch, "custom_training_loop")
     assert result["rows"] == 10  # last_k=5 of responses with 6 and 8 tokens
     assert math.isfinite(result["loss"]) and 0 < result["loss"] < 4 / 48  # nmse per row is at most 4 / D
     assert -1 <= result["rep/cosine_similarity"] <= 1
-    after = built[0].state_dict()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert changed, "the optimizer step changed no student weight"
 
 
 @pytest.mark.filterwarnings("ignore:oprd_kernels. backend")
 def test_compiled_training_loop_updates_the_student_with_the_eager_loss(monkeypatch):
-    module = load("compiled_training_loop")
-    before = module.tiny_llama(layers=3, seed=0).state_dict()
-    built = []
-    original = module.tiny_llama
-    monkeypatch.setattr(module, "tiny_llama", lambda layers, seed: built.append(original(layers, seed)) or built[-1])
     torch._dynamo.reset()
-    result = module.main()
+    result = run_and_check_the_student_changed(monkeypatch, "compiled_training_loop")
     assert math.isfinite(result["loss"]) and result["loss"] == pytest.approx(result["eager_loss"], rel=1e-5)
-    after = built[0].state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before), "the optimizer step changed no student weight"
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -43,13 +43,18 @@ class BridgeDemoSettings:
     cross_tokenizer: bool = True  # also the cross-tokenizer pair (a BPE teacher)
     bpe_vocab: int = 80
     cross_rank: int = 4  # the paper's cross-tokenizer default
+    teacher_sft_steps: int = 0  # SFT steps of the two Bridge teachers; 0: the base run's
+
+    @property
+    def teacher_steps(self) -> int:
+        return self.teacher_sft_steps or self.base.sft_steps
 
     @classmethod
     def quick(cls, out: str, seed: int = 0) -> "BridgeDemoSettings":
         """Every stage on tiny budgets (the tests): the numbers mean little."""
         return cls(base=replace(DemoSettings.quick(out, seed), methods=(), teacher_head_methods=()),
                    teacher_hidden=48, teacher_layers=3, collect_prompts=8, max_rows=64, ranks=(1, 2, 4), rank=4,
-                   fit_epochs=2, cross_rank=2)
+                   fit_epochs=2, cross_rank=2, teacher_sft_steps=100)
 
     def runs(self, bridge_file: Path) -> list[DemoRun]:
         bridge = (f"bridge.path={bridge_file}",)
@@ -63,9 +68,9 @@ class BridgeDemoSettings:
 def _wide_teacher(settings: BridgeDemoSettings, stage, label: str) -> LlamaForCausalLM:
     base = settings.base
     stage.log(f"{label} the Bridge teacher: {settings.teacher_layers} blocks of {settings.teacher_hidden}, "
-              f"{base.sft_steps} SFT steps")
+              f"{settings.teacher_steps} SFT steps")
     teacher = _model(stage.tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
-    train_sft(teacher, stage.tokenizer, stage.train, steps=base.sft_steps, batch_size=base.sft_batch,
+    train_sft(teacher, stage.tokenizer, stage.train, steps=settings.teacher_steps, batch_size=base.sft_batch,
               lr=base.sft_lr, seed=base.seed)
     _save(teacher, stage, "bridge_teacher")
     return teacher.eval()

@@ -26,9 +26,10 @@ def run_cross_tokenizer(settings, stage, student, acc_student: float, fit, label
     base = settings.base
     tokenizer = build_bpe_tokenizer([e.prompt + e.solution for e in stage.train[:BPE_TEXTS]], settings.bpe_vocab)
     stage.log(f"{labels[0]} the cross-tokenizer teacher: {settings.teacher_layers} blocks of "
-              f"{settings.teacher_hidden} on a byte-level BPE of {len(tokenizer)} tokens, {base.sft_steps} SFT steps")
+              f"{settings.teacher_hidden} on a byte-level BPE of {len(tokenizer)} tokens, "
+              f"{settings.teacher_steps} SFT steps")
     teacher = _model(tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
-    train_sft(teacher, tokenizer, stage.train, steps=base.sft_steps, batch_size=base.sft_batch, lr=base.sft_lr,
+    train_sft(teacher, tokenizer, stage.train, steps=settings.teacher_steps, batch_size=base.sft_batch, lr=base.sft_lr,
               seed=base.seed)
     for target in (teacher, tokenizer):
         target.save_pretrained(stage.out / "models" / "bpe_teacher")

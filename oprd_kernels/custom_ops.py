@@ -18,15 +18,12 @@ the inputs' shapes, contiguous.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import torch
 from torch import Tensor
 
 from oprd_kernels._validation import result_dtype
 from oprd_kernels.dispatch import resolve_vjp
-
-HiddenStates = Union[Tensor, Sequence[Tensor]]
+from oprd_kernels.eager import HiddenStates, eager_alignment_loss, eager_bridge_loss
 
 
 def _listed(states: HiddenStates) -> tuple[list[Tensor], bool]:
@@ -69,8 +66,6 @@ def _fake_gradients(tensors: list[Tensor]) -> list[Tensor]:
 def alignment_op(student: list[Tensor], teacher: list[Tensor], rows: Tensor | None, weights: Tensor | None,
                  layer_map: Tensor | None, loss_type: str, reduction: str, backend: str | None, stacked: bool,
                  teacher_stacked: bool) -> Tensor:
-    from oprd_kernels.functional import eager_alignment_loss
-
     with torch.no_grad():
         return eager_alignment_loss(_unlisted(student, stacked), _unlisted(teacher, teacher_stacked), rows=rows,
                                     weights=weights, layer_map=layer_map, loss_type=loss_type, reduction=reduction,
@@ -127,8 +122,6 @@ def traced_alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows:
 def bridge_op(student: list[Tensor], teacher_z: list[Tensor], proj: Tensor, rows: Tensor | None,
               weights: Tensor | None, loss_type: str, reduction: str, backend: str | None, stacked: bool,
               teacher_stacked: bool) -> Tensor:
-    from oprd_kernels.functional import eager_bridge_loss
-
     with torch.no_grad():
         return eager_bridge_loss(_unlisted(student, stacked), _unlisted(teacher_z, teacher_stacked), proj, rows=rows,
                                  weights=weights, loss_type=loss_type, reduction=reduction, backend=backend)

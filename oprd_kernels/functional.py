@@ -5,16 +5,11 @@ graph traces through them without a break."""
 
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import torch
 from torch import Tensor
 
-from oprd_kernels._validation import device_of
 from oprd_kernels.custom_ops import traced_alignment_loss, traced_bridge_loss
-from oprd_kernels.registry import resolve
-
-HiddenStates = Union[Tensor, Sequence[Tensor]]
+from oprd_kernels.eager import HiddenStates, eager_alignment_loss, eager_bridge_loss
 
 
 def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor | None = None,
@@ -32,15 +27,6 @@ def alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor
                                 loss_type=loss_type, reduction=reduction, backend=backend)
 
 
-def eager_alignment_loss(student: HiddenStates, teacher: HiddenStates, *, rows: Tensor | None = None,
-                         weights: Tensor | None = None, layer_map: Tensor | None = None, loss_type: str = "mse",
-                         reduction: str = "mean", backend: str | None = None) -> Tensor:
-    """`alignment_loss` outside compilation: the backend chosen in Python, then run (the custom op's body)."""
-    _, impl = resolve("oprd", "alignment_loss", backend, device_of(student))
-    return impl(student, teacher, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
-                reduction=reduction)
-
-
 def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *, rows: Tensor | None = None,
                 weights: Tensor | None = None, loss_type: str = "nmse", reduction: str = "mean",
                 backend: str | None = None) -> Tensor:
@@ -54,11 +40,3 @@ def bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *,
                                   reduction=reduction, backend=backend)
     return eager_bridge_loss(student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type,
                              reduction=reduction, backend=backend)
-
-
-def eager_bridge_loss(student: HiddenStates, teacher_z: HiddenStates, proj: Tensor, *, rows: Tensor | None = None,
-                      weights: Tensor | None = None, loss_type: str = "nmse", reduction: str = "mean",
-                      backend: str | None = None) -> Tensor:
-    """`bridge_loss` outside compilation: the backend chosen in Python, then run (the custom op's body)."""
-    _, impl = resolve("oprd", "bridge_loss", backend, device_of(student))
-    return impl(student, teacher_z, proj, rows=rows, weights=weights, loss_type=loss_type, reduction=reduction)

@@ -11,7 +11,7 @@ from oprd.positions import select_positions
 from oprd_kernels import _position_checks as checks
 from oprd_kernels import lm_head_stats, reference
 from oprd_kernels.opd import _inputs
-from oprd_kernels.opd import head_stats as head_stats_module
+from oprd_kernels.opd import _lm_head_stats as head_stats_module
 
 
 def test_mask_rules_are_the_same_for_the_trainer_and_the_losses():

@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from oprd_kernels.opd._fused_call import prepare_call, run_call, scaled
+from oprd_kernels.opd._lm_head_stats import eager_lm_head_stats
+
 _STATS = 4  # reward, entropy_student, entropy_teacher, overlap
 
 
@@ -26,8 +29,6 @@ def fused_opd_op(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_h
                  tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
                  backend: str | None, stats_k: int, want_hidden: bool, want_weight: bool) -> list[Tensor]:
     """[loss, d_hidden (empty unless wanted), d_weight (likewise), the four stats (when stats_k > 0)]."""
-    from oprd_kernels.opd.fused import prepare_call, run_call  # fused.py imports this module
-
     call = prepare_call(func, kind, hidden, weight, teacher_hidden, teacher_weight, tokens, mask, k, row_block,
                         vocab_block, backend, stats_k, want_hidden, want_weight)
     with torch.autocast(hidden.device.type, enabled=False):
@@ -56,8 +57,6 @@ def _setup(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, *grads):
-    from oprd_kernels.opd.fused import scaled
-
     d_hidden, d_weight = ctx.saved_tensors
     want_h, want_w = ctx.wants
     grad = grads[0][0] if isinstance(grads[0], (list, tuple)) else grads[0]  # the loss's, of the list output
@@ -85,8 +84,6 @@ def lm_head_stats_op(hidden: Tensor, weight: Tensor, ids: Tensor | None, topk: i
                      topk_among: int | None, row_block: int | None, vocab_block: int | None,
                      backend: str | None) -> list[Tensor]:
     """HeadStats' five fields in order, each empty where absent."""
-    from oprd_kernels.opd.head_stats import eager_lm_head_stats
-
     st = eager_lm_head_stats(hidden, weight, ids=ids, topk=topk, entropy=entropy, topk_among=topk_among,
                              row_block=row_block, vocab_block=vocab_block, backend=backend)
     return [hidden.new_empty(0) if t is None else t.contiguous()  # a fresh empty each: outputs never alias

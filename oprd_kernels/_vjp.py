@@ -2,9 +2,10 @@
 
 A `torch.library` custom op's body runs below autograd, so it cannot record a graph and differentiate it. The fused
 backends' autograd Functions already hold explicit backward code; `function_vjp` runs a Function's forward and
-backward directly, with `Context` standing in for autograd's ctx (the attributes those Functions use), and
-`vjp_inputs` gives the validated plan each backend builds. The backends' `*_vjp` functions put the two together;
-the reference's use `torch.func.vjp`, which works below autograd.
+backward directly, with `Context` standing in for autograd's ctx (the attributes those Functions use);
+`backward_only` skips the forward where the backward reads nothing it computed (the cpu backend). The backends'
+`*_vjp` functions build the validated plan and call one of them; the reference's use `torch.func.vjp`, which works
+below autograd.
 """
 
 from __future__ import annotations
@@ -33,6 +34,18 @@ def function_vjp(function: type[torch.autograd.Function], leading: tuple, tensor
     ctx = Context(needs)
     with torch.no_grad():
         function.forward(ctx, *leading, *tensors)
+        return function.backward(ctx, grad)
+
+
+def backward_only(function: type[torch.autograd.Function], state: dict, saved: Sequence[Tensor],
+                  needs: Sequence[bool], grad: Tensor) -> tuple:
+    """`function.backward(grad)` with its ctx set up directly (`state`: the attributes its forward would set,
+    `saved`: what it would save), for a Function whose backward does not read what its forward computed."""
+    ctx = Context(needs)
+    for name, value in state.items():
+        setattr(ctx, name, value)
+    ctx.save_for_backward(*saved)
+    with torch.no_grad():
         return function.backward(ctx, grad)
 
 

@@ -8,9 +8,9 @@ which Dynamo cannot trace. Each op is opaque to the compiler:
   means exactly what an eager one does, and a bad input raises the same error when the graph runs;
 - its fake body gives the result's shape and dtype from the inputs' metadata alone;
 - its backward is a second op that runs the same backend's explicit gradient against the incoming gradient
-  (oprd_kernels/_vjp.py: an op body runs below autograd, so nothing is recorded or differentiated there). It
-  repeats the forward sweep over the selected rows (the row statistics the backward kernel reads), one more sweep
-  than eager, small beside the model's own passes, and holds no gradient buffers from forward to backward.
+  (oprd_kernels/_vjp.py: an op body runs below autograd, so nothing is recorded or differentiated there): one
+  sweep over the selected rows more than eager (docs/kernels.md), small beside the model's own passes, and no
+  gradient buffers held from forward to backward.
 
 Hidden states travel as `Tensor[]` with a flag for the stacked form ([L, N, D] is one tensor); gradients come back in
 the inputs' shapes, contiguous.

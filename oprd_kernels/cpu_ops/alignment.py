@@ -25,7 +25,7 @@ from oprd_kernels._student_grads import (
 )
 from oprd_kernels._tables import layer_table
 from oprd_kernels._validation import check_alignment
-from oprd_kernels._vjp import function_vjp, tensors_of
+from oprd_kernels._vjp import backward_only, tensors_of
 from oprd_kernels.cpu_ops._args import address, set_gradients, set_slots, set_table, set_threads, set_weights
 
 GRADIENT_IN_FORWARD = True  # False: compute the gradient only in backward (kept for the benchmark's comparison)
@@ -110,10 +110,11 @@ def alignment_loss(student, teacher, *, rows: Tensor | None = None, weights: Ten
 
 def alignment_vjp(student, teacher, grad: Tensor, *, rows: Tensor | None = None, weights: Tensor | None = None,
                   layer_map: Tensor | None = None, loss_type: str = "mse", reduction: str = "mean") -> list[Tensor]:
-    """The student gradients of `alignment_loss(...)` against `grad`, without autograd (oprd_kernels/_vjp.py): the
-    forward sweep, then one sweep scaled by `grad`."""
+    """The student gradients of `alignment_loss(...)` against `grad`, without autograd (oprd_kernels/_vjp.py): one
+    sweep scaled by `grad` (the backward reads nothing the forward sweep computed, so none runs)."""
     inp = check_alignment("alignment_loss", student, teacher, rows, weights, layer_map, loss_type, reduction)
     tensors, stacked = tensors_of(student)
     plan = alignment_plan(inp, loss_type, reduction)
-    grads = function_vjp(CpuAlignmentFunction, (plan, stacked), tensors, (False, False, *[True] * len(tensors)), grad)
+    grads = backward_only(CpuAlignmentFunction, {"plan": plan, "stacked": stacked, "grads": None}, tensors,
+                          (False, False, *[True] * len(tensors)), grad)
     return list(grads[2:])

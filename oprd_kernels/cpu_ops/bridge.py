@@ -24,7 +24,7 @@ from oprd_kernels._student_grads import (
 )
 from oprd_kernels._tables import layer_table
 from oprd_kernels._validation import check_bridge
-from oprd_kernels._vjp import function_vjp, tensors_of
+from oprd_kernels._vjp import backward_only, tensors_of
 from oprd_kernels.cpu_ops import alignment as _alignment
 from oprd_kernels.cpu_ops._args import (
     DTYPE_CODES,
@@ -138,10 +138,10 @@ def bridge_vjp(student, teacher_z, proj: Tensor, grad: Tensor, *, rows: Tensor |
                weights: Tensor | None = None, loss_type: str = "nmse", reduction: str = "mean",
                proj_grad: bool = False) -> tuple[Tensor | None, list[Tensor]]:
     """(d proj or None, the student gradients) of `bridge_loss(...)` against `grad`, without autograd
-    (oprd_kernels/_vjp.py)."""
+    (oprd_kernels/_vjp.py): one sweep scaled by `grad`, no forward sweep."""
     inp = check_bridge("bridge_loss", student, teacher_z, proj, rows, weights, loss_type, reduction)
     tensors, stacked = tensors_of(student)
     plan = bridge_plan(inp, loss_type, reduction)
-    grads = function_vjp(CpuBridgeFunction, (plan, stacked, inp.proj), tensors,
-                         (False, False, proj_grad, *[True] * len(tensors)), grad)
+    grads = backward_only(CpuBridgeFunction, {"plan": plan, "stacked": stacked, "grads": None}, (inp.proj, *tensors),
+                          (False, False, proj_grad, *[True] * len(tensors)), grad)
     return grads[2], list(grads[3:])

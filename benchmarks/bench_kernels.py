@@ -1,5 +1,6 @@
 """Kernel benchmark: the fused losses against the eager reference and torch.compile(reference), side by side in one
-process, forward / backward / forward+backward, with delta-peak memory and bandwidth against a measured copy.
+process, forward / backward / forward+backward, with delta-peak memory and bandwidth against a measured copy. The
+first case also times the fused loss inside torch.compile(fullgraph=True) (`fused-compiled`: the custom ops).
 
     python benchmarks/bench_kernels.py --device cuda --out results/kernels.jsonl     # the paper's shapes (GPU)
     python benchmarks/bench_kernels.py --device cpu --out results/kernels_cpu.jsonl    # C++ cpu backend, no triton
@@ -30,6 +31,7 @@ from oprd_kernels import reference  # noqa: E402
 from oprd_kernels.cpu_ops import alignment as cpu_alignment  # noqa: E402
 
 CPU_GRAD_IN_BACKWARD = "cpu-bwd"  # label: the cpu backend computing its gradient in backward instead of forward
+FUSED_COMPILED = "fused-compiled"  # label: torch.compile(fullgraph=True) of the public loss (the custom ops)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,9 @@ def loss_fn(op: str, backend: str, loss_type: str) -> Callable[[Inputs], torch.T
     if backend == "compiled":
         compiled = torch.compile(ref, dynamic=False)
         return lambda inp: run(inp, compiled)
+    if backend == FUSED_COMPILED:  # the device's fused backend inside a compiled graph: what the custom ops cost
+        compiled = torch.compile(lambda inp: run(inp, fast), dynamic=False, fullgraph=True)
+        return compiled
     if backend == CPU_GRAD_IN_BACKWARD:  # the cpu backend with its other gradient schedule, for the comparison
         def in_backward(*a, **k):
             cpu_alignment.GRADIENT_IN_FORWARD = False
@@ -149,7 +154,7 @@ def measure(case: Case, op: str, loss_type: str, backend: str, inp: Inputs, devi
 def backends_for(device: torch.device, smoke: bool, compile_ok: bool) -> list[str]:
     names = ["reference"]
     if compile_ok:
-        names.append("compiled")
+        names += ["compiled", FUSED_COMPILED]
     if device.type == "cuda" or (smoke and os.environ.get("TRITON_INTERPRET") == "1"):
         names.insert(0, "triton")
     if device.type == "cpu":

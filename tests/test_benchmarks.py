@@ -77,3 +77,15 @@ def test_bridge_fit_benchmark_times_both_sweeps_on_the_same_rows(tmp_path, capsy
     assert [r["method"] for r in rows] == ["one eigh, every rank sliced", "a fit per rank"]
     assert all(r["seconds"] > 0 and r["ranks"] == [1, 2, 4] for r in rows)
     assert "naive / ours" in capsys.readouterr().out
+
+
+def test_the_fused_compiled_backend_of_the_kernel_benchmark_computes_the_loss():
+    import torch
+
+    torch._dynamo.reset()
+    inp = bench_kernels.make_inputs(bench_kernels.SMOKE_CASES[0], torch.device("cpu"))
+    for op in ("alignment_loss", "bridge_loss"):
+        got = bench_kernels.loss_fn(op, bench_kernels.FUSED_COMPILED, "nmse")(inp)
+        want = bench_kernels.loss_fn(op, "reference", "nmse")(inp)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert torch.autograd.grad(got, inp.student)[0].shape == inp.student[0].shape

@@ -24,12 +24,14 @@ from oprd.layers import resolve_layers
 from oprd.model_files import check_model_dir
 from oprd.objective.spec import BRIDGE_METHODS
 from oprd.pairing import check_widths, hidden_size
+from oprd.processes import check_single_process
 from oprd.run_dir import prepare_fresh_run
 
 
 def check_train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> tuple[list[dict], list[dict]]:
     """Everything about a training run that can be checked without loading a model. Returns the training and
     evaluation prompts (read to check them); evaluation prompts are empty when `data.answer_field` is ""."""
+    check_single_process("oprd train")
     if resume and overwrite:
         raise ValueError(f"--resume and --overwrite exclude each other: --resume continues the run in "
                          f"{config.run.dir}, --overwrite deletes it")

@@ -31,6 +31,7 @@ from oprd.data import PromptStream
 from oprd.evaluate import Grader, default_grader, evaluate
 from oprd.head_transfer import copy_head_and_norm
 from oprd.objective import ObjectiveSpec, plan_layers
+from oprd.processes import check_single_process
 from oprd.prompt_format import uses_template
 from oprd.rollout import eos_token_ids, generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
@@ -68,6 +69,7 @@ class Trainer:
                  teacher_tokenizer=None) -> None:
         """teacher_tokenizer: the teacher's, when it is not the student's (OPRD-Bridge across tokenizers): each
         batch's teacher then reads its own tokens of the same text (oprd.bridge.token_alignment)."""
+        check_single_process("Trainer")  # several processes would each run the job and race on the run directory
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.teacher_tokenizer = teacher_tokenizer
         for tok in (tokenizer, teacher_tokenizer):  # "on" and a tokenizer without a template: refused before any work

@@ -28,7 +28,7 @@ def model(seed: int, layers: int, hidden: int = 32) -> LlamaForCausalLM:
                                         bos_token_id=TOKENIZER.bos_token_id, eos_token_id=TOKENIZER.eos_token_id))
 
 
-def make_trainer(tmp_path, student, teacher, spec, **config):
+def make_trainer(tmp_path, student, teacher, spec, bridge=None, **config):
     settings = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
                     max_completion_length=10, report_to=[], use_cpu=True, logging_steps=1, save_strategy="no",
                     learning_rate=1e-3, seed=0, disable_tqdm=True)
@@ -37,7 +37,7 @@ def make_trainer(tmp_path, student, teacher, spec, **config):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return OPRDTrainer(model=student, teacher_model=teacher, args=trl.DistillationConfig(**settings),
-                           train_dataset=dataset, processing_class=TOKENIZER, objective=spec)
+                           train_dataset=dataset, processing_class=TOKENIZER, objective=spec, bridge=bridge)
 
 
 def trl_inputs(rollouts) -> dict:
@@ -73,6 +73,21 @@ def test_a_batchs_loss_and_gradients_equal_oprds_own_on_the_same_rollouts(tmp_pa
         torch.testing.assert_close(got_grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
     metrics = trainer._metrics["train"]
     assert metrics["loss/total"] == [pytest.approx(float(want.detach()))] and "rep/cosine_similarity" in metrics
+
+
+def test_a_bridge_method_trains_a_teacher_of_another_width_through_trl(tmp_path):
+    from bridges import random_bridge
+
+    student, teacher = model(0, 2), model(1, 3, hidden=48)
+    bridge = random_bridge(student, teacher, rank=4)
+    spec = ObjectiveSpec(method="oprd_bridge", positions="last_k", k=5)
+    trainer = make_trainer(tmp_path, student, teacher, spec, bridge=bridge)
+    rollouts = fixed_rollouts(student)
+    trainer.model.train()
+    got = trainer.compute_loss(trainer.model, trl_inputs(rollouts))
+    want = compute_objective(spec, student, teacher, rollouts, plan_layers(spec, student, teacher, bridge)).loss
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-6, atol=1e-7)
+    assert "rep/bridge_cosine" in trainer._metrics["train"]
 
 
 def test_accumulated_micro_batches_add_up_to_the_one_batch_loss(tmp_path):

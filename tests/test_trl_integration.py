@@ -104,6 +104,13 @@ def test_accumulated_micro_batches_add_up_to_the_one_batch_loss(tmp_path):
     want = compute_objective(spec, student, teacher, whole, plan_layers(spec, student, teacher)).loss
     torch.testing.assert_close(total.detach(), want.detach(), rtol=1e-5, atol=1e-7)
     assert sum(trainer._metrics["train"]["loss/oprd"]) / 2 == pytest.approx(float(want), rel=1e-5)  # logged: window
+    # the next generation's window is counted afresh (its total is cached per buffer, not kept across them)
+    third = fixed_rollouts(student, n_prompts=1)
+    trainer._buffered_inputs = [trl_inputs(second), trl_inputs(third)]
+    total = sum(trainer.compute_loss(trainer.model, trl_inputs(r)) for r in (second, third))
+    whole = concat_rollouts([second, third], TOKENIZER.pad_token_id)
+    want = compute_objective(spec, student, teacher, whole, plan_layers(spec, student, teacher)).loss
+    torch.testing.assert_close(total.detach(), want.detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_a_short_run_lowers_the_oprd_loss(tmp_path):

@@ -70,11 +70,16 @@ class OPRDTrainer(DistillationTrainer):
         self.layer_plan = plan_layers(self.objective, student, teacher, bridge)  # refuses an unusable pair now
 
     def _window_share(self, rollouts: Rollouts, training: bool) -> tuple[TokenCounts | None, int]:
-        """(this micro-batch's counts as shares of the accumulation window's, the window's micro-batches)."""
+        """(this micro-batch's counts as shares of the accumulation window's, the window's micro-batches). The
+        window's total is counted once per generation (TRL builds a new buffer list each time), not per micro-batch:
+        the counts read positions back to the host."""
         window = getattr(self, "_buffered_inputs", None) if training else None
         if not window or len(window) < 2:
             return None, 1
-        total = sum((token_counts(self.objective, rollouts_from(b)) for b in window), TokenCounts())
+        counted, total = getattr(self, "_window_total", (None, None))
+        if counted is not window:
+            total = sum((token_counts(self.objective, rollouts_from(b)) for b in window), TokenCounts())
+            self._window_total = (window, total)
         return token_counts(self.objective, rollouts).share_of(total), len(window)
 
     def _objective_loss(self, student, rollouts: Rollouts, share: TokenCounts | None):

@@ -210,9 +210,10 @@ def _choose_student(settings: DemoSettings, stage: _Stage, teacher, keeper: Cand
     return choice
 
 
-def _save(model, stage: _Stage, name: str) -> None:
+def _save(model, stage: _Stage, name: str, tokenizer=None) -> None:
+    """models/`name`: the model and its tokenizer (the demo's own unless given)."""
     model.save_pretrained(stage.out / "models" / name)
-    stage.tokenizer.save_pretrained(stage.out / "models" / name)
+    (tokenizer or stage.tokenizer).save_pretrained(stage.out / "models" / name)
 
 
 def _distill_seeds(settings: DemoSettings, stage: _Stage, run: DemoRun, teacher, acc_student: float,

@@ -13,19 +13,15 @@
 
 from __future__ import annotations
 
-import functools
-import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from transformers import LlamaForCausalLM
 
-from oprd.bridge import CollectSettings, collect_rows, save_bridge
-from oprd.bridge.fit import fit_collected
-from oprd.demo import DemoRun, DemoSettings, _eval, _model, _prepare, _save, _train_teacher, distill_runs, write_outputs
+from oprd.demo import DemoRun, DemoSettings, _eval, _prepare, _train_teacher, distill_runs, write_outputs
 from oprd.demo_bridge_report import plot_bridge, render_bridge_tables
+from oprd.demo_bridge_stages import collect_and_fit, train_teacher
 from oprd.demo_bridge_tokenizers import run_cross_tokenizer
-from oprd.sft import train_sft
 
 
 @dataclass
@@ -65,57 +61,23 @@ class BridgeDemoSettings:
                         (*bridge, "method.then=opd_top1", f"method.switch_step={half}"), "oprd_bridge_then_opd_top1")]
 
 
-def _wide_teacher(settings: BridgeDemoSettings, stage, label: str) -> LlamaForCausalLM:
-    base = settings.base
-    stage.log(f"{label} the Bridge teacher: {settings.teacher_layers} blocks of {settings.teacher_hidden}, "
-              f"{settings.teacher_steps} SFT steps")
-    teacher = _model(stage.tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
-    train_sft(teacher, stage.tokenizer, stage.train, steps=settings.teacher_steps, batch_size=base.sft_batch,
-              lr=base.sft_lr, seed=base.seed)
-    _save(teacher, stage, "bridge_teacher")
-    return teacher.eval()
-
-
-def _fit(settings: BridgeDemoSettings, stage, student, teacher, name: str, rank: int, pairing,
-         label: str) -> tuple[Path, dict]:
-    """Stage 0 into `name`_rows/ (same tokens unless `pairing`) and Stage 1 at `rank` with the rank sweep, written
-    to `name`.safetensors; returns its path and the fit's summary."""
-    stage.log(f"{label} Stage 0 and 1: rows from {settings.collect_prompts} answers, the bridge at rank {rank}")
-    rows = stage.out / f"{name}_rows"
-    shutil.rmtree(rows, ignore_errors=True)  # the demo rebuilt its models: an earlier collection is stale
-    prompts = [p["prompt"] for p in stage.prompts[: settings.collect_prompts]]
-    collect_rows(student, teacher, stage.tokenizer, prompts, rows, pairing=pairing, settings=CollectSettings(
-        prompts_per_batch=32, max_new_tokens=stage.task.max_solution_chars + 2,
-        rows_per_response=settings.rows_per_response, max_rows=settings.max_rows, seed=settings.base.seed))
-    bridge, report, manifest = fit_collected(rows, rank=rank, ranks=settings.ranks, epochs=settings.fit_epochs,
-                                             lr=settings.fit_lr, seed=settings.base.seed)
-    path = save_bridge(bridge, stage.out / f"{name}.safetensors")
-    for pair in report["pairs"]:
-        stage.log(f"      student layer {pair['student_layer']} <- teacher layer {pair['teacher_layer']}: cosine "
-                  f"{pair['cosine_before']:.3f} -> {pair['cosine_after']:.3f}")
-    return path, {"rank": rank, "rows": manifest["rows"], "pairs": report["pairs"],
-                  "rank_sweep": report["rank_sweep"]}
-
-
 def run_bridge_demo(settings: BridgeDemoSettings, progress: bool = True) -> dict:
     """The stages (module docstring); returns results.json's content."""
     base = settings.base
     labels = [f"[{i}/{8 if settings.cross_tokenizer else 5}]" for i in range(1, 9)]
     stage = _prepare(base, progress)
     trained = _train_teacher(base, stage, labels[0])  # the 3x64 run: its candidates give the student
-    teacher = _wide_teacher(settings, stage, labels[1])
+    teacher = train_teacher(settings, stage, stage.tokenizer, "bridge_teacher", labels[1], "the Bridge teacher")
     student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
     acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, base)
     acc_student = _eval(student, stage.tokenizer, stage.task, stage.eval_set, base)
     stage.log(f"      Bridge teacher {acc_teacher:.3f}, student {acc_student:.3f}")
-    bridge_file, fit = _fit(settings, stage, student, teacher, "bridge", settings.rank, None, labels[2])
+    bridge_file, fit = collect_and_fit(settings, stage, student, teacher, "bridge", settings.rank, None, labels[2])
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,
                      "student_choice": trained["student_choice"], "bridge": fit}
     results["methods"] = distill_runs(base, stage, settings.runs(bridge_file), teacher, acc_student, acc_teacher,
                                       labels[3])
     if settings.cross_tokenizer:
-        fit_pair = functools.partial(_fit, settings)
-        results["cross_tokenizer"] = run_cross_tokenizer(settings, stage, student, acc_student, fit_pair,
-                                                         tuple(labels[4:7]))
+        results["cross_tokenizer"] = run_cross_tokenizer(settings, stage, student, acc_student, tuple(labels[4:7]))
     write_outputs(stage, results, render_bridge_tables, plot_bridge, labels[7 if settings.cross_tokenizer else 4])
     return results

@@ -9,35 +9,26 @@ OPRD-Bridge over the seeds. OPD has no row here: the two heads predict different
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from oprd.bridge.collect import other_tokens
-from oprd.demo import DemoRun, _eval, _model, distill_runs
+from oprd.demo import DemoRun, _eval, distill_runs
+from oprd.demo_bridge_stages import collect_and_fit, train_teacher
 from oprd.rollout import eos_token_ids
-from oprd.sft import train_sft
 from oprd.tokenizer import build_bpe_tokenizer
 
 BPE_TEXTS = 4000  # SFT examples the teacher's BPE is trained on
 
 
-def run_cross_tokenizer(settings, stage, student, acc_student: float, fit, labels: tuple[str, str, str]) -> dict:
-    """The pair's teacher, bridge and Bridge runs; `fit(stage, student, teacher, name, rank, pairing, label)` is the
-    demo's Stage 0 + 1. Returns results.json's "cross_tokenizer" entry."""
+def run_cross_tokenizer(settings, stage, student, acc_student: float, labels: tuple[str, str, str]) -> dict:
+    """The pair's teacher, bridge and Bridge runs; returns results.json's "cross_tokenizer" entry."""
     base = settings.base
     tokenizer = build_bpe_tokenizer([e.prompt + e.solution for e in stage.train[:BPE_TEXTS]], settings.bpe_vocab)
-    stage.log(f"{labels[0]} the cross-tokenizer teacher: {settings.teacher_layers} blocks of "
-              f"{settings.teacher_hidden} on a byte-level BPE of {len(tokenizer)} tokens, "
-              f"{settings.teacher_steps} SFT steps")
-    teacher = _model(tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
-    train_sft(teacher, tokenizer, stage.train, steps=settings.teacher_steps, batch_size=base.sft_batch, lr=base.sft_lr,
-              seed=base.seed)
-    for target in (teacher, tokenizer):
-        target.save_pretrained(stage.out / "models" / "bpe_teacher")
-    teacher.eval()
+    teacher = train_teacher(settings, stage, tokenizer, "bpe_teacher", labels[0],
+                            f"the cross-tokenizer teacher on a byte-level BPE of {len(tokenizer)} tokens")
     acc_teacher = _eval(teacher, tokenizer, stage.task, stage.eval_set, base)
     stage.log(f"      cross-tokenizer teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     pairing = other_tokens(stage.tokenizer, tokenizer, eos_token_ids(student, stage.tokenizer))
-    path, summary = fit(stage, student, teacher, "bpe_bridge", settings.cross_rank, pairing, labels[1])
+    path, summary = collect_and_fit(settings, stage, student, teacher, "bpe_bridge", settings.cross_rank, pairing,
+                                    labels[1])
     runs = [DemoRun("oprd_bridge", "oprd_bridge", False, (f"bridge.path={path}",), "bpe_oprd_bridge")]
     methods = distill_runs(base, stage, runs, teacher, acc_student, acc_teacher, labels[2],
                            teacher_tokenizer=tokenizer)

@@ -61,11 +61,6 @@ class TeacherSide:
     weights: Tensor
     cache: Tensor
 
-    def as_dict(self) -> dict[str, Tensor]:
-        """For a DataProto's batch (keys oprd_rows, oprd_weights, oprd_cache; not batch-major: store them as
-        non-tensor data or in meta_info if your verl version requires [B, ...] tensors)."""
-        return {"oprd_rows": self.rows, "oprd_weights": self.weights, "oprd_cache": self.cache}
-
 
 @torch.no_grad()
 def teacher_side(teacher: nn.Module, batch: Mapping[str, Tensor], spec: ObjectiveSpec, plan: LayerPlan) -> TeacherSide:

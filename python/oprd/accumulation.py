@@ -3,7 +3,8 @@
 Each micro-batch's terms are divided by the counts of the whole window (its selected OPRD rows, its OPD response
 tokens), not by its own, and not by the number of micro-batches: a mean of per-batch means would weigh the tokens of
 a short micro-batch more than those of a long one. This is verl's global token-mean; the accumulated gradient is the
-gradient of the one-batch step.
+gradient of the one-batch step. Under several processes the window is every rank's micro-batches (`window_total`
+sums the counts over the ranks), so the ranks' gradients summed are the gradient of the one-batch step too.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from oprd.rollout import Rollouts
 
 def accumulate_gradients(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, batches: Sequence[Rollouts],
                          plan: LayerPlan, autocast: Callable = contextlib.nullcontext, *,
-                         with_metrics: bool = True) -> dict[str, float]:
+                         with_metrics: bool = True,
+                         window_total: Callable[[TokenCounts], TokenCounts] = lambda c: c) -> dict[str, float]:
     """Backward of every micro-batch's share of the window's loss into the student's .grad; returns the window's
-    metrics (none without `with_metrics`): the `loss/*` shares summed (the window's losses), the other metrics
-    averaged over the micro-batches."""
+    metrics (none without `with_metrics`): the `loss/*` shares summed (this process's part of the window's losses),
+    the other metrics averaged over the micro-batches. `window_total`: this process's counts -> the whole window's."""
     counts = [token_counts(spec, b) for b in batches]
-    window = sum(counts, TokenCounts())
+    window = window_total(sum(counts, TokenCounts()))
     metrics: dict[str, float] = {}
     for rollouts, own in zip(batches, counts):
         with autocast():

@@ -5,7 +5,8 @@ A checkpoint is the directory `<run_dir>/checkpoints/step_<step:08d>/`:
     model/               HF `save_pretrained` output (config + safetensors weights)
     optimizer.pt         optimizer state dict
     scheduler.pt         LR scheduler state dict
-    rng_state.pt         Python `random`, NumPy global, torch CPU and CUDA generator states
+    rng_state.pt         Python `random`, NumPy global, torch CPU and CUDA generator states (of rank 0)
+    rng_state.rank<r>.pt the same for rank r >= 1 of a multi-process run (`rng_states`)
     trainer_state.json   step, data position, `extra`
     manifest.json        size and SHA-256 of every file above (`oprd.manifest`); written last, it marks completion
 
@@ -48,7 +49,7 @@ from oprd.atomic_files import fsync_dir, write_atomic
 from oprd.manifest import MANIFEST, build_manifest, check_manifest
 
 __all__ = ["TrainerState", "CheckpointError", "CheckpointWarning", "save_checkpoint", "latest_checkpoint",
-           "load_checkpoint", "checkpoint_problems"]
+           "load_checkpoint", "checkpoint_problems", "capture_rng_state"]
 
 _STATE = "trainer_state.json"
 _FILES = (_STATE, "optimizer.pt", "scheduler.pt", "rng_state.pt", "model/config.json")
@@ -75,11 +76,15 @@ class TrainerState:
     extra: dict = field(default_factory=dict)
 
 
-def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: TrainerState, keep: int = 2) -> Path:
+def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: TrainerState, keep: int = 2,
+                    rng_states: list[dict] | None = None) -> Path:
     """Writes <run_dir>/checkpoints/step_<step:08d> atomically, with its manifest last, then updates
     <run_dir>/checkpoints/latest (a small text file naming the newest checkpoint directory, itself replaced
     atomically). Then deletes older complete checkpoints beyond `keep`, never the one just written. Returns the
     checkpoint path.
+
+    rng_states: every rank's `capture_rng_state()` in rank order, when several processes train (rank 0, the one
+    writing, saves its own in any case).
 
     A checkpoint already present for the same step is replaced. `state.extra` must survive a JSON round trip
     unchanged (no tuples, non-string keys or NaN), so that a resumed run sees exactly what was saved."""
@@ -95,7 +100,9 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
         model.save_pretrained(tmp / "model", save_original_format=False)  # keys as in model.state_dict(): strict load
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng_state.pt")
+        torch.save(capture_rng_state(), tmp / "rng_state.pt")
+        for rank, rng in enumerate((rng_states or [])[1:], start=1):
+            torch.save(rng, tmp / _rank_rng_file(rank))
         _write_synced(tmp / _STATE, state_text)
         _fsync_tree(tmp)
         _write_manifest(tmp)  # last: its presence means everything it lists is on disk
@@ -172,7 +179,7 @@ def _inspect(path: Path, hashes: bool) -> tuple[set[str], list[str]]:
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True,
-                    verify: bool = True) -> TrainerState:
+                    verify: bool = True, rank: int = 0) -> TrainerState:
     """Loads weights into `model` in place (from safetensors, strict key match: ValueError naming missing/unexpected
     keys), then optimizer and scheduler state when given, restores the RNG states, and returns the TrainerState.
 
@@ -180,7 +187,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
     the file. With `verify=False` only the files' presence and sizes are checked: pass that only right after
     `latest_checkpoint` has verified the path, to avoid hashing everything twice. A missing directory raises
     FileNotFoundError. `.pt` files are read with `torch.load(weights_only=True)`, and one holding anything but
-    tensors and plain types raises ValueError."""
+    tensors and plain types raises ValueError. `rank`: whose RNG states to restore (a multi-process run's rank)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
@@ -194,7 +201,11 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
     if scheduler is not None:
         scheduler.load_state_dict(_load_pt(path / "scheduler.pt"))
     if restore_rng:
-        _set_rng_state(_load_pt(path / "rng_state.pt"))
+        rng_file = "rng_state.pt" if rank == 0 else _rank_rng_file(rank)
+        if rng_file not in listed:
+            raise CheckpointError(f"{path} holds no random state for rank {rank} ({rng_file}): it was saved by a run "
+                                  f"of fewer processes")
+        _set_rng_state(_load_pt(path / rng_file))
     return state
 
 
@@ -321,7 +332,11 @@ def _load_model_weights(model: torch.nn.Module, model_dir: Path, sharded: bool) 
 
 # --- RNG -------------------------------------------------------------------------------------------------------------
 
-def _rng_state() -> dict:
+def _rank_rng_file(rank: int) -> str:
+    return f"rng_state.rank{rank}.pt"
+
+
+def capture_rng_state() -> dict:
     """Every global generator a training step may draw from, as tensors and plain types (`weights_only`-loadable)."""
     py_version, py_internal, py_gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)

@@ -61,6 +61,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from oprd.config import resolve_device, resolve_dtype
+    from oprd.distributed import leave
     from oprd.preflight import check_train
     from oprd.trainer import Trainer
 
@@ -72,12 +73,17 @@ def cmd_train(args) -> int:
     teacher = _load_model(config.model.teacher, "model.teacher", resolve_dtype(config.model.dtype, device))
     trainer = Trainer(config, student, teacher, tokenizer, prompts, eval_prompts,
                       teacher_tokenizer=teacher_tokenizer_for(tokenizer, config.model.teacher))
-    last = trainer.run(resume=args.resume, overwrite=args.overwrite)
-    final = Path(config.run.dir) / "final"
-    student.save_pretrained(final)
-    tokenizer.save_pretrained(final)
-    print(json.dumps({k: v for k, v in last.items() if not k.startswith("rep/cosine_similarity/")}, indent=2))
-    print(f"final student in {final}")
+    try:
+        last = trainer.run(resume=args.resume, overwrite=args.overwrite)
+        final = Path(config.run.dir) / "final"
+        if trainer.group.is_main:  # under torchrun, rank 0 writes and reports
+            student.save_pretrained(final)
+            tokenizer.save_pretrained(final)
+            print(json.dumps({k: v for k, v in last.items() if not k.startswith("rep/cosine_similarity/")}, indent=2))
+            print(f"final student in {final}")
+        trainer.group.barrier()
+    finally:
+        leave()
     return 0
 
 

@@ -7,6 +7,7 @@ runs, and it does not disturb the training run's random stream (a resumed run st
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -26,12 +27,35 @@ def default_grader(response: str, answer: str) -> bool:
     return bool(numbers) and numbers[-1] == answer.strip()
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class EvalCounts:
+    """What avg@k is computed from: graded responses, correct ones, and their summed token lengths. Counts of
+    disjoint prompt sets add up (several processes each evaluate a share)."""
+
+    correct: int = 0
+    total: int = 0
+    length: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        return {"eval/accuracy": self.correct / max(self.total, 1),
+                "eval/response_length": self.length / max(self.total, 1)}
+
+
 def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: int, temperature: float,
              max_new_tokens: int, grader: Grader = default_grader, batch_prompts: int = 32,
              seed: int = 1234, chat_template: str = "auto") -> dict[str, float]:
     """{"eval/accuracy": avg@k accuracy, "eval/response_length": mean tokens} over `examples` (with "answer").
     chat_template: how prompts are encoded, as in training (`oprd.prompt_format`)."""
+    return evaluation_counts(model, tokenizer, examples, samples=samples, temperature=temperature,
+                             max_new_tokens=max_new_tokens, grader=grader, batch_prompts=batch_prompts, seed=seed,
+                             chat_template=chat_template).metrics()
+
+
+@torch.no_grad()
+def evaluation_counts(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: int, temperature: float,
+                      max_new_tokens: int, grader: Grader = default_grader, batch_prompts: int = 32,
+                      seed: int = 1234, chat_template: str = "auto") -> EvalCounts:
+    """The counts behind `evaluate`'s metrics."""
     correct = total = length = 0
     devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
     with torch.random.fork_rng(devices=devices):
@@ -46,4 +70,4 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: 
                 correct += bool(grader(text, chunk[int(rollouts.prompt_index[row])]["answer"]))
             total += len(texts)
             length += int(rollouts.response_lengths.sum())
-    return {"eval/accuracy": correct / max(total, 1), "eval/response_length": length / max(total, 1)}
+    return EvalCounts(correct, total, length)

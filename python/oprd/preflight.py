@@ -19,19 +19,24 @@ from oprd.bridge import check_bridge_fits, load_bridge
 from oprd.checkpoint import latest_checkpoint
 from oprd.config import TrainConfig, parse_layers
 from oprd.data import MissingFieldError, load_prompts
+from oprd.distributed import launched_size
 from oprd.head_transfer import check_head_transfer
 from oprd.layers import resolve_layers
 from oprd.model_files import check_model_dir
 from oprd.objective.spec import BRIDGE_METHODS
 from oprd.pairing import check_widths, hidden_size
-from oprd.processes import check_single_process
+from oprd.processes import check_launch
 from oprd.run_dir import prepare_fresh_run
 
 
 def check_train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> tuple[list[dict], list[dict]]:
     """Everything about a training run that can be checked without loading a model. Returns the training and
     evaluation prompts (read to check them); evaluation prompts are empty when `data.answer_field` is ""."""
-    check_single_process("oprd train")
+    check_launch("oprd train")
+    if config.rollout.prompts_per_step % launched_size():
+        raise ValueError(f"oprd train: `rollout.prompts_per_step` (the global batch, split across the processes) must "
+                         f"be a multiple of the {launched_size()} processes torchrun started; got "
+                         f"{config.rollout.prompts_per_step}")
     if resume and overwrite:
         raise ValueError(f"--resume and --overwrite exclude each other: --resume continues the run in "
                          f"{config.run.dir}, --overwrite deletes it")

@@ -1,12 +1,16 @@
-"""How many processes run a job. `oprd train` and `oprd.trainer.Trainer` are single-process: launched several times
-(torchrun, mpirun, SLURM tasks), every copy would run the whole job and write the same metrics and checkpoints. Until
-multi-process training exists, such a launch is refused before any model loads."""
+"""How many processes run a job, and whether they were launched in a way the trainer can share the work across.
+
+Several processes train together only when torchrun launched them (`oprd.distributed`): its variables say each
+one's rank. Copies started by another launcher (mpirun, SLURM tasks) without them would each run the whole job and
+write the same metrics and checkpoints, so such a launch is refused before any model loads."""
 
 from __future__ import annotations
 
 import os
 
 import torch
+
+from oprd.distributed import TORCHRUN_VARIABLES
 
 # what launchers set: torchrun / torch.distributed (WORLD_SIZE), Open MPI, SLURM tasks
 _WORLD_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
@@ -23,11 +27,13 @@ def world_size() -> int:
     return 1
 
 
-def check_single_process(where: str) -> None:
-    """ValueError when this process is one of several: the trainer would run once per process and race on its files."""
+def check_launch(where: str) -> None:
+    """ValueError when this process is one of several that torchrun did not launch: each would run the whole job."""
     size = world_size()
-    if size > 1:
-        raise ValueError(f"{where}: launched as one of {size} processes (torchrun, MPI or SLURM), but training runs "
-                         f"in one process: each copy would run the whole job and write the same metrics and "
-                         f"checkpoints. Launch it once (python -m oprd.cli train ..., no torchrun); multi-process "
-                         f"training is not supported yet")
+    if size == 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise ValueError(f"{where}: launched as one of {size} processes, but not by torchrun (missing {missing}): "
+                         f"each copy would run the whole job and write the same metrics and checkpoints. Launch "
+                         f"`torchrun --nproc_per_node N -m oprd.cli train ...` (one node), or once without a launcher")

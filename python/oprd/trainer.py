@@ -6,6 +6,12 @@ micro-batches. On CUDA the student computes under bf16 autocast, with fp32 maste
 
 Output: per-step metrics as JSON lines in `<run.dir>/metrics.jsonl`, periodic evaluation, and atomic checkpoints.
 A resumed run continues exactly: same prompts, same random stream, same metrics except the timings.
+
+Under torchrun (`oprd.distributed`) each of N processes samples rollouts for its 1/N of every step's
+`rollout.prompts_per_step` prompts (still the global batch) under its own random stream (seed + rank), the window's
+token counts and the gradients are summed over the ranks before clipping, so the step is the one-batch step of all
+N shares; rank 0 alone writes metrics (combined over the ranks), checkpoints (with every rank's random state) and the
+config.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ from oprd import metrics_log
 from oprd.accumulation import accumulate_gradients
 from oprd.bridge import load_bridge
 from oprd.bridge.token_alignment import teacher_view
-from oprd.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from oprd.checkpoint import TrainerState, capture_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
-from oprd.evaluate import Grader, default_grader, evaluate
+from oprd.distributed import join
+from oprd.evaluate import EvalCounts, Grader, default_grader, evaluation_counts
 from oprd.head_transfer import copy_head_and_norm
-from oprd.objective import ObjectiveSpec, plan_layers
-from oprd.processes import check_single_process
+from oprd.objective import ObjectiveSpec, TokenCounts, plan_layers
+from oprd.processes import check_launch
 from oprd.prompt_format import uses_template
+from oprd.rank_metrics import reduce_metrics
 from oprd.rollout import eos_token_ids, generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
 
@@ -69,13 +77,17 @@ class Trainer:
                  teacher_tokenizer=None) -> None:
         """teacher_tokenizer: the teacher's, when it is not the student's (OPRD-Bridge across tokenizers): each
         batch's teacher then reads its own tokens of the same text (oprd.bridge.token_alignment)."""
-        check_single_process("Trainer")  # several processes would each run the job and race on the run directory
+        check_launch("Trainer")  # copies not launched by torchrun would each run the job and race on the run directory
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.teacher_tokenizer = teacher_tokenizer
         for tok in (tokenizer, teacher_tokenizer):  # "on" and a tokenizer without a template: refused before any work
             if tok is not None:
                 uses_template(tok, config.data.chat_template, "config", "data.chat_template")
-        self.device = resolve_device(config.run.device)
+        self.group = join(resolve_device(config.run.device))
+        self.device = self.group.device
+        if config.rollout.prompts_per_step % self.group.size:
+            raise ValueError(f"config: `rollout.prompts_per_step` (the global batch) must be a multiple of the "
+                             f"{self.group.size} processes; got {config.rollout.prompts_per_step}")
         # the phases: (first step, objective, its layer plan); a second one when `method.then` is set
         methods = [(1, config.method.name)] + ([(config.method.switch_step + 1, config.method.then)]
                                                if config.method.then else [])
@@ -89,7 +101,9 @@ class Trainer:
                              f"over one vocabulary, so method(s) {[s.method for _, s in specs if s.uses_opd]} cannot "
                              f"train this pair; use method.name=oprd_bridge (states aligned by text offsets)")
         self.student = student.to(self.device)
+        self.group.broadcast_module(self.student)  # the replicas start equal whatever each process loaded
         self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.group.broadcast_module(self.teacher)
         if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)
             copy_head_and_norm(self.student, self.teacher)
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
@@ -113,21 +127,28 @@ class Trainer:
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: --resume continues the run in "
                              f"{self.run_dir}, --overwrite deletes it")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.run_dir)
-        if not resume:
-            prepare_fresh_run(self.run_dir, overwrite)
-        if resume and (checkpoint := latest_checkpoint(self.run_dir)) is not None:
+        checkpoint = self.group.run_on_main(lambda: self._prepare_run_dir(resume, overwrite))
+        main = self.group.is_main
+        if checkpoint is not None:
             state = load_checkpoint(checkpoint, model=self.student, optimizer=self.optimizer,
-                                    scheduler=self.scheduler, verify=False)  # latest_checkpoint has verified it
+                                    scheduler=self.scheduler, verify=False,  # rank 0's latest_checkpoint verified it
+                                    rank=self.group.rank)
+            saved_size = state.extra.get("world_size", 1)
+            if saved_size != self.group.size:
+                raise ValueError(f"{checkpoint} was saved by {saved_size} process(es), this run has "
+                                 f"{self.group.size}: its random streams cannot continue exactly; resume with "
+                                 f"--nproc_per_node {saved_size}")
             self.step, self.stream.position = state.step, state.data_position
-            self._truncate_metrics(self.step)
+            if main:
+                self._truncate_metrics(self.step)
         else:
-            torch.manual_seed(self.config.run.seed)
-            self.metrics_path.unlink(missing_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
+            torch.manual_seed(self.config.run.seed + self.group.rank)
+            if main:
+                self.metrics_path.unlink(missing_ok=True)
+        if main:
+            save_config(self.config, self.run_dir / "config.yaml")
         last: dict = {}
-        bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not progress, desc="oprd",
+        bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not (progress and main), desc="oprd",
                    dynamic_ncols=True)
         while self.step < self.config.optim.steps:
             logs = self.logs_at(self.step + 1)
@@ -139,9 +160,7 @@ class Trainer:
             is_last = self.step == self.config.optim.steps
             save_every = self.config.run.save_every
             if (save_every and self.step % save_every == 0) or is_last:
-                save_checkpoint(self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
-                                state=TrainerState(self.step, self.stream.position, {}),
-                                keep=self.config.run.keep_checkpoints)
+                self._save()
             bar.update(1)
             if logs:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss/total", "eval/accuracy")})
@@ -183,7 +202,8 @@ class Trainer:
         batches = [self._rollouts() for _ in range(cfg.optim.grad_accum)]  # all first: the window's token counts
         spec, plan = self.objective_at(self.step + 1)
         sums = accumulate_gradients(spec, self.student, self.teacher, batches, plan, self._autocast,
-                                    with_metrics=with_metrics)
+                                    with_metrics=with_metrics, window_total=self._window_total)
+        self.group.sum_gradients(self.student.parameters())  # each rank's share of the one-batch gradient
         grad_norm = None
         if cfg.optim.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
@@ -193,21 +213,28 @@ class Trainer:
         self.step += 1
         if not with_metrics:
             return {"step": self.step}
+        sums = reduce_metrics(self.group, sums)  # this rank's shares of the window -> the window's
         sums.update(self._batch_metrics(batches, grad_norm, lr, time.perf_counter() - start))
-        return {"step": self.step, **sums}
+        return {"step": self.step, "world_size": self.group.size, **sums}
 
     def evaluate(self) -> dict:
+        """avg@k on the evaluation prompts; under several processes each rank grades every size-th prompt and the
+        counts are summed (so the samples differ from a one-process run's: each rank draws its own)."""
         e = self.config.eval
-        return evaluate(self.student, self.tokenizer, self.eval_prompts, samples=e.samples,
-                        temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
-                        seed=self.config.run.seed + 1, chat_template=self.config.data.chat_template)
+        share = self.eval_prompts[self.group.rank::self.group.size]
+        counts = evaluation_counts(self.student, self.tokenizer, share, samples=e.samples,
+                                   temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
+                                   seed=self.config.run.seed + 1 + self.group.rank,
+                                   chat_template=self.config.data.chat_template)
+        return EvalCounts(*map(int, self.group.sum([counts.correct, counts.total, counts.length]))).metrics()
 
     # ------------------------------------------------------------------------------------------------ helpers
 
     def _rollouts(self):
         """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now."""
         r, chat_template = self.config.rollout, self.config.data.chat_template
-        prompts = [p["prompt"] for p in self.stream.take(r.prompts_per_step)]
+        prompts = [p["prompt"] for p in self.group.shard(self.stream.take(r.prompts_per_step),
+                                                         "rollout.prompts_per_step")]
         rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
                                      responses_per_prompt=r.responses_per_prompt, max_new_tokens=r.max_new_tokens,
                                      temperature=r.temperature, top_p=r.top_p, vocab_limit=self.vocab_limit,
@@ -219,11 +246,36 @@ class Trainer:
         return rollouts
 
     def _batch_metrics(self, batches, grad_norm, lr: float, elapsed: float) -> dict:
+        """The step's own metrics, combined with the window's over the ranks (rank_metrics)."""
         tokens = sum(int(b.response_mask.sum()) for b in batches)
         out = {"response/length": float(sum(b.response_lengths.float().mean() for b in batches)) / len(batches)}
         if grad_norm is not None:
             out["grad/norm"] = float(grad_norm)
-        return {**out, "lr": lr, "time/step_s": elapsed, "time/tokens_per_s": tokens / elapsed, **self._memory()}
+        out = reduce_metrics(self.group, {**out, "tokens/response": tokens, "time/step_s": elapsed,
+                                          **self._memory()})
+        tokens, elapsed = out.pop("tokens/response"), out["time/step_s"]
+        return {**out, "lr": lr, "time/tokens_per_s": tokens / elapsed}
+
+    def _window_total(self, counts: TokenCounts) -> TokenCounts:
+        return TokenCounts(*self.group.sum([counts.oprd, counts.opd]))
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
+        """Rank 0's part of starting a run: the run directory made ready, and the checkpoint to resume from."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(self.run_dir)
+        if not resume:
+            prepare_fresh_run(self.run_dir, overwrite)
+            return None
+        return latest_checkpoint(self.run_dir)
+
+    def _save(self) -> None:
+        """A checkpoint by rank 0, with every rank's random state; the other ranks learn whether it was written."""
+        rng_states = self.group.gather(capture_rng_state())
+        extra = {"world_size": self.group.size} if self.group.active else {}
+        self.group.run_on_main(lambda: save_checkpoint(
+            self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
+            state=TrainerState(self.step, self.stream.position, extra), keep=self.config.run.keep_checkpoints,
+            rng_states=rng_states if self.group.active else None))
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -236,7 +288,8 @@ class Trainer:
         return {"memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     def _log(self, metrics: dict) -> None:
-        metrics_log.append(self.metrics_path, metrics)
+        if self.group.is_main:
+            metrics_log.append(self.metrics_path, metrics)
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop lines logged after the checkpoint we resume from (a crash may have left them, the last one torn)."""

@@ -1,0 +1,52 @@
+"""Launched by tests/test_distributed.py, once as one process and once under torchrun: one optimizer step on fixed
+rollouts (the same 8 rows, each rank given its contiguous share of the prompts), then rank 0 saves the step's
+metrics and the updated weights to argv[1]. Fixed rollouts, because sampling under another batch composition would
+draw other tokens: this isolates the step itself (counts, gradients and metrics combined over the ranks)."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from test_trainer import TOKENIZER, fixed_rollouts, tiny_model
+
+from oprd.config import TrainConfig
+from oprd.distributed import leave
+from oprd.rollout import Rollouts
+from oprd.trainer import Trainer
+
+
+def rows_of(rollouts: Rollouts, prompts: range) -> Rollouts:
+    keep = torch.isin(rollouts.prompt_index, torch.tensor(list(prompts)))
+    return Rollouts(rollouts.input_ids[keep], rollouts.attention_mask[keep], rollouts.response_mask[keep],
+                    rollouts.prompt_width, rollouts.prompt_index[keep] - prompts.start)
+
+
+def main(out: str, method: str, grad_accum: int) -> None:
+    student, teacher = tiny_model(0, 3), tiny_model(1, 4)
+    initial = {k: v.clone() for k, v in student.state_dict().items()}
+    batches = []
+    for seed in range(grad_accum):
+        torch.manual_seed(seed)
+        batches.append(fixed_rollouts(student, n_prompts=4))
+    config = TrainConfig()
+    config.method.name, config.method.topk = method, 4
+    config.oprd.positions, config.oprd.k = "last_k", 5
+    config.rollout.prompts_per_step, config.optim.grad_accum, config.optim.steps = 4, grad_accum, 1
+    config.run.device, config.optim.lr = "cpu", 1e-2
+    prompts = [{"prompt": "1+1="}] * 8
+    trainer = Trainer(config, student, teacher, TOKENIZER, prompts)
+    share = 4 // trainer.group.size
+    mine = range(trainer.group.rank * share, (trainer.group.rank + 1) * share)
+    queue = [rows_of(b, mine) for b in batches]
+    trainer._rollouts = lambda: queue.pop(0)
+    metrics = trainer.train_step()
+    if trainer.group.is_main:
+        grads = {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}
+        weights = {k: v.clone() for k, v in student.state_dict().items()}
+        torch.save({"metrics": metrics, "weights": weights, "grads": grads, "initial": initial}, out)
+    leave()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

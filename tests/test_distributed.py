@@ -49,16 +49,23 @@ def test_the_groups_collectives_on_two_processes():
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.parametrize("method, grad_accum", [("oprd", 1), ("oprd+opd", 2)])
-def test_a_two_process_step_equals_the_one_process_step(tmp_path, method, grad_accum):
-    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory) -> tuple[dict, dict]:
+    """dist_equal_worker's steps: one process (the strategy has no effect there), and 2 processes per strategy."""
+    root = tmp_path_factory.mktemp("steps")
     worker = str(TESTS / "dist_equal_worker.py")
-    alone = subprocess.run([sys.executable, worker, str(one), method, str(grad_accum)], capture_output=True,
-                           text=True, timeout=600, env=environment())
+    alone = subprocess.run([sys.executable, worker, str(root / "one.pt"), "ddp"], capture_output=True, text=True,
+                           timeout=600, env=environment())
     assert alone.returncode == 0, alone.stderr[-3000:]
-    pair = torchrun(worker, str(two), method, str(grad_accum))
+    pair = torchrun(worker, str(root / "two.pt"), "ddp,fsdp2,fsdp2+shard")
     assert pair.returncode == 0, pair.stderr[-3000:]
-    a, b = torch.load(one), torch.load(two)
+    return torch.load(root / "one.pt"), torch.load(root / "two.pt")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2", "fsdp2+shard"])  # +shard: the teacher sharded too
+@pytest.mark.parametrize("method, grad_accum", [("oprd", 1), ("oprd+opd", 2)])
+def test_a_two_process_step_equals_the_one_process_step(steps, method, grad_accum, strategy):
+    a, b = steps[0][(method, grad_accum, "ddp")], steps[1][(method, grad_accum, strategy)]
     assert a["metrics"]["world_size"] == 1 and b["metrics"]["world_size"] == 2
     for key, value in a["metrics"].items():
         if key.startswith("loss/") or key == "grad/norm":  # per-batch means (rep/, opd/) average the shares
@@ -73,32 +80,43 @@ def test_a_two_process_step_equals_the_one_process_step(tmp_path, method, grad_a
 
 
 def run_args(tiny, tmp_path, run: Path, *extra):  # noqa: F811
+    """3 steps, a checkpoint each, and evaluation at the end on 3 prompts (an uneven split: 2 + 1 and a pad)."""
+    prompts = tmp_path / "three.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n"
+                               for p, a in (("1+1=", "2"), ("2+3=", "5"), ("4+4=", "8"))))
     return train_args(tiny, tmp_path, "optim.steps=3", "rollout.prompts_per_step=2", "rollout.max_new_tokens=4",
-                      "run.save_every=1", "run.keep_checkpoints=3", "data.answer_field=", f"run.dir={run}", *extra)
+                      "run.save_every=1", "run.keep_checkpoints=3", f"data.prompts={prompts}", "eval.samples=2",
+                      "eval.max_new_tokens=4", f"run.dir={run}", *extra)
 
 
-def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path, strategy):  # noqa: F811
     straight = tmp_path / "straight"
-    done = torchrun("-m", "oprd.cli", *run_args(tiny, tmp_path, straight))
+    done = torchrun("-m", "oprd.cli", *run_args(tiny, tmp_path, straight, f"parallel.strategy={strategy}"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("final student in") == 1  # rank 0 reports, once
     lines = metrics(straight)
     assert [line["step"] for line in lines] == [1, 2, 3] and {line["world_size"] for line in lines} == {2}
+    assert "eval/accuracy" in lines[-1] and 0 < lines[-1]["eval/response_length"] <= 4
     checkpoints = sorted(p.name for p in (straight / "checkpoints").glob("step_*"))
     assert checkpoints == ["step_00000001", "step_00000002", "step_00000003"]
     newest = latest_checkpoint(straight)
     assert (newest / "rng_state.rank1.pt").is_file() and not (newest / "rng_state.rank2.pt").exists()
-    assert json.loads((newest / "trainer_state.json").read_text())["extra"] == {"world_size": 2}
+    assert json.loads((newest / "trainer_state.json").read_text())["extra"] == {"world_size": 2, "parallel": strategy}
 
     crashed = tmp_path / "crashed"  # as if killed after step 2's checkpoint and step 3's metrics line
     shutil.copytree(straight, crashed)
     shutil.rmtree(crashed / "checkpoints" / "step_00000003")
     shutil.rmtree(crashed / "final")
     (crashed / "checkpoints" / "latest").write_text("step_00000002\n")
-    alone = subprocess.run([sys.executable, "-m", "oprd.cli", *run_args(tiny, tmp_path, crashed), "--resume"],
-                           capture_output=True, text=True, timeout=600, env=environment())
-    assert alone.returncode == 2 and "saved by 2 process(es), this run has 1" in alone.stderr, alone.stderr[-2000:]
-    resumed = torchrun("-m", "oprd.cli", *run_args(tiny, tmp_path, crashed), "--resume")
+    args = run_args(tiny, tmp_path, crashed, f"parallel.strategy={strategy}")
+    if strategy == "fsdp2":  # the refusals do not depend on the strategy: checked once
+        alone = subprocess.run([sys.executable, "-m", "oprd.cli", *args, "--resume"],
+                               capture_output=True, text=True, timeout=600, env=environment())
+        assert alone.returncode == 2 and "saved by 2 process(es), this run has 1" in alone.stderr, alone.stderr[-2000:]
+        switched = torchrun("-m", "oprd.cli", *args[:-1], "parallel.strategy=ddp", "--resume")
+        assert switched.returncode != 0 and "saved with parallel.strategy 'fsdp2'" in switched.stderr
+    resumed = torchrun("-m", "oprd.cli", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert metrics(crashed) == lines
     for name in ("model/model.safetensors", "optimizer.pt", "rng_state.pt", "rng_state.rank1.pt"):

@@ -49,7 +49,7 @@ from oprd.atomic_files import fsync_dir, write_atomic
 from oprd.manifest import MANIFEST, build_manifest, check_manifest
 
 __all__ = ["TrainerState", "CheckpointError", "CheckpointWarning", "save_checkpoint", "latest_checkpoint",
-           "load_checkpoint", "checkpoint_problems", "capture_rng_state"]
+           "load_checkpoint", "checkpoint_problems", "capture_rng_state", "checkpoint_states"]
 
 _STATE = "trainer_state.json"
 _FILES = (_STATE, "optimizer.pt", "scheduler.pt", "rng_state.pt", "model/config.json")
@@ -77,14 +77,16 @@ class TrainerState:
 
 
 def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: TrainerState, keep: int = 2,
-                    rng_states: list[dict] | None = None) -> Path:
+                    rng_states: list[dict] | None = None, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Writes <run_dir>/checkpoints/step_<step:08d> atomically, with its manifest last, then updates
     <run_dir>/checkpoints/latest (a small text file naming the newest checkpoint directory, itself replaced
     atomically). Then deletes older complete checkpoints beyond `keep`, never the one just written. Returns the
     checkpoint path.
 
     rng_states: every rank's `capture_rng_state()` in rank order, when several processes train (rank 0, the one
-    writing, saves its own in any case).
+    writing, saves its own in any case). model_state / optimizer_state: the whole states to write instead of
+    `model.state_dict()` / `optimizer.state_dict()` (a sharded model's, gathered by `oprd.sharding`).
 
     A checkpoint already present for the same step is replaced. `state.extra` must survive a JSON round trip
     unchanged (no tuples, non-string keys or NaN), so that a resumed run sees exactly what was saved."""
@@ -97,8 +99,9 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
 
     tmp, aside = Path(tempfile.mkdtemp(prefix=f"{_TMP}{final.name}-", dir=ckpt_dir)), None
     try:
-        model.save_pretrained(tmp / "model", save_original_format=False)  # keys as in model.state_dict(): strict load
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        model.save_pretrained(tmp / "model", save_original_format=False,  # keys as in model.state_dict()
+                              **({} if model_state is None else {"state_dict": model_state}))
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(capture_rng_state(), tmp / "rng_state.pt")
         for rank, rng in enumerate((rng_states or [])[1:], start=1):
@@ -181,7 +184,8 @@ def _inspect(path: Path, hashes: bool) -> tuple[set[str], list[str]]:
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, restore_rng: bool = True,
                     verify: bool = True, rank: int = 0) -> TrainerState:
     """Loads weights into `model` in place (from safetensors, strict key match: ValueError naming missing/unexpected
-    keys), then optimizer and scheduler state when given, restores the RNG states, and returns the TrainerState.
+    keys; model None: not loaded, for a sharded model, see `checkpoint_states`), then optimizer and scheduler state
+    when given, restores the RNG states, and returns the TrainerState.
 
     The checkpoint is checked against its manifest first, and any problem raises CheckpointError naming the path and
     the file. With `verify=False` only the files' presence and sizes are checked: pass that only right after
@@ -195,7 +199,8 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
     if problems:
         raise CheckpointError(f"{path} is not an intact checkpoint: {'; '.join(problems)}")
     state = _parse_state(path / _STATE)
-    _load_model_weights(model, path / "model", sharded=_INDEX in listed)
+    if model is not None:
+        _load_model_weights(model, path / "model", sharded=_INDEX in listed)
     if optimizer is not None:
         optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
     if scheduler is not None:
@@ -207,6 +212,20 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
                                   f"of fewer processes")
         _set_rng_state(_load_pt(path / rng_file))
     return state
+
+
+def checkpoint_states(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checkpoint's model weights (as saved: a tied weight once) and optimizer state, as dicts, for a sharded
+    model that loads them through `oprd.sharding.load_full_state`. Check the checkpoint first (`load_checkpoint`)."""
+    model_dir = Path(path) / "model"
+    files = ([model_dir / f for f in sorted(set(json.loads((model_dir / "model.safetensors.index.json").read_text())
+                                                ["weight_map"].values()))]
+             if (model_dir / "model.safetensors.index.json").is_file() else [model_dir / "model.safetensors"])
+    weights = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            weights.update({k: f.get_tensor(k) for k in f.keys()})
+    return weights, _load_pt(Path(path) / "optimizer.pt")
 
 
 def remove_temporaries(ckpt_dir: str | Path) -> None:

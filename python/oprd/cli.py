@@ -76,9 +76,8 @@ def cmd_train(args) -> int:
     try:
         last = trainer.run(resume=args.resume, overwrite=args.overwrite)
         final = Path(config.run.dir) / "final"
-        if trainer.group.is_main:  # under torchrun, rank 0 writes and reports
-            student.save_pretrained(final)
-            tokenizer.save_pretrained(final)
+        trainer.save_final(final, tokenizer)  # under torchrun, rank 0 writes and reports
+        if trainer.group.is_main:
             print(json.dumps({k: v for k, v in last.items() if not k.startswith("rep/cosine_similarity/")}, indent=2))
             print(f"final student in {final}")
         trainer.group.barrier()

@@ -122,6 +122,12 @@ class RunConfig:
 
 
 @dataclass
+class ParallelConfig:             # several processes (torchrun); no effect in one process
+    strategy: str = "fsdp2"      # the student: "fsdp2" (sharded per decoder block) | "ddp" (replicated)
+    teacher: str = "replicate"   # the frozen teacher under fsdp2: "replicate" (whole on every rank) | "shard"
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -132,6 +138,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
@@ -189,6 +196,8 @@ def _at_least(low: int):
 _POSITIVE = (lambda v: v > 0), "> 0"
 
 # Range and choice rules on top of the type each annotation asks for; fields absent here take any value of their type.
+PARALLEL_STRATEGIES = ("fsdp2", "ddp")
+TEACHER_PLACEMENTS = ("replicate", "shard")
 _RULES = {
     "model.dtype": _choice(DTYPES),
     "data.eval_size": _at_least(1),
@@ -229,6 +238,8 @@ _RULES = {
                    '"auto", "cpu", "cuda" or "cuda:N"'),
     "run.backend": _choice(KERNEL_BACKENDS),
     "run.log_every": _at_least(1),
+    "parallel.strategy": _choice(PARALLEL_STRATEGIES),
+    "parallel.teacher": _choice(TEACHER_PLACEMENTS),
 }
 
 

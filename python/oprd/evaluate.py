@@ -54,8 +54,10 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: 
 @torch.no_grad()
 def evaluation_counts(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: int, temperature: float,
                       max_new_tokens: int, grader: Grader = default_grader, batch_prompts: int = 32,
-                      seed: int = 1234, chat_template: str = "auto") -> EvalCounts:
-    """The counts behind `evaluate`'s metrics."""
+                      seed: int = 1234, chat_template: str = "auto", graded: int | None = None) -> EvalCounts:
+    """The counts behind `evaluate`'s metrics, over the first `graded` examples (all by default): the others only
+    generate, so that sharded ranks with fewer prompts still make every collective call the others make."""
+    graded = len(examples) if graded is None else graded
     correct = total = length = 0
     devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
     with torch.random.fork_rng(devices=devices):
@@ -66,8 +68,11 @@ def evaluation_counts(model: nn.Module, tokenizer, examples: Sequence[dict], *, 
                                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
                                          chat_template=chat_template)
             texts = tokenizer.batch_decode(rollouts.responses, skip_special_tokens=True)
+            lengths = rollouts.response_lengths.tolist()
             for row, text in enumerate(texts):
-                correct += bool(grader(text, chunk[int(rollouts.prompt_index[row])]["answer"]))
-            total += len(texts)
-            length += int(rollouts.response_lengths.sum())
+                prompt = int(rollouts.prompt_index[row])
+                if start + prompt < graded:
+                    correct += bool(grader(text, chunk[prompt]["answer"]))
+                    total += 1
+                    length += int(lengths[row])
     return EvalCounts(correct, total, length)

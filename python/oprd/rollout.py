@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from oprd.fsdp_check import is_fsdp_module
 from oprd.prompt_format import encode_prompt_texts
 
 
@@ -107,13 +108,15 @@ def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, re
     eos = eos_token_ids(model, tokenizer)
     ids, mask = encode_prompts(tokenizer, prompts, device, chat_template)
     vocab = model.get_output_embeddings().weight.shape[0]
-    limit = {} if vocab_limit is None or vocab_limit >= vocab else {"suppress_tokens": list(range(vocab_limit, vocab))}
+    extra = {} if vocab_limit is None or vocab_limit >= vocab else {"suppress_tokens": list(range(vocab_limit, vocab))}
+    if is_fsdp_module(model) and torch.distributed.is_initialized():
+        extra["synced_gpus"] = True  # each forward gathers from every rank: all ranks decode until the last is done
     was_training = model.training
     model.eval()
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=top_p,
                              top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=responses_per_prompt,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **limit)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, **extra)
     finally:
         model.train(was_training)
     width = ids.shape[1]

@@ -11,7 +11,8 @@ Under torchrun (`oprd.distributed`) each of N processes samples rollouts for its
 `rollout.prompts_per_step` prompts (still the global batch) under its own random stream (seed + rank), the window's
 token counts and the gradients are summed over the ranks before clipping, so the step is the one-batch step of all
 N shares; rank 0 alone writes metrics (combined over the ranks), checkpoints (with every rank's random state) and the
-config.
+config. `parallel.strategy` "fsdp2" shards the student per decoder block (`oprd.sharding`; FSDP2 sums the gradients
+in backward), "ddp" keeps a whole replica per rank and sums the gradients once per step.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from oprd import metrics_log
 from oprd.accumulation import accumulate_gradients
 from oprd.bridge import load_bridge
 from oprd.bridge.token_alignment import teacher_view
-from oprd.checkpoint import TrainerState, capture_rng_state, latest_checkpoint, load_checkpoint, save_checkpoint
+from oprd.checkpoint import (
+    TrainerState,
+    capture_rng_state,
+    checkpoint_states,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
 from oprd.data import PromptStream
 from oprd.distributed import join
@@ -43,6 +51,7 @@ from oprd.prompt_format import uses_template
 from oprd.rank_metrics import reduce_metrics
 from oprd.rollout import eos_token_ids, generate_rollouts
 from oprd.run_dir import prepare_fresh_run, remove_leftovers
+from oprd.sharding import full_model_state, full_optimizer_state, load_full_state, shard_model
 
 
 def warmup_cosine(steps: int, warmup_ratio: float):
@@ -108,6 +117,11 @@ class Trainer:
             copy_head_and_norm(self.student, self.teacher)
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
         self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
+        self.sharded = self.group.active and config.parallel.strategy == "fsdp2"
+        if self.sharded:  # after every whole-model step above, before the optimizer sees the parameters
+            shard_model(self.student, trainable=True)
+            if config.parallel.teacher == "shard":
+                shard_model(self.teacher, trainable=False)
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
         o = config.optim
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=tuple(o.betas),
@@ -130,14 +144,14 @@ class Trainer:
         checkpoint = self.group.run_on_main(lambda: self._prepare_run_dir(resume, overwrite))
         main = self.group.is_main
         if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model=self.student, optimizer=self.optimizer,
-                                    scheduler=self.scheduler, verify=False,  # rank 0's latest_checkpoint verified it
-                                    rank=self.group.rank)
-            saved_size = state.extra.get("world_size", 1)
-            if saved_size != self.group.size:
-                raise ValueError(f"{checkpoint} was saved by {saved_size} process(es), this run has "
-                                 f"{self.group.size}: its random streams cannot continue exactly; resume with "
-                                 f"--nproc_per_node {saved_size}")
+            whole = not self.sharded  # a sharded student loads rank 0's whole states below
+            state = load_checkpoint(checkpoint, model=self.student if whole else None,
+                                    optimizer=self.optimizer if whole else None, scheduler=self.scheduler,
+                                    verify=False, rank=self.group.rank)  # rank 0's latest_checkpoint verified it
+            self._check_resumable(checkpoint, state)
+            if self.sharded:
+                weights, optimizer = checkpoint_states(checkpoint) if main else ({}, {})
+                load_full_state(self.student, self.optimizer, weights, optimizer)
             self.step, self.stream.position = state.step, state.data_position
             if main:
                 self._truncate_metrics(self.step)
@@ -203,10 +217,12 @@ class Trainer:
         spec, plan = self.objective_at(self.step + 1)
         sums = accumulate_gradients(spec, self.student, self.teacher, batches, plan, self._autocast,
                                     with_metrics=with_metrics, window_total=self._window_total)
-        self.group.sum_gradients(self.student.parameters())  # each rank's share of the one-batch gradient
+        if not self.sharded:  # FSDP2 summed them in backward
+            self.group.sum_gradients(self.student.parameters())  # each rank's share of the one-batch gradient
         grad_norm = None
         if cfg.optim.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -218,14 +234,18 @@ class Trainer:
         return {"step": self.step, "world_size": self.group.size, **sums}
 
     def evaluate(self) -> dict:
-        """avg@k on the evaluation prompts; under several processes each rank grades every size-th prompt and the
-        counts are summed (so the samples differ from a one-process run's: each rank draws its own)."""
-        e = self.config.eval
-        share = self.eval_prompts[self.group.rank::self.group.size]
+        """avg@k on the evaluation prompts; under several processes each rank grades a contiguous share and the
+        counts are summed (so the samples differ from a one-process run's: each rank draws its own). Shares are
+        padded to equal length with ungraded prompts: a sharded student's generation is collective."""
+        e, rank = self.config.eval, self.group.rank
+        per = -(-len(self.eval_prompts) // self.group.size)
+        share = self.eval_prompts[rank * per:(rank + 1) * per]
+        graded = len(share)
+        share += self.eval_prompts[:1] * (per - graded)
         counts = evaluation_counts(self.student, self.tokenizer, share, samples=e.samples,
                                    temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
-                                   seed=self.config.run.seed + 1 + self.group.rank,
-                                   chat_template=self.config.data.chat_template)
+                                   seed=self.config.run.seed + 1 + rank, chat_template=self.config.data.chat_template,
+                                   graded=graded)
         return EvalCounts(*map(int, self.group.sum([counts.correct, counts.total, counts.length]))).metrics()
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -269,13 +289,42 @@ class Trainer:
         return latest_checkpoint(self.run_dir)
 
     def _save(self) -> None:
-        """A checkpoint by rank 0, with every rank's random state; the other ranks learn whether it was written."""
+        """A checkpoint by rank 0, with every rank's random state (and a sharded student's whole state, gathered);
+        the other ranks learn whether it was written."""
+        model_state, optimizer_state = ((full_model_state(self.student),
+                                         full_optimizer_state(self.student, self.optimizer))
+                                        if self.sharded else (None, None))
         rng_states = self.group.gather(capture_rng_state())
-        extra = {"world_size": self.group.size} if self.group.active else {}
+        extra = {"world_size": self.group.size, "parallel": self._strategy} if self.group.active else {}
         self.group.run_on_main(lambda: save_checkpoint(
             self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
             state=TrainerState(self.step, self.stream.position, extra), keep=self.config.run.keep_checkpoints,
-            rng_states=rng_states if self.group.active else None))
+            rng_states=rng_states if self.group.active else None, model_state=model_state,
+            optimizer_state=optimizer_state))
+
+    def save_final(self, path: str | Path, tokenizer=None) -> None:
+        """The student (and `tokenizer`) as an HF model directory, written by rank 0. Every rank must call it."""
+        state = full_model_state(self.student) if self.sharded else None
+
+        def write() -> None:
+            self.student.save_pretrained(path, **({} if state is None else {"state_dict": state}))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
+
+        self.group.run_on_main(write)
+
+    @property
+    def _strategy(self) -> str:
+        return self.config.parallel.strategy if self.group.active else "single"
+
+    def _check_resumable(self, checkpoint: Path, state: TrainerState) -> None:
+        saved_size, saved_strategy = state.extra.get("world_size", 1), state.extra.get("parallel", "single")
+        if saved_size != self.group.size:
+            raise ValueError(f"{checkpoint} was saved by {saved_size} process(es), this run has {self.group.size}: "
+                             f"its random streams cannot continue exactly; resume with --nproc_per_node {saved_size}")
+        if saved_strategy != self._strategy:
+            raise ValueError(f"{checkpoint} was saved with parallel.strategy {saved_strategy!r}, this run has "
+                             f"{self._strategy!r}; resume with parallel.strategy={saved_strategy}")
 
     def _autocast(self):
         if self.device.type == "cuda":

@@ -7,6 +7,10 @@
   only the selected rows of the selected layers, in a compact [L_sel, N_sel, D] cache (bf16 by default), or their
   Bridge projections [L_sel, N_sel, r]. Nothing else of the teacher pass survives it.
 
+An FSDP2 model (`torch.distributed.fsdp.fully_shard`, as `oprd.sharding` wraps it) runs through its root module's
+forward instead, whole, so that FSDP's hooks gather and release the parameters as they should (an early stop would
+raise inside them); its LM head then computes one position only (`logits_to_keep=1`).
+
 Both take left-padded prompts with right-padded responses (`attention_mask` 0 on padding). Position ids are counted
 from the attention mask, as generation counts them, so a left-padded sample sees the positions it was generated with.
 """
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 
 from oprd.capture.families import SUPPORTED_FAMILIES, DecoderParts, decoder_parts
 from oprd.capture.taps import StopForward, tapped
+from oprd.fsdp_check import is_fsdp_module
 from oprd.layers import resolve_layers
 from oprd_kernels._validation import describe
 
@@ -81,12 +86,19 @@ def _indices(func: str, layers: LayerSpec, parts: DecoderParts) -> list[int]:
         raise type(exc)(f"{func}: `layers`: {exc}") from None
 
 
-def _run(parts: DecoderParts, input_ids: Tensor, attention_mask: Tensor, indices: list[int],
+def _run(model: nn.Module, parts: DecoderParts, input_ids: Tensor, attention_mask: Tensor, indices: list[int],
          on_output, stop_early: bool) -> None:
+    position_ids = position_ids_from_mask(attention_mask)
+    if is_fsdp_module(model):  # through the root's forward, whole: its hooks gather and release parameters
+        head = {"logits_to_keep": 1} if parts.lm_head is not None else {}  # the head's cost: one position
+        with tapped(parts, indices, on_output, stop_early=False):
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                  **head)
+        return
     with tapped(parts, indices, on_output, stop_early=stop_early):
         try:
-            parts.base(input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+            parts.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False)
         except StopForward:
             pass
 
@@ -105,7 +117,7 @@ def capture_student(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     indices = _indices(func, layers, parts)
     wanted = sorted(set(indices) | ({parts.num_layers} if final_state else set()))
     captured: dict[int, Tensor] = {}
-    _run(parts, input_ids, attention_mask, wanted, captured.__setitem__, stop_early=True)
+    _run(model, parts, input_ids, attention_mask, wanted, captured.__setitem__, stop_early=True)
     return StudentStates([captured[i] for i in indices], indices,
                          captured[parts.num_layers] if final_state else None)
 
@@ -180,5 +192,5 @@ def _cache_pass(func: str, model: nn.Module, input_ids: Tensor, attention_mask: 
             cache[i] = (selected.float() - mean_t[i].float()) @ proj_t[i].float().T
 
     wanted = sorted(set(indices) | ({parts.num_layers} if final_state else set()))
-    _run(parts, input_ids, attention_mask, wanted, keep, stop_early=True)
+    _run(model, parts, input_ids, attention_mask, wanted, keep, stop_early=True)
     return cache, final[0] if final_state else None

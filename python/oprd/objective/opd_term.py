@@ -51,6 +51,10 @@ def _head_weight(model: nn.Module, role: str) -> Tensor:
     if getattr(head, "bias", None) is not None:
         raise ValueError(f"compute_objective: the {role}'s LM head has a bias, which the fused OPD losses do not "
                          f"support; got {type(head).__name__} with a bias (use opd_impl='naive')")
+    if hasattr(head.weight, "full_tensor"):  # a DTensor: an FSDP2 root read outside its forward
+        raise ValueError(f"compute_objective: the {role}'s LM-head weight is sharded (an FSDP2 DTensor). The fused OPD "
+                         f"losses read it right after the model's own forward, which gathers it: capture the final "
+                         f"state with oprd.capture, which runs an FSDP2 model through its root forward")
     return head.weight
 
 

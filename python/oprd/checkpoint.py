@@ -36,6 +36,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -313,11 +314,26 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _load_pt(file: Path):
-    """`torch.load` restricted to tensors and plain types: a file cannot execute code on load."""
+    """`torch.load` restricted to tensors and plain types: a file cannot execute code on load. The one addition:
+    torchao's quantised optimizer-state tensors (`optim.optimizer: adamw_8bit`), data containers rebuilt from their
+    inner tensors, allowed when torchao is installed."""
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_optimizer_state_classes()):
+            return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(f"{file}: refused, holds more than tensors and plain types ({e})") from e
+
+
+def _optimizer_state_classes() -> list:
+    if "torchao" not in sys.modules:  # only a run whose optimizer imported it can have saved such states
+        return []
+    try:
+        from torchao.optim.subclass_4bit import OptimState4bit
+        from torchao.optim.subclass_8bit import OptimState8bit
+        from torchao.optim.subclass_fp8 import OptimStateFp8
+    except ImportError:
+        return []
+    return [OptimState8bit, OptimState4bit, OptimStateFp8]
 
 
 # --- model weights ---------------------------------------------------------------------------------------------------

@@ -100,6 +100,9 @@ class OptimConfig:
     steps: int = 500             # >= 1
     grad_clip: float = 1.0       # > 0, or 0 to disable
     grad_accum: int = 1          # >= 1
+    param_dtype: str = "fp32"    # the student's weights and gradients: "fp32" | "bf16" (oprd.optim)
+    optimizer: str = "adamw"     # "adamw" (fp32 moments) | "adamw_8bit" (torchao, 8-bit moments)
+    gradient_checkpointing: str = "auto"  # "auto" (on for students of >= 1B parameters) | "on" | "off"
 
 
 @dataclass
@@ -238,6 +241,9 @@ _RULES = {
                    '"auto", "cpu", "cuda" or "cuda:N"'),
     "run.backend": _choice(KERNEL_BACKENDS),
     "run.log_every": _at_least(1),
+    "optim.param_dtype": _choice(("fp32", "bf16")),
+    "optim.optimizer": _choice(("adamw", "adamw_8bit")),
+    "optim.gradient_checkpointing": _choice(("auto", "on", "off")),
     "parallel.strategy": _choice(PARALLEL_STRATEGIES),
     "parallel.teacher": _choice(TEACHER_PLACEMENTS),
 }
@@ -300,7 +306,7 @@ def _hint(section: Any, key: Any, value: Any, where: str) -> Any:
 
 
 # String keys with the choices "on" and "off", which YAML 1.1 reads as True and False when written bare
-_ON_OFF_KEYS = {"data.chat_template"}
+_ON_OFF_KEYS = {"data.chat_template", "optim.gradient_checkpointing"}
 
 
 def _set(config: TrainConfig, section: str, key: str, value: Any, where: str) -> None:

@@ -12,7 +12,9 @@ Under torchrun (`oprd.distributed`) each of N processes samples rollouts for its
 token counts and the gradients are summed over the ranks before clipping, so the step is the one-batch step of all
 N shares; rank 0 alone writes metrics (combined over the ranks), checkpoints (with every rank's random state) and the
 config. `parallel.strategy` "fsdp2" shards the student per decoder block (`oprd.sharding`; FSDP2 sums the gradients
-in backward), "ddp" keeps a whole replica per rank and sums the gradients once per step.
+in backward), "ddp" keeps a whole replica per rank and sums the gradients once per step. The optimizer step draws
+any randomness (torchao's stochastic rounding onto bf16 weights) from a stream seeded by the run's seed and the step,
+the same on every rank and apart from the rollouts' stream, so replicas stay equal and a resume stays exact.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from oprd.distributed import join
 from oprd.evaluate import EvalCounts, Grader, default_grader, evaluation_counts
 from oprd.head_transfer import copy_head_and_norm
 from oprd.objective import ObjectiveSpec, TokenCounts, plan_layers
+from oprd.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing
 from oprd.processes import check_launch
 from oprd.prompt_format import uses_template
 from oprd.rank_metrics import reduce_metrics
@@ -117,15 +120,18 @@ class Trainer:
             copy_head_and_norm(self.student, self.teacher)
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
         self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
+        o = config.optim
+        self.student.to(PARAM_DTYPES[o.param_dtype])
+        if uses_gradient_checkpointing(o.gradient_checkpointing, self.student):
+            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.sharded = self.group.active and config.parallel.strategy == "fsdp2"
         if self.sharded:  # after every whole-model step above, before the optimizer sees the parameters
             shard_model(self.student, trainable=True)
             if config.parallel.teacher == "shard":
                 shard_model(self.teacher, trainable=False)
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
-        o = config.optim
-        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=o.lr, betas=tuple(o.betas),
-                                           weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(self.student.parameters(), o.optimizer, lr=o.lr, betas=o.betas,
+                                         weight_decay=o.weight_decay, seed=config.run.seed)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(o.steps, o.warmup_ratio))
         self.run_dir = Path(config.run.dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -224,7 +230,9 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.config.run.seed * 1_000_003 + self.step)  # the same on every rank (see below)
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         if not with_metrics:
@@ -242,10 +250,11 @@ class Trainer:
         share = self.eval_prompts[rank * per:(rank + 1) * per]
         graded = len(share)
         share += self.eval_prompts[:1] * (per - graded)
-        counts = evaluation_counts(self.student, self.tokenizer, share, samples=e.samples,
-                                   temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
-                                   seed=self.config.run.seed + 1 + rank, chat_template=self.config.data.chat_template,
-                                   graded=graded)
+        with self._autocast():
+            counts = evaluation_counts(self.student, self.tokenizer, share, samples=e.samples,
+                                       temperature=e.temperature, max_new_tokens=e.max_new_tokens, grader=self.grader,
+                                       seed=self.config.run.seed + 1 + rank,
+                                       chat_template=self.config.data.chat_template, graded=graded)
         return EvalCounts(*map(int, self.group.sum([counts.correct, counts.total, counts.length]))).metrics()
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -255,10 +264,11 @@ class Trainer:
         r, chat_template = self.config.rollout, self.config.data.chat_template
         prompts = [p["prompt"] for p in self.group.shard(self.stream.take(r.prompts_per_step),
                                                          "rollout.prompts_per_step")]
-        rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
-                                     responses_per_prompt=r.responses_per_prompt, max_new_tokens=r.max_new_tokens,
-                                     temperature=r.temperature, top_p=r.top_p, vocab_limit=self.vocab_limit,
-                                     chat_template=chat_template)
+        with self._autocast():  # on CUDA: decoding (and its KV cache) in bf16
+            rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
+                                         responses_per_prompt=r.responses_per_prompt,
+                                         max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                         vocab_limit=self.vocab_limit, chat_template=chat_template)
         if self.teacher_tokenizer is not None:
             rollouts.teacher = teacher_view(rollouts, self.tokenizer, self.teacher_tokenizer, prompts,
                                             student_eos_ids=eos_token_ids(self.student, self.tokenizer),

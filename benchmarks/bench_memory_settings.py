@@ -6,11 +6,12 @@ Measured per setting: the update's time (p20/p50/p80 of whole updates), its delt
 update minus allocated at its start: gradients, saved activations, the loss's workspace, the optimizer step's
 temporaries) and the resident state (weights + optimizer moments, bytes of the tensors themselves). Predicted: the
 plan's gradients + activations for the delta-peak, weights + moments for the resident state. The ratios are against
-the first setting (fp32 weights, fp32 AdamW, no checkpointing), measured in the same run.
+the first setting measured in the same run (fp32 weights, fp32 AdamW, no checkpointing unless --settings says).
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 \\
         python benchmarks/bench_memory_settings.py --device cpu --out benchmarks/results/memory_settings_cpu.jsonl
     python benchmarks/bench_memory_settings.py --device cuda --out results/memory_settings.jsonl   # Qwen2.5-1.5B
+    python benchmarks/bench_memory_settings.py --device cuda --shape 7b --out results/memory_settings.jsonl
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import harness  # noqa: E402
 
 import oprd_kernels  # noqa: E402
 from oprd.capture import capture_student, teacher_cache  # noqa: E402
-from oprd.memory_plan import Shape  # noqa: E402
+from oprd.memory_plan import QWEN25_1_5B, QWEN25_7B, Shape  # noqa: E402
 from oprd.optim import PARAM_DTYPES, build_optimizer  # noqa: E402
 from oprd.positions import select_positions  # noqa: E402
 
@@ -37,19 +38,29 @@ SETTINGS = [  # (param dtype, optimizer, gradient checkpointing)
 ]
 CPU_SHAPE = Shape("cpu-512x4", layers=4, hidden=512, ffn=1536, heads=8, kv_heads=2, vocab=8192, tied=True,
                   qkv_bias=True)
-GPU_SHAPE = Shape("Qwen2.5-1.5B", layers=28, hidden=1536, ffn=8960, heads=12, kv_heads=2, vocab=151936, tied=True,
-                  qkv_bias=True)
-CPU_TOKENS, GPU_TOKENS = (2, 512), (2, 8192)  # (sequences, tokens each), all response
+SHAPES = {  # name: (shape, (sequences, tokens each): all response)
+    "smoke": (Shape("smoke", layers=2, hidden=64, ffn=128, heads=4, kv_heads=2, vocab=256, tied=True, qkv_bias=True),
+              (2, 16)),
+    "cpu": (CPU_SHAPE, (2, 512)),
+    "1.5b": (QWEN25_1_5B, (2, 8192)),
+    "7b": (QWEN25_7B, (2, 4096)),  # the memory plan's 7B student on one H200: bf16 settings only (fp32 needs 122 GB)
+}
 
 
-def build(shape: Shape, seed: int, device: torch.device) -> torch.nn.Module:
+def build(shape: Shape, seed: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model initialised where it runs and in its dtype (a 7B model's fp32 copy alone would take 30 GB)."""
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.ffn,
                          num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
                          num_key_value_heads=shape.kv_heads, tie_word_embeddings=shape.tied, use_cache=False,
                          max_position_embeddings=16384, attn_implementation="sdpa")
-    with torch.device(device):
-        return Qwen2ForCausalLM(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return Qwen2ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
 
 
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -80,12 +91,17 @@ def make_update(student, optimizer, ids, attention, layers, cache, rows, weights
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shape", choices=list(SHAPES), default=None, help="default: cpu on CPU, 1.5b on CUDA")
+    parser.add_argument("--settings", nargs="*", type=int, default=None,
+                        help="indices into SETTINGS (default: all; 7b: the bf16 ones)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    shape, (batch, seq) = (GPU_SHAPE, GPU_TOKENS) if device.type == "cuda" else (CPU_SHAPE, CPU_TOKENS)
-    teacher = build(shape, 1, device).to(torch.bfloat16).requires_grad_(False)
+    shape_name = args.shape or ("1.5b" if device.type == "cuda" else "cpu")
+    shape, (batch, seq) = SHAPES[shape_name]
+    chosen = args.settings if args.settings is not None else ([2, 3] if shape_name == "7b" else range(len(SETTINGS)))
+    teacher = build(shape, 1, device, torch.bfloat16).requires_grad_(False)
     ids = torch.randint(0, shape.vocab, (batch, seq), generator=torch.Generator().manual_seed(0)).to(device)
     attention = torch.ones_like(ids)
     response = torch.ones_like(ids)
@@ -94,8 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     layers = list(range(1, shape.layers + 1))
     cache = teacher_cache(teacher, ids, attention, layers, rows)
     env, out, tokens = harness.environment(device), [], batch * seq
-    for dtype, name, checkpointing in SETTINGS:
-        student = build(shape, 0, device).to(PARAM_DTYPES[dtype]).train()
+    for dtype, name, checkpointing in (SETTINGS[i] for i in chosen):
+        student = build(shape, 0, device, PARAM_DTYPES[dtype]).train()
         if checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         try:
@@ -126,8 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"delta-peak {peak / 2**20:8.1f} MB (plan {predicted_peak / 2**20:8.1f})  "
               f"state {row['state_bytes'] / 2**20:8.1f} MB", flush=True)
         del student, optimizer, update
-    base = out[0]
-    for row in out:
+    base = out[0] if out else None
+    for row in out if base else []:
         print(f"{row['param_dtype']:>5} {row['optimizer']:<11} ckpt={'on ' if row['checkpointing'] else 'off'}  "
               f"time x {base['ms_p50'] / row['ms_p50']:5.2f}  delta-peak x "
               f"{base['delta_peak_bytes'] / row['delta_peak_bytes']:5.2f}  state x "

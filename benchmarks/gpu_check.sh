@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The one prepared GPU run (about 6 minutes on an H200), in order of value: install and build facts; the GPU tests
-# (the Triton kernels compiled for the GPU, torch.compile through the custom ops, then the realistic shapes: fused
-# OPD at d = 1536, V = 151,936, N = 4,096, alignment at N_sel > 65,535); the actor update against top-16 OPD (the
-# headline: Qwen2.5-1.5B dims, B = 2, responses of 4k and 16k tokens); the loss path at the paper's shapes; the
-# teacher pass; the kernel benchmark.
+# The one prepared GPU run (about 6 minutes on an H200 for the steps up to the plots, at most 7 more for the last
+# three), in order of value: install and build facts; the GPU tests (the Triton kernels compiled for the GPU,
+# torch.compile through the custom ops, then the realistic shapes: fused OPD at d = 1536, V = 151,936, N = 4,096,
+# alignment at N_sel > 65,535); the actor update against top-16 OPD (the headline: Qwen2.5-1.5B dims, B = 2,
+# responses of 4k and 16k tokens); the loss path at the paper's shapes; the teacher pass; the kernel benchmark; the
+# memory settings at 1.5B and 7B; the multi-process tests.
 # Every step has its own timeout, so one slow step cannot eat the others' time; every step's status goes to
 # summary.tsv, a failed or timed-out step is printed as such, and the script exits 1 when any step did not pass.
 # Results go to the folder given as $1 (default: $OUT, else ./gpu-results): summary.tsv, build_info.json, gpu.csv,
-# *.log and actor_update_cuda.jsonl, loss_path_cuda.jsonl, teacher_pass_cuda.jsonl, kernels.jsonl, plots/.
+# *.log and actor_update_cuda.jsonl, loss_path_cuda.jsonl, teacher_pass_cuda.jsonl, kernels.jsonl, plots/,
+# memory_settings_cuda.jsonl.
 #   device run:  bash benchmarks/gpu_check.sh "$OUT"
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,5 +40,14 @@ STEP_TAIL=8 run_step teacher-pass 50 teacher_pass.log $py benchmarks/bench_teach
 STEP_TAIL=14 run_step kernels 70 bench.log $py benchmarks/bench_kernels.py --device cuda --time-budget 40 \
   --out "$out/kernels.jsonl"
 STEP_TAIL=3 run_step plots 60 plots.log bash -c "$py benchmarks/plot_suite.py $out/*_cuda.jsonl --out-dir $out/plots"
+
+# issue 16: the memory plan's settings at real shapes (Qwen2.5-1.5B: all four; a 7B student: bf16 with fp32 and
+# 8-bit moments, the latter only if torchao is installed there), then the multi-process tests on this machine's
+# CPUs (2 processes on gloo: one GPU cannot hold two NCCL ranks, so NCCL itself is not checked here)
+STEP_TAIL=10 run_step memory-1.5b 120 memory_settings.log $py benchmarks/bench_memory_settings.py --device cuda \
+  --shape 1.5b --reps 3 --out "$out/memory_settings_cuda.jsonl"
+STEP_TAIL=6 run_step memory-7b 150 memory_settings_7b.log $py benchmarks/bench_memory_settings.py --device cuda \
+  --shape 7b --reps 2 --out "$out/memory_settings_cuda.jsonl"
+STEP_TAIL=4 run_step multi-process 150 distributed.log $py -m pytest -q -p no:cacheprovider tests/test_distributed.py
 
 finish_steps

@@ -89,3 +89,17 @@ def test_the_fused_compiled_backend_of_the_kernel_benchmark_computes_the_loss():
         want = bench_kernels.loss_fn(op, "reference", "nmse")(inp)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
         assert torch.autograd.grad(got, inp.student)[0].shape == inp.student[0].shape
+
+
+def test_memory_settings_benchmark_measures_each_setting_beside_the_plan(tmp_path, capsys):
+    import bench_memory_settings
+
+    out = tmp_path / "memory.jsonl"
+    rows = bench_memory_settings.main(["--device", "cpu", "--shape", "smoke", "--settings", "0", "1", "2",
+                                       "--reps", "1", "--out", str(out)])
+    assert [(r["param_dtype"], r["checkpointing"]) for r in rows] == [("fp32", False), ("fp32", True),
+                                                                      ("bf16", True)]
+    assert all(r["delta_peak_bytes"] > 0 and r["plan_delta_peak_bytes"] > 0 and r["ms_p50"] > 0 for r in rows)
+    params = bench_memory_settings.SHAPES["smoke"][0].parameters
+    assert rows[0]["state_bytes"] == 12 * params and rows[2]["state_bytes"] == 10 * params  # weights + moments
+    assert len(out.read_text().splitlines()) == 3 and "delta-peak x" in capsys.readouterr().out

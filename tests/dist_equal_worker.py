@@ -12,7 +12,7 @@ import torch
 from test_trainer import TOKENIZER, fixed_rollouts, tiny_model
 
 from oprd.config import TrainConfig
-from oprd.distributed import leave
+from oprd.distributed import join, leave
 from oprd.rollout import Rollouts
 from oprd.trainer import Trainer
 
@@ -60,13 +60,17 @@ def one_step(method: str, grad_accum: int, strategy: str) -> dict | None:
     return {"metrics": metrics, "weights": weights, "grads": grads, "initial": initial}
 
 
-def main(out: str, strategies: list[str]) -> None:
+def main(out: str, strategies: list[str], check_group: bool) -> None:
     results = {(method, accum, strategy): one_step(method, accum, strategy)
                for method, accum in CASES for strategy in strategies}
+    if check_group:  # the collectives' own checks, in the same launch (one torchrun start fewer)
+        import dist_group_worker
+
+        results["group checked"] = join(torch.device("cpu")).gather(dist_group_worker.check_group())
     if results[next(iter(results))] is not None:
         torch.save(results, out)
     leave()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(","))
+    main(sys.argv[1], sys.argv[2].split(","), "--check-group" in sys.argv[3:])

@@ -1,5 +1,5 @@
-"""Launched by tests/test_distributed.py under torchrun with 2 processes: oprd.distributed.Group's collectives, checked
-on each rank (an assertion failing on either rank fails the launch)."""
+"""oprd.distributed.Group's collectives, checked on each of 2 ranks (an assertion failing on either rank fails the
+launch): run by dist_equal_worker.py --check-group within tests/test_distributed.py's torchrun launch, or alone."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class RankError(ValueError):
     pass
 
 
-def main() -> None:
+def check_group() -> int:
+    """Every check below on this rank; returns the rank."""
     group = join(torch.device("cpu"))
     rank = group.rank
     assert group.size == 2 and group.active and group.is_main == (rank == 0)
@@ -53,8 +54,9 @@ def main() -> None:
     group.sum_gradients([a, b, c])
     assert a.grad.tolist() == [3.0, 3.0] and b.grad.tolist() == [5.0, 5.0] and c.grad is None
     group.barrier()
-    leave()
+    return rank
 
 
 if __name__ == "__main__":
-    main()
+    check_group()
+    leave()

@@ -44,11 +44,6 @@ def metrics(run: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if not k.startswith(TIMINGS)} for line in lines]
 
 
-def test_the_groups_collectives_on_two_processes():
-    done = torchrun(str(TESTS / "dist_group_worker.py"))
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 @pytest.fixture(scope="module")
 def steps(tmp_path_factory) -> tuple[dict, dict]:
     """dist_equal_worker's steps: one process (the strategy has no effect there), and 2 processes per strategy."""
@@ -57,9 +52,14 @@ def steps(tmp_path_factory) -> tuple[dict, dict]:
     alone = subprocess.run([sys.executable, worker, str(root / "one.pt"), "ddp"], capture_output=True, text=True,
                            timeout=600, env=environment())
     assert alone.returncode == 0, alone.stderr[-3000:]
-    pair = torchrun(worker, str(root / "two.pt"), "ddp,fsdp2,fsdp2+shard")
+    pair = torchrun(worker, str(root / "two.pt"), "ddp,fsdp2,fsdp2+shard", "--check-group")
     assert pair.returncode == 0, pair.stderr[-3000:]
     return torch.load(root / "one.pt"), torch.load(root / "two.pt")
+
+
+def test_the_groups_collectives_on_two_processes(steps):
+    """dist_group_worker's checks ran on both ranks of the steps' launch (an assertion there fails the launch)."""
+    assert steps[1]["group checked"] == [0, 1]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2", "fsdp2+shard"])  # +shard: the teacher sharded too
@@ -110,12 +110,6 @@ def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path
     shutil.rmtree(crashed / "final")
     (crashed / "checkpoints" / "latest").write_text("step_00000002\n")
     args = run_args(tiny, tmp_path, crashed, f"parallel.strategy={strategy}")
-    if strategy == "fsdp2":  # the refusals do not depend on the strategy: checked once
-        alone = subprocess.run([sys.executable, "-m", "oprd.cli", *args, "--resume"],
-                               capture_output=True, text=True, timeout=600, env=environment())
-        assert alone.returncode == 2 and "saved by 2 process(es), this run has 1" in alone.stderr, alone.stderr[-2000:]
-        switched = torchrun("-m", "oprd.cli", *args[:-1], "parallel.strategy=ddp", "--resume")
-        assert switched.returncode != 0 and "saved with parallel.strategy 'fsdp2'" in switched.stderr
     resumed = torchrun("-m", "oprd.cli", *args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert metrics(crashed) == lines
@@ -123,3 +117,20 @@ def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path
         a = (straight / "checkpoints" / "step_00000003" / name).read_bytes()
         b = (crashed / "checkpoints" / "step_00000003" / name).read_bytes()
         assert a == b, name
+
+
+def test_a_resume_with_another_process_count_or_strategy_is_refused(tmp_path):
+    from test_trainer import TOKENIZER, prompts, tiny_model
+
+    from oprd.checkpoint import TrainerState
+    from oprd.config import TrainConfig
+    from oprd.trainer import Trainer
+
+    config = TrainConfig()
+    config.run.device, config.run.dir = "cpu", str(tmp_path / "run")
+    trainer = Trainer(config, tiny_model(0), tiny_model(1), TOKENIZER, prompts(4))  # one process
+    trainer._check_resumable(tmp_path, TrainerState(2, 4, {}))  # saved by one process: fine
+    with pytest.raises(ValueError, match=r"saved by 2 process\(es\), this run has 1: .* --nproc_per_node 2"):
+        trainer._check_resumable(tmp_path, TrainerState(2, 4, {"world_size": 2, "parallel": "fsdp2"}))
+    with pytest.raises(ValueError, match=r"saved with parallel.strategy 'ddp', this run has 'single'"):
+        trainer._check_resumable(tmp_path, TrainerState(2, 4, {"world_size": 1, "parallel": "ddp"}))

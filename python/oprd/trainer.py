@@ -2,7 +2,7 @@
 
 One step: prompts -> student rollouts -> one truncated teacher pass -> student pass -> loss (OPRD, an OPD baseline,
 or both) -> backward -> gradient clipping -> AdamW -> warm-up + cosine schedule. Gradient accumulation over
-micro-batches. On CUDA the student computes under bf16 autocast, with fp32 master weights.
+micro-batches. On CUDA the student computes under bf16 autocast, over fp32 weights by default (`optim.param_dtype`).
 
 Output: per-step metrics as JSON lines in `<run.dir>/metrics.jsonl`, periodic evaluation, and atomic checkpoints.
 A resumed run continues exactly: same prompts, same random stream, same metrics except the timings.

@@ -27,6 +27,25 @@ def grads(module) -> dict[str, torch.Tensor]:
     return out
 
 
+def packed_states(states: list[torch.Tensor], attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    """verl's remove-padding layout: the attended tokens of every row, concatenated, [1, total_tokens, D]."""
+    keep = attention_mask.reshape(-1).bool()
+    return [s.reshape(-1, s.shape[-1])[keep].unsqueeze(0) for s in states]
+
+
+def assert_same_as_objective(got: torch.Tensor, student, teacher, rollouts, spec, plan) -> None:
+    """`got` (not yet backpropagated) has compute_objective's loss and student gradients on the same rollouts."""
+    got.backward()
+    got_grads = grads(student)
+    want = compute_objective(spec, student, teacher, rollouts, plan).loss
+    want.backward()
+    want_grads = grads(student)
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-6, atol=1e-7)
+    assert got_grads.keys() == want_grads.keys()
+    for name, g in want_grads.items():
+        torch.testing.assert_close(got_grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_the_actor_loss_equals_the_objective_on_the_same_rollouts(packed):
     student, teacher = model(0, 2), model(1, 3)
@@ -37,18 +56,10 @@ def test_the_actor_loss_equals_the_objective_on_the_same_rollouts(packed):
     assert torch.equal(rollouts_from_batch(batch).response_mask, rollouts.response_mask)
     side = teacher_side(teacher, batch, spec, plan)
     states = capture_student(student, batch["input_ids"], batch["attention_mask"], plan.student).states
-    if packed:  # verl's remove-padding layout: the attended tokens of every row, concatenated
-        keep = batch["attention_mask"].reshape(-1).bool()
-        states = [s.reshape(-1, s.shape[-1])[keep].unsqueeze(0) for s in states]
+    if packed:
+        states = packed_states(states, batch["attention_mask"])
     got = actor_loss(states, side, batch["attention_mask"], spec, plan, packed=packed)
-    got.backward()
-    got_grads = grads(student)
-    want = compute_objective(spec, student, teacher, rollouts, plan).loss
-    want.backward()
-    want_grads = grads(student)
-    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-6, atol=1e-7)
-    for name, g in want_grads.items():
-        torch.testing.assert_close(got_grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
+    assert_same_as_objective(got, student, teacher, rollouts, spec, plan)
 
 
 def test_packed_rows_map_padded_positions_to_packed_ones():

@@ -48,6 +48,7 @@ STEP_TAIL=10 run_step memory-1.5b 120 memory_settings.log $py benchmarks/bench_m
   --shape 1.5b --reps 3 --out "$out/memory_settings_cuda.jsonl"
 STEP_TAIL=6 run_step memory-7b 150 memory_settings_7b.log $py benchmarks/bench_memory_settings.py --device cuda \
   --shape 7b --reps 2 --out "$out/memory_settings_cuda.jsonl"
-STEP_TAIL=4 run_step multi-process 150 distributed.log $py -m pytest -q -p no:cacheprovider tests/test_distributed.py
+STEP_TAIL=4 run_step multi-process 150 distributed.log $py -m pytest -q -p no:cacheprovider -m "slow or not slow" \
+  tests/test_distributed.py
 
 finish_steps

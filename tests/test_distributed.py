@@ -89,7 +89,9 @@ def run_args(tiny, tmp_path, run: Path, *extra):  # noqa: F811
                       "eval.max_new_tokens=4", f"run.dir={run}", *extra)
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+# ddp: slow (about 30 s of launches); its step is test_a_two_process_step_equals_the_one_process_step[ddp], its
+# resume the one-process load plus the per-rank RNG files this fsdp2 case reads too
+@pytest.mark.parametrize("strategy", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp2"])
 def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path, strategy):  # noqa: F811
     straight = tmp_path / "straight"
     done = torchrun("-m", "oprd.cli", *run_args(tiny, tmp_path, straight, f"parallel.strategy={strategy}"))

@@ -24,9 +24,8 @@ import torch
 from torch import Tensor, nn
 
 import oprd_kernels
-from oprd.capture import teacher_cache
-from oprd.integrations.verl import rollouts_from_batch
-from oprd.objective import LayerPlan, ObjectiveSpec, distilled_positions
+from oprd.integrations.verl import teacher_side
+from oprd.objective import LayerPlan, ObjectiveSpec
 
 POSITIONS, STATES = "oprd_positions", "oprd_teacher_states"
 AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean")
@@ -36,14 +35,13 @@ AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-su
 def teacher_sample_tensors(teacher: nn.Module, batch: Mapping[str, Tensor], spec: ObjectiveSpec,
                            plan: LayerPlan) -> dict[str, Tensor]:
     """Patch point 1, per sample: `oprd_positions` and `oprd_teacher_states` for verl's padded batch (the keys of
-    `oprd.integrations.verl.rollouts_from_batch`), from the truncated teacher pass of `oprd train`."""
-    rollouts = rollouts_from_batch(batch)
-    rows, _ = distilled_positions(spec, rollouts)
-    cache = teacher_cache(teacher, rollouts.input_ids, rollouts.attention_mask, plan.teacher, rows)
-    batch_size, seq_len = rollouts.input_ids.shape
-    width = seq_len - rollouts.prompt_width
-    sample, column = rows // seq_len, rows % seq_len - rollouts.prompt_width
-    unpadded_index = (rollouts.attention_mask.long().cumsum(1) - 1).reshape(-1)[rows]
+    `oprd.integrations.verl.rollouts_from_batch`): `teacher_side`'s compact cache, scattered to the sample axis."""
+    side = teacher_side(teacher, batch, spec, plan)  # the compact form: rows into the padded [B * S]
+    rows, cache, attention = side.rows, side.cache, batch["attention_mask"]
+    batch_size, seq_len = attention.shape
+    width = batch["response_mask"].shape[1]
+    sample, column = rows // seq_len, rows % seq_len - (seq_len - width)
+    unpadded_index = (attention.long().cumsum(1) - 1).reshape(-1)[rows]
     positions = torch.full((batch_size, width), -1, dtype=torch.long, device=rows.device)
     positions[sample, column] = unpadded_index
     states = cache.new_zeros(batch_size, width, cache.shape[0], cache.shape[2])

@@ -8,8 +8,7 @@ import pytest
 from test_cli import tiny, train_args  # noqa: F401 - the fixture
 
 from oprd.cli import main
-from oprd.distributed import TORCHRUN_VARIABLES
-from oprd.processes import _WORLD_VARIABLES, check_launch, world_size
+from oprd.processes import _WORLD_VARIABLES, TORCHRUN_VARIABLES, check_launch, world_size
 
 
 @pytest.fixture

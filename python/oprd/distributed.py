@@ -18,7 +18,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from oprd.processes import TORCHRUN_VARIABLES, check_launch, world_size
+
+__all__ = ["TORCHRUN_VARIABLES", "Group", "join", "leave"]
+
 _BUCKET_ELEMENTS = 1 << 24  # gradients are summed in flat buckets of at most this many elements (64 MB in fp32)
 T = TypeVar("T")
 _RAISED_AS = (FileNotFoundError, ValueError, TypeError)  # the kinds another rank's failure is raised as
@@ -139,22 +142,13 @@ def _buckets(params: list[nn.Parameter]) -> Iterable[list[nn.Parameter]]:
         yield bucket
 
 
-def launched_size() -> int:
-    """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
-    value = os.environ.get("WORLD_SIZE", "")
-    return int(value) if value.isdigit() and int(value) > 0 else 1
-
-
 def join(device: torch.device) -> Group:
     """The group torchrun launched this process into (initialised here if nobody has yet), or the one-process group.
-    On CUDA each rank computes on cuda:LOCAL_RANK, whatever `device` index was asked for."""
-    size = launched_size()
-    if size == 1 and not (dist.is_available() and dist.is_initialized()):
+    Copies started by another launcher are refused (`oprd.processes.check_launch`). On CUDA each rank computes on
+    cuda:LOCAL_RANK, whatever `device` index was asked for."""
+    check_launch("oprd.distributed.join")
+    if world_size() == 1:
         return Group(0, 1, device)
-    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
-    if missing and not dist.is_initialized():
-        raise ValueError(f"launched as one of {size} processes without torchrun's variables {missing}: start "
-                         f"several processes with `torchrun --nproc_per_node N -m oprd.cli train ...`")
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

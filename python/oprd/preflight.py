@@ -19,13 +19,12 @@ from oprd.bridge import check_bridge_fits, load_bridge
 from oprd.checkpoint import latest_checkpoint
 from oprd.config import TrainConfig, parse_layers
 from oprd.data import MissingFieldError, load_prompts
-from oprd.distributed import launched_size
 from oprd.head_transfer import check_head_transfer
 from oprd.layers import resolve_layers
 from oprd.model_files import check_model_dir
 from oprd.objective.spec import BRIDGE_METHODS
 from oprd.pairing import check_widths, hidden_size
-from oprd.processes import check_launch
+from oprd.processes import check_launch, world_size
 from oprd.run_dir import prepare_fresh_run
 
 
@@ -33,9 +32,10 @@ def check_train(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
     """Everything about a training run that can be checked without loading a model. Returns the training and
     evaluation prompts (read to check them); evaluation prompts are empty when `data.answer_field` is ""."""
     check_launch("oprd train")
-    if config.rollout.prompts_per_step % launched_size():
+    processes = world_size()  # torchrun's, once check_launch has passed
+    if config.rollout.prompts_per_step % processes:
         raise ValueError(f"oprd train: `rollout.prompts_per_step` (the global batch, split across the processes) must "
-                         f"be a multiple of the {launched_size()} processes torchrun started; got "
+                         f"be a multiple of the {processes} processes torchrun started; got "
                          f"{config.rollout.prompts_per_step}")
     if resume and overwrite:
         raise ValueError(f"--resume and --overwrite exclude each other: --resume continues the run in "

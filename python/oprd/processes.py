@@ -1,8 +1,9 @@
 """How many processes run a job, and whether they were launched in a way the trainer can share the work across.
 
-Several processes train together only when torchrun launched them (`oprd.distributed`): its variables say each
-one's rank. Copies started by another launcher (mpirun, SLURM tasks) without them would each run the whole job and
-write the same metrics and checkpoints, so such a launch is refused before any model loads."""
+Several processes train together only when torchrun launched them (`oprd.distributed.join`, which checks the launch
+here): its variables say each one's rank. Copies started by another launcher (mpirun, SLURM tasks) without them
+would each run the whole job and write the same metrics and checkpoints, so such a launch is refused before any
+model loads."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import os
 
 import torch
 
-from oprd.distributed import TORCHRUN_VARIABLES
-
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # what launchers set: torchrun / torch.distributed (WORLD_SIZE), Open MPI, SLURM tasks
 _WORLD_VARIABLES = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
 

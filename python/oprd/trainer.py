@@ -49,7 +49,6 @@ from oprd.evaluate import EvalCounts, Grader, default_grader, evaluation_counts
 from oprd.head_transfer import copy_head_and_norm
 from oprd.objective import ObjectiveSpec, TokenCounts, plan_layers
 from oprd.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing
-from oprd.processes import check_launch
 from oprd.prompt_format import uses_template
 from oprd.rank_metrics import reduce_metrics
 from oprd.rollout import eos_token_ids, generate_rollouts
@@ -89,12 +88,12 @@ class Trainer:
                  teacher_tokenizer=None) -> None:
         """teacher_tokenizer: the teacher's, when it is not the student's (OPRD-Bridge across tokenizers): each
         batch's teacher then reads its own tokens of the same text (oprd.bridge.token_alignment)."""
-        check_launch("Trainer")  # copies not launched by torchrun would each run the job and race on the run directory
         self.config, self.tokenizer, self.grader = config, tokenizer, grader
         self.teacher_tokenizer = teacher_tokenizer
         for tok in (tokenizer, teacher_tokenizer):  # "on" and a tokenizer without a template: refused before any work
             if tok is not None:
                 uses_template(tok, config.data.chat_template, "config", "data.chat_template")
+        # refuses copies not launched by torchrun: each would run the job and race on the run directory
         self.group = join(resolve_device(config.run.device))
         self.device = self.group.device
         if config.rollout.prompts_per_step % self.group.size:

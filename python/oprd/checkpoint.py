@@ -219,11 +219,8 @@ def checkpoint_states(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The checkpoint's model weights (as saved: a tied weight once) and optimizer state, as dicts, for a sharded
     model that loads them through `oprd.sharding.load_full_state`. Check the checkpoint first (`load_checkpoint`)."""
     model_dir = Path(path) / "model"
-    files = ([model_dir / f for f in sorted(set(json.loads((model_dir / "model.safetensors.index.json").read_text())
-                                                ["weight_map"].values()))]
-             if (model_dir / "model.safetensors.index.json").is_file() else [model_dir / "model.safetensors"])
     weights = {}
-    for file in files:
+    for file in _weight_files(model_dir, sharded=(Path(path) / _INDEX).is_file()):
         with safe_open(file, framework="pt") as f:
             weights.update({k: f.get_tensor(k) for k in f.keys()})
     return weights, _load_pt(Path(path) / "optimizer.pt")
@@ -338,18 +335,21 @@ def _optimizer_state_classes() -> list:
 
 # --- model weights ---------------------------------------------------------------------------------------------------
 
+def _weight_files(model_dir: Path, sharded: bool) -> dict[Path, list[str]]:
+    """Each safetensors file of a saved model with the keys it holds (one file, or the index's shards)."""
+    if sharded:
+        weight_map = json.loads((model_dir / "model.safetensors.index.json").read_text())["weight_map"]
+        return {model_dir / f: [k for k, v in weight_map.items() if v == f] for f in sorted(set(weight_map.values()))}
+    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
+        return {model_dir / "model.safetensors": list(f.keys())}
+
+
 def _load_model_weights(model: torch.nn.Module, model_dir: Path, sharded: bool) -> None:
     """Loads the safetensors weights of `model_dir` into `model`, one shard at a time, after a strict key check.
 
     A key may be absent from the files only when it shares storage with a present one (tied weights, which
     `save_pretrained` writes once)."""
-    index = model_dir / "model.safetensors.index.json"
-    if sharded:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = {model_dir / f: [k for k, v in weight_map.items() if v == f] for f in sorted(set(weight_map.values()))}
-    else:
-        with safe_open(model_dir / "model.safetensors", framework="pt") as f:
-            shards = {model_dir / "model.safetensors": list(f.keys())}
+    shards = _weight_files(model_dir, sharded)
     saved = {k for keys in shards.values() for k in keys}
 
     expected = model.state_dict()

@@ -130,9 +130,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             harness._sync(device)
             samples.append((time.perf_counter() - start) * 1e3)
         peak = harness.delta_peak_bytes(update, device)
-        predicted_peak = (shape.parameters * (2 if dtype == "bf16" else 4)
-                          + shape.saved_per_token(checkpointing) * tokens
-                          + (shape.recompute_per_token() * tokens if checkpointing else 0))
+        gradients = shape.parameters * PARAM_DTYPES[dtype].itemsize
+        predicted_peak = gradients + shape.activation_bytes(tokens, checkpointing)
         row = {**env, "suite": "memory_settings", "shape": shape.name, "tokens": tokens, "param_dtype": dtype,
                "optimizer": name, "checkpointing": checkpointing, "ms_p50": sorted(samples)[len(samples) // 2],
                "delta_peak_bytes": peak, "state_bytes": state_bytes(student, optimizer),

@@ -25,6 +25,7 @@ import yaml
 
 from oprd.layers import LAYER_MODES
 from oprd.objective.spec import BRIDGE_METHODS, METHODS, OPD_IMPLS, OPD_VARIANTS
+from oprd.optim import OPTIMIZERS, PARAM_DTYPES
 from oprd.positions import POSITION_MODES, WEIGHTINGS
 from oprd.prompt_format import CHAT_TEMPLATE_MODES
 from oprd_kernels import BACKENDS
@@ -241,8 +242,8 @@ _RULES = {
                    '"auto", "cpu", "cuda" or "cuda:N"'),
     "run.backend": _choice(KERNEL_BACKENDS),
     "run.log_every": _at_least(1),
-    "optim.param_dtype": _choice(("fp32", "bf16")),
-    "optim.optimizer": _choice(("adamw", "adamw_8bit")),
+    "optim.param_dtype": _choice(tuple(PARAM_DTYPES)),
+    "optim.optimizer": _choice(OPTIMIZERS),
     "optim.gradient_checkpointing": _choice(("auto", "on", "off")),
     "parallel.strategy": _choice(PARALLEL_STRATEGIES),
     "parallel.teacher": _choice(TEACHER_PLACEMENTS),

@@ -56,6 +56,11 @@ class Shape:
         """bf16 bytes of one block's saved tensors, alive while it is recomputed under checkpointing."""
         return 2 * (8 * self.hidden + 3 * self.kv_dim + 4 * self.ffn)
 
+    def activation_bytes(self, tokens: int, checkpointing: bool) -> int:
+        """What the update keeps for backward over `tokens` tokens: the blocks' saved tensors, and with checkpointing
+        the one block being recomputed."""
+        return (self.saved_per_token(checkpointing) + (self.recompute_per_token() if checkpointing else 0)) * tokens
+
     def kv_cache_per_token(self) -> int:
         """bf16 bytes of keys and values of every block, per token of a rollout."""
         return 2 * 2 * self.kv_dim * self.layers
@@ -95,8 +100,7 @@ def plan(student: Shape, teacher: Shape, states: str, checkpointing: bool, step:
         "student weights": weights * p,
         "gradients": grads * p,
         "optimizer states": optimizer * p,
-        "activations": student.saved_per_token(checkpointing) * step.micro_batch_tokens
-        + (student.recompute_per_token() * step.micro_batch_tokens if checkpointing else 0),
+        "activations": student.activation_bytes(step.micro_batch_tokens, checkpointing),
         "teacher (bf16)": 2 * teacher.parameters,
         "teacher cache": 2 * step.cached_layers * step.distilled_rows * teacher.hidden,
         "rollout KV cache": student.kv_cache_per_token() * step.rollout_sequences * step.rollout_tokens,

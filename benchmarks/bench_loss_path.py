@@ -12,6 +12,9 @@ Methods (every one returns the gradients the training step needs, which the delt
   naive-top1   the reference code's way: student logits = F.linear(hidden, W) with gradient, teacher logits under
   naive-top16  no_grad, then reference.sampled_token_opd_loss / topk_opd_loss(k=16); backward to hidden and W.
   naive-full   (some cases) the same with reference.full_vocab_opd_loss (exact reverse KL).
+  liger-*,     (the peer cases) other libraries' losses on the same inputs: Liger's fused-linear reverse KL and
+  trl-gkd      generalised JSD, TRL GKD's JSD on materialised logits (peers.py; skipped with the reason when the
+               library is missing). Each loss must equal its counterpart's (naive-full; trl-gkd for liger-jsd).
   fused-*      oprd_kernels.opd's fused losses on the same inputs (backend auto; on CUDA also `chunked` explicitly
                when the triton OPD passes exist). Their loss must equal the naive one (relative difference below
                LOSS_RTOL; LOSS_RTOL_TOPK_16BIT for top-k on bf16 logits, whose ties the two paths break
@@ -47,6 +50,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+import peers  # noqa: E402
 
 import oprd_kernels  # noqa: E402
 from oprd.memory import delta_peak_bytes  # noqa: E402
@@ -62,7 +66,12 @@ LOSS_RTOL = 1e-3  # fused vs naive (and fast OPRD backend vs reference) loss val
 # the loss differed by 0.5% on the CPU bf16 case with bit-identical logits), but the triton tiles keep fp32 logits
 # that the naive path rounds to bf16, so there a bf16 tie is no tie and the two may still pick different ids.
 LOSS_RTOL_TOPK_16BIT = 5e-2
+# Peers on 16-bit inputs take the log-softmax in that dtype and return the loss in it (Liger at bf16: 0.957 for the
+# reference's 0.9561): a bf16 loss is good to about 2^-8.
+LOSS_RTOL_PEER_16BIT = 1e-2
 BASELINE = "naive-top16"
+PEER_NAMES = {peer.name for peer in peers.PEERS}
+PEER_BASELINE = ("liger-rkl", "compiled")  # the fastest peer at the fused full KL's own task
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,9 @@ class Case:
     last_k: int  # OPRD: selected rows per sequence
     dtype: str = "bfloat16"
     full_vocab: bool = False  # also naive-full / fused-full
+    peers: bool = False  # also the peer libraries' losses (peers.py)
+    kinds: tuple[str, ...] = ("top1", "top16")  # the OPD losses run besides "full"
+    oprd: bool = True  # also the OPRD alignment loss
 
     @property
     def rows(self) -> int:
@@ -93,8 +105,16 @@ GPU_CASES = [
 CPU_CASES = [  # the real vocabulary, few rows (fp32 LM-head products are ~3.5x slower than bf16 ones here)
     Case("cpu-bf16-2x128", 1536, 151936, 28, 2, 128, 64, "bfloat16", full_vocab=True),
     Case("cpu-fp32-2x32", 1536, 151936, 28, 2, 32, 16, "float32"),
+    # against the peers: the full-vocabulary reverse KL on more rows, where the LM-head products are compute-bound
+    Case("cpu-peers-fp32-512", 1024, 151936, 28, 1, 512, 16, "float32", full_vocab=True, peers=True, kinds=(),
+         oprd=False),
+    Case("cpu-peers-bf16-256", 1024, 151936, 28, 1, 256, 16, "bfloat16", full_vocab=True, peers=True, kinds=(),
+         oprd=False),
 ]
-SMOKE_CASES = [Case("smoke", 32, 4096, 2, 2, 32, 8, "float32", full_vocab=True)]
+PEER_GPU_CASES = [Case("gpu-peers-8k", 1536, 151936, 28, 1, 8192, 16, "bfloat16", full_vocab=True, peers=True,
+                       kinds=(), oprd=False)]
+GPU_CASES += PEER_GPU_CASES
+SMOKE_CASES = [Case("smoke", 32, 4096, 2, 2, 32, 8, "float32", full_vocab=True, peers=True)]
 
 
 @dataclass
@@ -197,6 +217,7 @@ def fused_backends(device: torch.device) -> list[str]:
 
 
 def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method], dict[str, str]]:
+    """The case's methods, and {"method/backend": why not} for those that cannot run here."""
     e = torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
     n, d, v = case.rows, case.dim, case.vocab
     mm = 2.0 * n * d * v  # one LM-head product (the teacher has the student's width here)
@@ -208,7 +229,7 @@ def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method]
     full_est = nv * (2 * e + 24) + 2 * grad_bytes
     fused_est = 4 * (n * d + v * d) + 64 * 2 ** 20 * 8 + grad_bytes  # fp32 dH and dW block, a few tiles, grads
     out: list[Method] = []
-    kinds = ["top1", "top16"] + (["full"] if case.full_vocab else [])
+    kinds = list(case.kinds) + (["full"] if case.full_vocab else [])
     for kind in kinds:
         out.append(Method(f"naive-{kind}", "eager", _naive(kind, inp), 4 * mm, naive_bytes,
                           full_est if kind == "full" else naive_est))
@@ -220,10 +241,23 @@ def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method]
             head_reads = 3 if backend == "rowwise" else 4 + (kind == "full")  # W per pass (per chunk for rowwise)
             out.append(Method(f"fused-{kind}", backend, _fused(kind, inp, backend), products * mm,
                               head_reads * w_bytes + grad_bytes, fused_est, f"naive-{kind}/eager"))
+    missing: dict[str, str] = {}
+    if case.peers:
+        peer_est = min(n, 1024) * v * (2 * e + 24) + 2 * grad_bytes  # Liger: one chunk of rows; TRL: all of them
+        for peer in peers.peers(smoke=case.vocab < 32768):
+            why = peers.unavailable_reason(peer)
+            if why is not None:
+                missing[f"{peer.name}/{peer.backend}"] = why
+                continue
+            out.append(Method(peer.name, peer.backend, peer.build(inp), 4 * mm, naive_bytes,
+                              full_est if peer.name == "trl-gkd" else peer_est, peer.reference))
+    if not case.oprd:
+        return out, missing
     sel = case.layers * case.selected * case.dim
     dense = sum(s.numel() for s in inp.student) * e
     oprd_bytes = 2 * sel * e + dense
-    run, missing = oprd_backends(device)
+    run, oprd_missing = oprd_backends(device)
+    missing.update({f"oprd/{b}": why for b, why in oprd_missing.items()})
     for backend in run:
         ref = None if backend == "reference" else "oprd/reference"
         out.append(Method("oprd", backend, _oprd(inp, backend), 8.0 * sel, oprd_bytes, dense + 6 * sel * 4, ref))
@@ -281,11 +315,13 @@ def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: fl
     todo, missing = methods(case, inp, device)
     if only is not None:
         todo = [m for m in todo if m.name in only]
-        missing = missing if "oprd" in only else {}
-    rows: list[dict] = [{**base, "method": "oprd", "backend": b, "metric": "skipped", "unit": None, "p20": None,
-                         "p50": None, "p80": None, "reason": why} for b, why in missing.items()]
-    for b, why in missing.items():
-        print(f"{case.name} oprd {b}: skipped ({why})", flush=True)
+        missing = {key: why for key, why in missing.items() if key.split("/")[0] in only}
+    rows: list[dict] = []
+    for key, why in missing.items():
+        method, backend = key.split("/")
+        rows.append({**base, "method": method, "backend": backend, "metric": "skipped", "unit": None, "p20": None,
+                     "p50": None, "p80": None, "reason": why})
+        print(f"{case.name} {method} {backend}: skipped ({why})", flush=True)
     losses: dict[str, float] = {}
     for m in todo:
         floors = {"flops": m.flops, "bytes": m.bytes, "flops_floor_ms": m.flops / rate * 1e3,
@@ -328,7 +364,11 @@ def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: fl
             continue
         ref = losses[ref_key]
         rel = abs(row["loss"] - ref) / max(abs(ref), 1e-12)
-        rtol = LOSS_RTOL_TOPK_16BIT if row["method"] == "fused-top16" and e == 2 else LOSS_RTOL
+        rtol = LOSS_RTOL
+        if e == 2 and row["method"] == "fused-top16":
+            rtol = LOSS_RTOL_TOPK_16BIT
+        elif e == 2 and row["method"] in PEER_NAMES:
+            rtol = LOSS_RTOL_PEER_16BIT
         row.update(loss_reference=ref, loss_reference_method=ref_key, loss_rel_diff=rel, loss_rtol=rtol)
         if not rel < rtol and row["metric"] == "time":
             mismatches.append(f"{case.name} {row['method']}/{row['backend']}: loss {row['loss']!r} vs {ref_key} "
@@ -367,11 +407,27 @@ def summarise(rows: list[dict]) -> str:
             lines.append(f"{method:<14}{backend:<10}{t['p50']:>12.2f}{spread:>17}{m['p50'] / 2**20:>11.1f}{rt:>10}"
                          f"{rm:>12}{t['flops'] / 1e9:>10.1f}{t['flops_floor_ms']:>10.2f}{t['bytes_floor_ms']:>9.2f}"
                          f"{100 * t['floor_ms'] / t['p50']:>8.1f}{rel:>10}")
+        lines += peer_ratio_lines(cells)
     lines.append("t/naive16, mem/naive16: p50 time and delta-peak over naive top-16's, same run. mm floor: FLOPs at "
                  "the measured matmul rate (ms); B floor: bytes at the measured copy bandwidth (ms); %floor: the "
                  "larger floor as a share of the measured time; loss rel: relative difference of the loss from the "
                  "naive (OPRD: reference) one.")
     return "\n".join(lines)
+
+
+def peer_ratio_lines(cells: dict[tuple[str, str], dict]) -> list[str]:
+    """Our fused full-vocabulary loss against the fastest peer of the case (Liger's compiled reverse KL): p50 time
+    and delta-peak, as peer / ours (> 1: ours is faster / leaner)."""
+    peer = cells.get(PEER_BASELINE, {})
+    if "time" not in peer:
+        return []
+    lines = []
+    for (method, backend), c in cells.items():
+        if method == "fused-full" and "time" in c:
+            lines.append(f"fused-full/{backend} vs {'/'.join(PEER_BASELINE)}: "
+                         f"{peer['time']['p50'] / c['time']['p50']:.2f}x the speed, "
+                         f"{peer['delta_peak']['p50'] / c['delta_peak']['p50']:.2f}x less delta-peak")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -57,12 +57,38 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+PEER = ("liger-rkl", "compiled")  # the fastest peer at our fused full-vocabulary loss's task
+
+
+def peer_markdown(rows: list[dict]) -> str:
+    """The loss path's peer cases: every method's p50 time and delta-peak, and both against Liger's compiled
+    fused-linear reverse KL of the same run (> 1: faster / leaner than Liger)."""
+    mine = [r for r in rows if r.get("suite") == "loss_path" and r["metric"] in ("time", "delta_peak")]
+    runs: dict[tuple, dict[tuple, dict]] = {}
+    for r in mine:
+        runs.setdefault((r["case"], r["timestamp"]), {}).setdefault((r["method"], r["backend"]), {})[
+            r["metric"]] = r["p50"]
+    out = ["| case | method | ms p50 | delta-peak MB | speed vs Liger | memory vs Liger |", "|---|---|---|---|---|---|"]
+    for (case, _), cells in runs.items():
+        peer = cells.get(PEER)
+        if not peer or "time" not in peer:
+            continue
+        for (method, backend), c in cells.items():
+            if "time" in c and "delta_peak" in c:
+                out.append(f"| {case} | {method} ({backend}) | {c['time']:,.0f} | {c['delta_peak'] / 2**20:,.0f} | "
+                           f"{peer['time'] / c['time']:.2f}x | {peer['delta_peak'] / c['delta_peak']:.2f}x |")
+    return "\n".join(out) if len(out) > 2 else ""
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     rows = [json.loads(line) for path in args.inputs for line in path.read_text().splitlines() if line.strip()]
     text = markdown(rows)
+    peers = peer_markdown(rows)
+    if peers:
+        text += "\n**loss path against the peers**\n\n" + peers + "\n"
     print(text)
     return text
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from oprd_kernels.opd._tiles import Tiling, in_block, logits_tile, tile_buffer
+from oprd_kernels.opd._tiles import Tiling, as_operand, gemm_dtype, in_block, logits_tile, tile_buffer
 from oprd_kernels.opd.stats import gather_rows
 
 
@@ -74,21 +74,22 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
     d_live = torch.zeros((n, dim), dtype=out_dtype, device=device) if want_hidden else None
     d_weight = torch.empty_like(weight) if want_weight else None
     mm = mm_dtypes[0]
+    gemm, gemm_t = (gemm_dtype(dtype, out_dtype, device) for dtype in mm_dtypes)
     buf = tile_buffer(tiling, n, vocab, out_dtype, device)
     buf_q = tile_buffer(tiling, n, vocab, out_dtype, device) if grad.kl is not None else None
     with torch.no_grad():
         for v0, v1 in tiling.vocab_ranges(vocab):
-            w_blk = weight[v0:v1]
+            w_blk = as_operand(weight[v0:v1], mm, gemm)  # once per block (a copy only for an upcast product)
+            tw_blk = as_operand(grad.kl.teacher_weight[v0:v1], mm_dtypes[1], gemm_t) if grad.kl is not None else None
             dw_blk = torch.zeros((v1 - v0, dim), dtype=out_dtype, device=device) if want_weight else None
             for r0, r1 in tiling.row_ranges(n):
-                h = gather_rows(hidden, rows, r0, r1)
+                h = as_operand(gather_rows(hidden, rows, r0, r1), mm, gemm)
                 log_p = logits_tile(h, w_blk, mm, out_dtype, buf).sub_(grad.lse[r0:r1, None])
                 if grad.kl is not None:  # g = w * p * (log p - log q - KL), built in the two tiles in place
                     kl_terms = grad.kl
-                    t_hidden, t_weight = kl_terms.teacher_hidden, kl_terms.teacher_weight
                     lse_q, kl = kl_terms.lse_teacher, kl_terms.kl
-                    zq = logits_tile(gather_rows(t_hidden, rows, r0, r1), t_weight[v0:v1], mm_dtypes[1], out_dtype,
-                                     buf_q)
+                    zq = logits_tile(gather_rows(kl_terms.teacher_hidden, rows, r0, r1), tw_blk, mm_dtypes[1],
+                                     out_dtype, buf_q)
                     factor = zq.sub_(lse_q[r0:r1, None]).neg_().add_(log_p).sub_(kl[r0:r1, None])
                     g = log_p.exp_().mul_(factor).mul_(grad.row_weight[r0:r1, None])
                 else:

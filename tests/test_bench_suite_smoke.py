@@ -11,6 +11,9 @@ import pytest
 import torch
 
 OPD_METHODS = {"naive-top1", "naive-top16", "naive-full", "fused-top1", "fused-top16", "fused-full"}
+# the peers a smoke run measures (liger-kernel and trl are in the test extra), with the loss each must equal
+PEERS = {("liger-rkl", "eager"): "naive-full/eager", ("trl-gkd", "eager"): None,
+         ("liger-jsd", "eager"): "trl-gkd/eager"}
 ROW_KEYS = ("suite", "case", "method", "backend", "metric", "unit", "p20", "p50", "p80", "rows", "dim", "vocab",
             "layers", "selected", "k", "dtype", "flops", "floor_ms", "device_name", "torch", "timestamp", "loss")
 
@@ -36,6 +39,7 @@ def test_loss_path_smoke_rows_agree_and_fused_uses_less_memory(smoke_files):
     expected = {(m, b, metric) for m in OPD_METHODS for metric in ("time", "delta_peak")
                 for b in (("eager",) if m.startswith("naive") else ("rowwise", "chunked"))}
     expected |= {("oprd", b, metric) for b in ("cpu", "reference") for metric in ("time", "delta_peak")}
+    expected |= {(m, b, metric) for m, b in PEERS for metric in ("time", "delta_peak")}
     assert measured == expected
     for r in rows:
         for key in ROW_KEYS:
@@ -50,6 +54,12 @@ def test_loss_path_smoke_rows_agree_and_fused_uses_less_memory(smoke_files):
             assert fused["loss_reference"] == by[(f"naive-{kind}", "eager", "time")]["loss"]
             assert fused["loss_rel_diff"] < 1e-3
     assert by[("oprd", "cpu", "time")]["loss_rel_diff"] < 1e-3
+    for (method, backend), reference in PEERS.items():  # the peers' losses were checked against their counterparts
+        if reference is not None:
+            peer = by[(method, backend, "time")]
+            assert peer["loss_reference_method"] == reference and peer["loss_rel_diff"] < 1e-3
+    assert by[("liger-rkl", "eager", "time")]["loss"] == pytest.approx(by[("fused-full", "rowwise", "time")]["loss"],
+                                                                        rel=1e-5)
     naive_peak = by[("naive-top16", "eager", "delta_peak")]["p50"]
     for backend in ("rowwise", "chunked"):  # [64, 4096] logits: the naive path holds several of them
         assert 0 < by[("fused-top16", backend, "delta_peak")]["p50"] < 0.9 * naive_peak
@@ -137,3 +147,19 @@ def test_run_suite_runs_every_part_and_plots(tmp_path):
         assert f"**{part}**" in text
         baseline_lines = [line for line in text.splitlines() if f"| {baseline}" in line]
         assert baseline_lines and all(line.endswith("| 1.00x | 1.00x |") for line in baseline_lines), baseline_lines
+
+
+def test_a_missing_peer_library_leaves_a_skipped_row_with_the_reason(tmp_path, monkeypatch, capsys):
+    import peers
+
+    monkeypatch.setattr(peers, "LIGER", ("liger_kernel_not_here.chunked_loss", "pip install 'oprd[peers]'"))
+    monkeypatch.setattr(peers, "PEERS", [peers.Peer(p.name, p.backend, *peers.LIGER, p.build, p.reference, p.runs)
+                                         if p.module.startswith("liger") else p for p in peers.PEERS])
+    rows = bench_loss_path.main(["--device", "cpu", "--smoke", "--reps", "1", "--methods",
+                                 "naive-full,liger-rkl,trl-gkd,liger-jsd", "--out", str(tmp_path / "p.jsonl")])
+    skipped = {(r["method"], r["backend"]): r["reason"] for r in rows if r["metric"] == "skipped"}
+    assert set(skipped) == {("liger-rkl", "eager"), ("liger-jsd", "eager")}
+    assert all("liger_kernel_not_here" in why and "oprd[peers]" in why for why in skipped.values())
+    assert {(r["method"], r["metric"]) for r in rows if r["method"] == "trl-gkd"} == {("trl-gkd", "time"),
+                                                                                      ("trl-gkd", "delta_peak")}
+    assert "liger-rkl eager: skipped (liger_kernel_not_here" in capsys.readouterr().out

@@ -41,8 +41,8 @@ def test_bad_choice_names_the_variable(monkeypatch):
 @pytest.mark.parametrize("buffered", [True, False])
 def test_upcast_tile_is_the_exact_product_rounded(monkeypatch, half, buffered):
     """The upcast tile is representable in the 16-bit dtype and is the exact product rounded to it (one step off at
-    most, where fp32 summation moves a value across a rounding midpoint or near zero): at least as accurate as the 16-bit GEMM's
-    own logits (torch's CPU fp16 GEMM is off by up to 4 steps against the exact product)."""
+    most, where fp32 summation moves a value across a rounding midpoint or near zero): at least as accurate as the
+    16-bit GEMM's own logits (torch's CPU fp16 GEMM is off by up to 4 steps against the exact product)."""
     gen = torch.Generator().manual_seed(3)
     h = torch.randn(37, 300, generator=gen).to(half)
     w = (torch.randn(517, 300, generator=gen) / 300 ** 0.5).to(half)

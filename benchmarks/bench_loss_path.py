@@ -108,7 +108,7 @@ CPU_CASES = [  # the real vocabulary, few rows (fp32 LM-head products are ~3.5x 
     # against the peers: the full-vocabulary reverse KL on more rows, where the LM-head products are compute-bound
     Case("cpu-peers-fp32-512", 1024, 151936, 28, 1, 512, 16, "float32", full_vocab=True, peers=True, kinds=(),
          oprd=False),
-    Case("cpu-peers-bf16-256", 1024, 151936, 28, 1, 256, 16, "bfloat16", full_vocab=True, peers=True, kinds=(),
+    Case("cpu-peers-bf16-64", 1024, 151936, 28, 1, 64, 16, "bfloat16", full_vocab=True, peers=True, kinds=(),
          oprd=False),
 ]
 PEER_GPU_CASES = [Case("gpu-peers-8k", 1536, 151936, 28, 1, 8192, 16, "bfloat16", full_vocab=True, peers=True,

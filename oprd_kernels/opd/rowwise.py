@@ -1,14 +1,14 @@
 """The `rowwise` OPD backend: one pass per chunk of rows over the whole vocabulary (Liger's fused linear loss layout).
 
-Each chunk's [rows, |V|] logits are computed once by one GEMM, and the chunk's loss, its logits gradient and both
-input gradients are finished from them before the next chunk: three student LM-head products in all (as many as the
-naive path) instead of the vocabulary-tiled path's four, and the top-k over whole rows (ties to the smaller id, as
-everywhere). Memory: a few [rows, |V|] chunks (~2^24 logits each unless row_block says otherwise)
-and, for a weight stored below fp32, an fp32 accumulator of the weight gradient [|V|, d] (twice the gradient's own
-size, which is why `auto` picks the vocabulary tiles for such weights). This is the CPU default for fp32 heads:
-measured at 256 rows, d = 512, |V| = 151,936, it is 10% faster than the vocabulary tiles (one GEMM per chunk instead of
-two per tile) at 1.6x their memory, and 1.0x to 1.25x the naive path's time at 0.74x its memory.
-"""
+Each chunk's whole-vocabulary logits are computed once by one GEMM, and the chunk's loss, its logits gradient and
+both input gradients are finished from them before the next chunk: three student LM-head products in all (as many as
+the naive path) instead of the vocabulary-tiled path's four, and the top-k over whole rows (ties to the smaller id,
+as everywhere). The chunk arithmetic runs in place in two chunk buffers allocated once per call (_row_chunks.py).
+Memory: those two buffers (CHUNK_ELEMENTS logits each unless row_block says otherwise) and the fp32 weight gradient
+[|V|, d]; for a weight stored below fp32 that accumulator is twice the gradient's own size, which is why `auto`
+picks the vocabulary tiles for such weights. This is the CPU default for fp32 heads (measured in docs/benchmarks.md:
+at 512 rows, d = 1024, |V| = 151,936 it runs the full KL faster than Liger's compiled chunked loss at 0.6x its
+memory)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ from oprd_kernels.opd._tiles import Tiling, as_operand, gemm_dtype, logits_tile
 from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_logits
 from oprd_kernels.opd.stats import gather_rows
 
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk when row_block is not given (64 MB in fp32)
+# Logits per chunk buffer when row_block is not given (128 MiB in fp32; two buffers): at V = 151,936 that is 220
+# rows, enough for MKL's LM-head GEMMs to run near their large-batch rate.
+CHUNK_ELEMENTS = 1 << 25
 
 
 def row_tiling(rows: int, vocab: int, row_block: int | None) -> Tiling:

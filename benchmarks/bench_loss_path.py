@@ -314,8 +314,8 @@ def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: fl
             "dtype": case.dtype, "matmul_flops_per_s": rate, "copy_bandwidth": copy_bw, **env}
     todo, missing = methods(case, inp, device)
     if only is not None:
-        todo = [m for m in todo if m.name in only]
-        missing = {key: why for key, why in missing.items() if key.split("/")[0] in only}
+        todo = [m for m in todo if m.name in only or f"{m.name}/{m.backend}" in only]
+        missing = {key: why for key, why in missing.items() if key.split("/")[0] in only or key in only}
     rows: list[dict] = []
     for key, why in missing.items():
         method, backend = key.split("/")
@@ -438,7 +438,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=None, help="append result rows (JSON lines) here")
     parser.add_argument("--cases", default=None, help="comma-separated case names to run (default: all)")
     parser.add_argument("--methods", default=None,
-                        help="comma-separated methods to run, e.g. naive-top16,fused-top16,oprd (default: all)")
+                        help="comma-separated methods (or method/backend) to run, e.g. naive-top16,fused-top16,"
+                             "liger-rkl/compiled (default: all)")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds: start no new case after this")
     args = parser.parse_args(argv)
     only = set(args.methods.split(",")) if args.methods else None

@@ -20,6 +20,13 @@ from oprd_kernels._topk import ordered_topk
 from oprd_kernels.opd._inputs import OPDInputs
 
 DOT_BLOCK = 8192  # vocabulary rows per step of the KL's column dot products (a [block, rows] temporary)
+# Vocabulary-major chunks keep their leading dimension a multiple of this many elements (64 bytes in fp32): MKL's
+# gradient GEMM over an unaligned one ran 1.45x slower (all products 5.6 s against 3.9 s at 220 against 224 rows).
+LEADING_ALIGN = 16
+
+
+def padded_rows(rows: int) -> int:
+    return -(-rows // LEADING_ALIGN) * LEADING_ALIGN
 
 
 @dataclass(frozen=True)
@@ -32,13 +39,20 @@ class Workspace:
 
     @staticmethod
     def of(kind: str, rows: int, vocab: int, t_vocab: int, dtype: torch.dtype, device: torch.device) -> "Workspace":
+        rows = padded_rows(rows)
         student = torch.empty(rows * max(vocab, t_vocab), dtype=dtype, device=device)  # also the teacher's scratch
         teacher = None if kind == "at_ids" else torch.empty(rows * t_vocab, dtype=dtype, device=device)
         return Workspace(student, teacher)
 
 
 def chunk_view(buffer: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A contiguous [rows, cols] view of the buffer's start."""
     return buffer[: shape[0] * shape[1]].view(shape)
+
+
+def vocab_major_view(buffer: Tensor, vocab: int, rows: int) -> Tensor:
+    """A [vocab, rows] view of the buffer with its leading dimension padded to LEADING_ALIGN."""
+    return buffer.as_strided((vocab, rows), (padded_rows(rows), 1))
 
 
 def _softmax_(z: Tensor, dim: int) -> Tensor:

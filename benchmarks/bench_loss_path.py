@@ -30,8 +30,9 @@ Floors (printed next to each result; floor_ms = the larger of the two):
   also write and read once each [N, V] tensor they materialise: student and teacher logits (case dtype), student
   and teacher log-probabilities and the logits' gradient (fp32). OPRD: the selected student rows and the teacher
   cache read once, the dense student gradient written once.
-On CUDA a method whose estimated memory exceeds the free memory is skipped (reported as such), and an out-of-memory
-error is reported as OOM; both leave a row with metric "skipped" / "oom".
+On CPU the methods of a case are timed round-robin, one call of each per round (harness.interleaved_ms), so that a
+drifting machine slows them alike. On CUDA a method whose estimated memory exceeds the free memory is skipped
+(reported as such), and an out-of-memory error is reported as OOM; both leave a row with metric "skipped" / "oom".
 """
 
 from __future__ import annotations
@@ -292,16 +293,17 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure(m: Method, device: torch.device, reps: int) -> tuple[harness.Percentiles, int, float]:
-    """(time percentiles, delta-peak bytes, loss value) of one method's forward+backward."""
+def measure(m: Method, device: torch.device, reps: int) -> tuple[harness.Percentiles | None, int, float]:
+    """(time percentiles, delta-peak bytes, loss value) of one method's forward+backward. On CPU only the profiled
+    run (the warm-up too: each rep of the large cases takes seconds), and None for the time: run_case times the
+    case's methods round-robin (harness.interleaved_ms)."""
     if device.type == "cuda":
         value = m.fn()  # compilation, autotuning, allocator
         timing = harness.time_ms(m.fn, device, reps=reps)
         _, peak = delta_peak_bytes(m.fn, device)
-    else:  # the profiled run doubles as the warm-up: each rep of the large cases takes seconds
-        value, peak = delta_peak_bytes(m.fn, device)
-        timing = harness.time_ms(m.fn, device, warmup=0, reps=reps)
-    return timing, peak, float(value)
+        return timing, peak, float(value)
+    value, peak = delta_peak_bytes(m.fn, device)
+    return None, peak, float(value)
 
 
 def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: float,
@@ -323,6 +325,7 @@ def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: fl
                      "p50": None, "p80": None, "reason": why})
         print(f"{case.name} {method} {backend}: skipped ({why})", flush=True)
     losses: dict[str, float] = {}
+    measured: list[tuple] = []  # (method, row head, timing, delta-peak, loss)
     for m in todo:
         floors = {"flops": m.flops, "bytes": m.bytes, "flops_floor_ms": m.flops / rate * 1e3,
                   "bytes_floor_ms": m.bytes / copy_bw * 1e3}
@@ -346,13 +349,18 @@ def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: fl
                          "reason": reason})
             _release(device)
             continue
+        measured.append((m, head, timing, peak, value))
+        _release(device)
+    if device.type != "cuda" and measured:
+        timings = harness.interleaved_ms({i: entry[0].fn for i, entry in enumerate(measured)}, reps)
+        measured = [(m, head, timings[i], peak, value) for i, (m, head, _, peak, value) in enumerate(measured)]
+    for m, head, timing, peak, value in measured:
         losses[f"{m.name}/{m.backend}"] = value
         rows.append({**head, "loss": value, "metric": "time", "unit": "ms", **harness.percentiles_dict(timing)})
         rows.append({**head, "loss": value, "metric": "delta_peak", "unit": "bytes", "p20": peak, "p50": peak,
                      "p80": peak})
         print(f"{case.name} {m.name} {m.backend}: {timing.p50:.2f} ms, {peak / 2**20:.1f} MB, loss {value:.6g}",
               flush=True)
-        _release(device)
     del inp
     _release(device)
     references = {f"{m.name}/{m.backend}": m.reference for m in todo if m.reference is not None}

@@ -55,10 +55,28 @@ def time_ms(fn: Callable, device: torch.device, *, warmup: int = 3, reps: int = 
         start = time.perf_counter()
         fn(arg) if setup is not None else fn()
         samples.append((time.perf_counter() - start) * 1e3)
+    return percentiles(samples)
+
+
+def percentiles(samples: list[float]) -> Percentiles:
+    """p20/p50/p80 of the samples."""
     if len(samples) == 1:
         return Percentiles(samples[0], samples[0], samples[0])
     q = statistics.quantiles(samples, n=10, method="inclusive")
     return Percentiles(q[1], statistics.median(samples), q[7])
+
+
+def interleaved_ms(fns: dict, reps: int) -> dict:
+    """{name: p20/p50/p80 ms} of CPU callables timed round-robin (one call of each per round, `reps` rounds, no
+    warm-up): a machine whose speed drifts over minutes (a shared VM) then slows every method alike, where timing
+    them one after another would bias their ratios."""
+    samples: dict = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: percentiles(values) for name, values in samples.items()}
 
 
 def delta_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:

@@ -83,3 +83,17 @@ def test_fused_losses_agree_across_modes(monkeypatch, gen, kind, backend):
         ref = reference_vg(kind, inp, k=4)
         err_ref, err_got = abs(float(ref[0]) - float(truth[0])), abs(float(upcast[0]) - float(truth[0]))
         assert err_got <= err_ref + 1e-3 * abs(float(truth[0])) + 1e-6
+
+
+def test_a_ready_weight_is_used_as_it_is(monkeypatch):
+    """weight_ready: a weight block prepared once (as_operand) is not rounded or copied again per tile; without it
+    the block is rounded to the 16-bit dtype first (what autocast does to an fp32 weight)."""
+    monkeypatch.setenv(CPU_HALF_MATMUL_ENV, "float32")
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(9, 64, generator=gen).to(BF16)
+    w = torch.randn(33, 64, generator=gen)  # fp32, not representable in bf16
+    ready = logits_tile(h, w, BF16, FP32, weight_ready=True)
+    rounded = logits_tile(h, w, BF16, FP32)
+    torch.testing.assert_close(ready, (h.float() @ w.T).to(BF16).float(), rtol=0, atol=0)
+    torch.testing.assert_close(rounded, (h.float() @ w.to(BF16).float().T).to(BF16).float(), rtol=0, atol=0)
+    assert not torch.equal(ready, rounded)

@@ -84,12 +84,12 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
             dw_blk = torch.zeros((v1 - v0, dim), dtype=out_dtype, device=device) if want_weight else None
             for r0, r1 in tiling.row_ranges(n):
                 h = as_operand(gather_rows(hidden, rows, r0, r1), mm, gemm)
-                log_p = logits_tile(h, w_blk, mm, out_dtype, buf).sub_(grad.lse[r0:r1, None])
+                log_p = logits_tile(h, w_blk, mm, out_dtype, buf, weight_ready=True).sub_(grad.lse[r0:r1, None])
                 if grad.kl is not None:  # g = w * p * (log p - log q - KL), built in the two tiles in place
                     kl_terms = grad.kl
                     lse_q, kl = kl_terms.lse_teacher, kl_terms.kl
                     zq = logits_tile(gather_rows(kl_terms.teacher_hidden, rows, r0, r1), tw_blk, mm_dtypes[1],
-                                     out_dtype, buf_q)
+                                     out_dtype, buf_q, weight_ready=True)
                     factor = zq.sub_(lse_q[r0:r1, None]).neg_().add_(log_p).sub_(kl[r0:r1, None])
                     g = log_p.exp_().mul_(factor).mul_(grad.row_weight[r0:r1, None])
                 else:

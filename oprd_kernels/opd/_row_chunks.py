@@ -108,22 +108,21 @@ def full_kl_chunk(zt: Tensor, log_qt: Tensor, shared: int, row_w: float,
     log-probabilities; both overwritten) and its logits gradient row_w * p (log p - log q - KL), transposed, written
     over zt.
 
-    With c = max_v z and S = sum_v exp(z - c): log p = z - c - log S. The log-ratio is first formed without log S,
-    u = (z - c) - log q, so that the student's buffer can turn into row_w * p in place; then
-    KL = sum_v p u - log S (since sum p = 1), and the gradient is row_w p (u - log S - KL) = (row_w p)(u - D / row_w)
-    with D = sum_v (row_w p) u."""
+    With c = max_v z and S = sum_v exp(z - c): log p = z - c - log S. The log-ratio is formed in the teacher's
+    buffer as (z - c) - log q - log S, so that the student's buffer can turn into row_w * p in place; then
+    D = sum_v (row_w p)(log p - log q) = row_w KL, and the gradient is (row_w p)(log p - log q - D / row_w)."""
     if not shared == zt.shape[0] == log_qt.shape[0]:
         return _padded_kl(zt, log_qt, shared, row_w, want_grad)
     m = zt.amax(dim=0)
     zt.sub_(m)
     u = log_qt.neg_().add_(zt)  # (z - c) - log q
     s = zt.exp_().sum(dim=0)
+    ratio = u.sub_(s.log())  # log p - log q, per element: KL = sum p u - log S would cancel two ~log |V| terms
     wp = zt.div_(s / row_w)  # row_w * p
-    d = _column_dots(wp, u)
-    loss = d.sum() - row_w * s.log_().sum()  # row_w * sum_r KL_r
+    d = _column_dots(wp, ratio)  # row_w * KL_r
     if not want_grad:
-        return loss, None
-    return loss, wp.mul_(u.sub_(d / row_w))
+        return d.sum(), None
+    return d.sum(), wp.mul_(ratio.sub_(d / row_w))
 
 
 def _padded_kl(zt: Tensor, log_qt: Tensor, shared: int, row_w: float,

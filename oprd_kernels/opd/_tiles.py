@@ -89,17 +89,20 @@ def gemm_dtype(mm_dtype: torch.dtype, out_dtype: torch.dtype, device: torch.devi
 
 def as_operand(x: Tensor, mm_dtype: torch.dtype, gemm: torch.dtype) -> Tensor:
     """x as an operand of a product in `mm_dtype`'s precision run in `gemm` (gemm_dtype): rounded to mm_dtype first
-    (autocast's rounding of fp32 inputs), then upcast when the product runs upcast. No copy when x is already so."""
+    (autocast's rounding of fp32 inputs), then upcast when the product runs upcast. No copy when x is in mm_dtype
+    and the product runs in it."""
     return x.to(mm_dtype).to(gemm)
 
 
 def logits_tile(hidden_rows: Tensor, weight_block: Tensor, mm_dtype: torch.dtype, out_dtype: torch.dtype,
-                buffer: Tensor | None = None) -> Tensor:
+                buffer: Tensor | None = None, *, weight_ready: bool = False) -> Tensor:
     """[rows, vocab_block] logits of one tile in `mm_dtype`'s precision, returned in `out_dtype`; written into
     `buffer` (a reused tile, at least as large) when the product runs in `out_dtype` (gemm_dtype), so that a pass
-    allocates one tile. Operands already in the product's dtype (as_operand) are not copied."""
+    allocates one tile. weight_ready: the weight block is already as_operand's result (prepared once for many
+    tiles), so it is used as it is."""
     gemm = gemm_dtype(mm_dtype, out_dtype, hidden_rows.device)
-    h, w = as_operand(hidden_rows, mm_dtype, gemm), as_operand(weight_block, mm_dtype, gemm)
+    h = as_operand(hidden_rows, mm_dtype, gemm)
+    w = weight_block if weight_ready else as_operand(weight_block, mm_dtype, gemm)
     if buffer is not None and gemm == out_dtype:
         out = buffer.view(-1)[: h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
         z = torch.matmul(h, w.T, out=out)

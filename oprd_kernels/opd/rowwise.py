@@ -106,8 +106,8 @@ def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, 
                 part, g_t = full_kl_chunk(zt, tt, shared, 1.0 / n, want_grad)
                 g = g_t.T if g_t is not None else None
             else:
-                z = logits_tile(h, w_mm, mm, out, ws.student)
-                t = None if th is None else logits_tile(th, t_mm, mm_dtypes[1], out, ws.teacher)
+                z = logits_tile(h, w_mm, mm, out, ws.student, weight_ready=True)
+                t = None if th is None else logits_tile(th, t_mm, mm_dtypes[1], out, ws.teacher, weight_ready=True)
                 if stats is not None:
                     stats.append(stats_from_logits(z, t, inp.tokens[r0:r1], shared, stats_k))
                 part, g = sparse_chunk(kind, inp, z, t, r0, r1, k, shared, 1.0 / n)

@@ -7,7 +7,7 @@ as everywhere). The chunk arithmetic runs in place in two chunk buffers allocate
 Memory: those two buffers (CHUNK_ELEMENTS logits each unless row_block says otherwise) and the fp32 weight gradient
 [|V|, d]; for a weight stored below fp32 that accumulator is twice the gradient's own size, which is why `auto`
 picks the vocabulary tiles for such weights. This is the CPU default for fp32 heads (measured in docs/benchmarks.md:
-at 512 rows, d = 1024, |V| = 151,936 it runs the full KL faster than Liger's compiled chunked loss at 0.6x its
+at 512 rows, d = 1024, |V| = 151,936 it runs the full KL as fast as Liger's compiled chunked loss at 0.6x its
 memory)."""
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+import peers  # benchmarks/, next to this script
+
 BASELINES = {"loss_path": "naive-top16", "actor_update": "opd-top16-naive", "teacher_pass": "hf-full"}
 
 
@@ -57,7 +59,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-PEER = ("liger-rkl", "compiled")  # the fastest peer at our fused full-vocabulary loss's task
+PEER = peers.FASTEST
 
 
 def peer_markdown(rows: list[dict]) -> str:

@@ -125,12 +125,11 @@ def full_kl_chunk(zt: Tensor, log_qt: Tensor, shared: int, row_w: float,
     return d.sum(), wp.mul_(ratio.sub_(d / row_w))
 
 
-def _padded_kl(zt: Tensor, log_qt: Tensor, shared: int, row_w: float,
+def _padded_kl(zt: Tensor, log_q: Tensor, shared: int, row_w: float,
                want_grad: bool) -> tuple[Tensor, Tensor | None]:
     """full_kl_chunk for heads of different sizes: the KL over the shared ids [0, S), each model normalised over its
     own head (_shared_vocab.py has the formulas); written plainly, with temporaries (a rare case)."""
     log_p = torch.log_softmax(zt, dim=0)
-    log_q = log_qt
     ratio = log_p[:shared] - log_q[:shared]
     p = log_p.exp()
     kl = (p[:shared] * ratio).sum(dim=0)

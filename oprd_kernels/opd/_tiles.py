@@ -94,6 +94,11 @@ def as_operand(x: Tensor, mm_dtype: torch.dtype, gemm: torch.dtype) -> Tensor:
     return x.to(mm_dtype).to(gemm)
 
 
+def round_to_(z: Tensor, mm_dtype: torch.dtype) -> Tensor:
+    """z (an upcast product's result) rounded in place to mm_dtype's precision: the 16-bit GEMM's own rounding."""
+    return z.copy_(z.to(mm_dtype))
+
+
 def logits_tile(hidden_rows: Tensor, weight_block: Tensor, mm_dtype: torch.dtype, out_dtype: torch.dtype,
                 buffer: Tensor | None = None, *, weight_ready: bool = False) -> Tensor:
     """[rows, vocab_block] logits of one tile in `mm_dtype`'s precision, returned in `out_dtype`; written into
@@ -106,7 +111,7 @@ def logits_tile(hidden_rows: Tensor, weight_block: Tensor, mm_dtype: torch.dtype
     if buffer is not None and gemm == out_dtype:
         out = buffer.view(-1)[: h.shape[0] * w.shape[0]].view(h.shape[0], w.shape[0])
         z = torch.matmul(h, w.T, out=out)
-        return z if gemm == mm_dtype else z.copy_(z.to(mm_dtype))  # the 16-bit GEMM's own rounding
+        return z if gemm == mm_dtype else round_to_(z, mm_dtype)
     z = h @ w.T
     return z.to(mm_dtype).to(out_dtype) if gemm != mm_dtype else z.to(out_dtype)
 

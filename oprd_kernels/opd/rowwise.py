@@ -20,7 +20,7 @@ from torch import Tensor
 from oprd_kernels.opd._gradient import live_to_dense, product
 from oprd_kernels.opd._inputs import OPDInputs
 from oprd_kernels.opd._row_chunks import Workspace, full_kl_chunk, sparse_chunk, teacher_log_probs_, vocab_major_view
-from oprd_kernels.opd._tiles import Tiling, as_operand, gemm_dtype, logits_tile
+from oprd_kernels.opd._tiles import Tiling, as_operand, gemm_dtype, logits_tile, round_to_
 from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_logits
 from oprd_kernels.opd.stats import gather_rows
 
@@ -56,7 +56,7 @@ def _logits_t(h: Tensor, w_mm: Tensor, mm: torch.dtype, buffer: Tensor) -> Tenso
     zt = vocab_major_view(buffer, w_mm.shape[0], h.shape[0])
     if w_mm.dtype == buffer.dtype:
         torch.matmul(w_mm, as_operand(h, mm, w_mm.dtype).T, out=zt)
-        return zt if w_mm.dtype == mm else zt.copy_(zt.to(mm))  # an upcast product: the 16-bit GEMM's rounding
+        return zt if w_mm.dtype == mm else round_to_(zt, mm)
     return zt.copy_(w_mm @ h.to(mm).T)
 
 

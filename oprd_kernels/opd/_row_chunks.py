@@ -21,7 +21,8 @@ from oprd_kernels.opd._inputs import OPDInputs
 
 DOT_BLOCK = 8192  # vocabulary rows per step of the KL's column dot products (a [block, rows] temporary)
 # Vocabulary-major chunks keep their leading dimension a multiple of this many elements (64 bytes in fp32): MKL's
-# gradient GEMM over an unaligned one ran 1.45x slower (all products 5.6 s against 3.9 s at 220 against 224 rows).
+# gradient GEMM over an unaligned one ran 1.45x slower (all products 5.6 s against 3.9 s at 220 against 224 rows;
+# benchmarks/lm_head_gemm_probe.py align under torch.profiler).
 LEADING_ALIGN = 16
 
 

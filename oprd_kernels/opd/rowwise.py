@@ -26,7 +26,8 @@ from oprd_kernels.opd.stats import gather_rows
 
 # Logits per chunk buffer when row_block is not given (at most 160 MiB in fp32; two buffers), in chunks of a multiple
 # of ROW_ALIGN rows: 256 rows at V = 151,936, where MKL's LM-head GEMMs run near their large-batch rate (220-row
-# chunks measured 1.2x slower than 256-row ones in the same process, 3 chunks against 2 at 512 rows).
+# chunks measured 1.2x slower than 256-row ones, interleaved in one process, 3 chunks against 2 at 512 rows, before
+# the leading dimension was aligned; benchmarks/lm_head_gemm_probe.py align).
 CHUNK_ELEMENTS = 40 << 20
 ROW_ALIGN = 32
 

@@ -3,7 +3,13 @@ last fallback. Readable and differentiable by autograd; not fast and not memory-
 
 from oprd_kernels.reference.alignment import alignment_loss, cosine_similarity
 from oprd_kernels.reference.bridge import bridge_loss, project_teacher
-from oprd_kernels.reference.opd import full_vocab_opd_loss, opd_loss_at_ids, sampled_token_opd_loss, topk_opd_loss
+from oprd_kernels.reference.opd import (
+    full_vocab_opd_loss,
+    generalized_jsd_loss,
+    opd_loss_at_ids,
+    sampled_token_opd_loss,
+    topk_opd_loss,
+)
 from oprd_kernels.reference.rowwise import NORM_EPS
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "bridge_loss",
     "cosine_similarity",
     "full_vocab_opd_loss",
+    "generalized_jsd_loss",
     "opd_loss_at_ids",
     "project_teacher",
     "sampled_token_opd_loss",

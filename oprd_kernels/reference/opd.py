@@ -7,13 +7,16 @@ Common inputs (logits already aligned with the tokens: position t of the logits 
         each model normalises over its own head, and the losses compare the shared ids [0, min(V_s, V_t)).
     mask: None (all positions) or a bool/0-1 tensor of shape [N] or [B, T] marking response tokens; whatever sits
         at masked positions (padding ids such as -100, non-finite logits) is ignored.
-All three losses are token-means over the mask: sum_t m_t * loss_t / sum_t m_t (0 when the mask is empty). They are
+All the losses are token-means over the mask: sum_t m_t * loss_t / sum_t m_t (0 when the mask is empty). They are
 computed in float32 (float64 when either logits tensor is float64) and return a scalar of that dtype. Every one
 of them materialises [N, V] log-probabilities: they are the faithful, memory-hungry baselines the fused losses are
 measured against.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +133,40 @@ def full_vocab_opd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Te
     log_q = _log_softmax(teacher_logits.detach(), dtype)[..., :shared]
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     return masked_token_mean(kl, mask)
+
+
+def check_beta(func: str, beta: object) -> float:
+    """The generalised JSD's interpolation weight as a float in [0, 1] (a bool is no number here)."""
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise fail(TypeError, func, "beta", "must be a real number in [0, 1]", describe(beta))
+    if not 0.0 <= float(beta) <= 1.0:  # NaN fails too
+        raise fail(ValueError, func, "beta", "must be in [0, 1]", repr(beta))
+    return float(beta)
+
+
+def generalized_jsd_loss(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None, *,
+                         beta: float = 0.5) -> Tensor:
+    """The generalised Jensen-Shannon divergence of TRL's GKD trainer (`GKDTrainer.generalized_jsd_loss` at
+    temperature 1; its default beta = 0.5), token-mean over the mask. With the mixture m = (1 - beta) p + beta q:
+        0 < beta < 1: beta * KL(q || m) + (1 - beta) * KL(p || m)
+        beta = 0:     KL(q || p), the forward KL      beta = 1: KL(p || q), the reverse KL (full_vocab_opd_loss)
+    (the two ends are TRL's special cases: the mixture formula itself vanishes there). Heads of different sizes:
+    each distribution normalised over its own head, the sums over the shared ids. The teacher is a constant."""
+    func = "generalized_jsd_loss"
+    beta = check_beta(func, beta)
+    shared = _check_logits(func, student_logits, teacher_logits)
+    mask = check_mask(func, "mask", mask, student_logits.shape[:-1], student_logits.device)
+    dtype = result_dtype(student_logits.dtype, teacher_logits.dtype)
+    log_p = _log_softmax(student_logits, dtype)[..., :shared]
+    log_q = _log_softmax(teacher_logits.detach(), dtype)[..., :shared]
+    if beta == 0.0:
+        div = (log_q.exp() * (log_q - log_p)).sum(-1)
+    elif beta == 1.0:
+        div = (log_p.exp() * (log_p - log_q)).sum(-1)
+    else:
+        log_m = torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
+        div = beta * (log_q.exp() * (log_q - log_m)).sum(-1) + (1 - beta) * (log_p.exp() * (log_p - log_m)).sum(-1)
+    return masked_token_mean(div, mask)
 
 
 def opd_loss_at_ids(student_logits: Tensor, ids: Tensor, teacher_log_probs: Tensor,

@@ -5,7 +5,8 @@ Families (`FAMILIES`):
 - `oprd`: `alignment_loss`, `bridge_loss`. Backends `reference` (PyTorch), `triton`, `cpu` (the C++ kernels).
   Variable `OPRD_BACKEND`. `auto`: `triton` for CUDA tensors, `cpu` otherwise. Fallback: `reference`.
 - `opd`: the fused OPD losses (`fused_sampled_token_opd_loss`, `fused_topk_opd_loss`, `fused_full_vocab_opd_loss`,
-  `fused_opd_loss_at_ids`, `fused_opd_loss_and_stats`) and `lm_head_stats`, i.e. their vocabulary passes.
+  `fused_opd_loss_at_ids`, `fused_opd_loss_and_stats`, `fused_generalized_jsd_loss`) and `lm_head_stats`, i.e. their
+  vocabulary passes (`triton` has none for the generalised JSD, which then runs on `chunked`).
   Backends `chunked` (PyTorch vocabulary tiles), `rowwise` (PyTorch chunks of whole rows), `triton`. Variable
   `OPRD_OPD_BACKEND`. `auto`: on CUDA `triton` when it can run there, else `chunked` (no warning); on CPU `rowwise`,
   except `chunked` for an LM-head weight stored in bf16/fp16, whose fp32 gradient accumulator would double the
@@ -83,7 +84,8 @@ FAMILIES: dict[str, Family] = {
     "oprd": Family("oprd", ("alignment_loss", "bridge_loss"), ("reference", "triton", "cpu"), "OPRD_BACKEND",
                    _oprd_auto, "reference", "oprd_kernels.dispatch"),
     "opd": Family("opd", ("fused_sampled_token_opd_loss", "fused_topk_opd_loss", "fused_full_vocab_opd_loss",
-                          "fused_opd_loss_at_ids", "fused_opd_loss_and_stats", "lm_head_stats"),
+                          "fused_opd_loss_at_ids", "fused_opd_loss_and_stats", "fused_generalized_jsd_loss",
+                          "lm_head_stats"),
                   ("chunked", "rowwise", "triton"), "OPRD_OPD_BACKEND", _opd_auto, "chunked",
                   "oprd_kernels.opd._passes"),
 }

@@ -45,7 +45,7 @@ def assert_same(eager, compiled):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("loss", ["sampled_token", "topk", "full_vocab", "at_ids"])
+@pytest.mark.parametrize("loss", ["sampled_token", "topk", "full_vocab", "at_ids", "jsd"])
 def test_compiled_fused_opd_losses_equal_eager(backend, loss):
     torch._dynamo.reset()
     hidden, weight, t_hidden, t_weight, tokens, mask = inputs(1)
@@ -59,6 +59,8 @@ def test_compiled_fused_opd_losses_equal_eager(backend, loss):
             return oprd_kernels.fused_topk_opd_loss(h, w, th, tw, m, k=4, backend=backend)
         if loss == "full_vocab":
             return oprd_kernels.fused_full_vocab_opd_loss(h, w, th, tw, m, backend=backend)
+        if loss == "jsd":
+            return oprd_kernels.fused_generalized_jsd_loss(h, w, th, tw, m, beta=0.3, backend=backend)
         return oprd_kernels.fused_opd_loss_at_ids(h, w, ids, log_q, m, backend=backend)
 
     eager, compiled = both(fn, hidden, weight, t_hidden, t_weight, tokens, mask)
@@ -121,6 +123,8 @@ def test_the_ops_registrations_pass_opcheck():
 
     hidden, weight, t_hidden, t_weight, tokens, mask = inputs(7, dtype=torch.float64)
     torch.library.opcheck(fused_opd_op, ("fused_full_vocab_opd_loss", "full_vocab", hidden, weight, t_hidden,
-                                         t_weight, None, mask, 1, None, None, "chunked", 0, True, True))
+                                         t_weight, None, mask, 1, None, None, "chunked", 0, 0.5, True, True))
+    torch.library.opcheck(fused_opd_op, ("fused_generalized_jsd_loss", "jsd", hidden, weight, t_hidden, t_weight,
+                                         None, mask, 1, None, None, "rowwise", 0, 0.25, True, False))
     torch.library.opcheck(lm_head_stats_op, (hidden.detach(), weight.detach(), None, 3, True, None, None, None,
                                              "chunked"))

@@ -178,6 +178,7 @@ def opd_calls():
                                                                               backend=b),
         "fused_opd_loss_and_stats": lambda b: oprd_kernels.fused_opd_loss_and_stats("topk", h, w, h, w, ids[:, 0],
                                                                                     k=2, stats_k=2, backend=b)[0],
+        "fused_generalized_jsd_loss": lambda b: oprd_kernels.fused_generalized_jsd_loss(h, w, h, w, backend=b),
         "lm_head_stats": lambda b: oprd_kernels.lm_head_stats(h, w, topk=2, backend=b).logsumexp,
     }
 

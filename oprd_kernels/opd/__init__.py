@@ -4,6 +4,7 @@ from oprd_kernels.opd.diagnostics import OPDStats
 from oprd_kernels.opd.fused import (
     KINDS,
     fused_full_vocab_opd_loss,
+    fused_generalized_jsd_loss,
     fused_opd_loss_and_stats,
     fused_opd_loss_at_ids,
     fused_sampled_token_opd_loss,
@@ -16,6 +17,7 @@ __all__ = [
     "KINDS",
     "OPDStats",
     "fused_full_vocab_opd_loss",
+    "fused_generalized_jsd_loss",
     "fused_opd_loss_and_stats",
     "fused_opd_loss_at_ids",
     "fused_sampled_token_opd_loss",

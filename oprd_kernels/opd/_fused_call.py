@@ -14,12 +14,12 @@ from oprd_kernels._validation import as_int, fail
 from oprd_kernels.opd._gradient import LogitGradient
 from oprd_kernels.opd._inputs import OPDInputs, check_at_ids_inputs, check_opd_inputs
 from oprd_kernels.opd._passes import Passes, resolve_passes
-from oprd_kernels.opd._shared_vocab import head_statistics, reverse_kl
+from oprd_kernels.opd._shared_vocab import generalized_jsd, head_statistics, reverse_kl
 from oprd_kernels.opd._tiles import Tiling, check_blocks, choose_tiling, matmul_dtype
 from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_heads
 from oprd_kernels.opd.rowwise import row_tiling
 
-KINDS = ("sampled_token", "topk", "full_vocab", "at_ids")
+KINDS = ("sampled_token", "topk", "full_vocab", "at_ids", "jsd")  # jsd: the generalised JSD for 0 <= beta < 1
 
 
 def _loss_and_gradient(passes: Passes, call: "FusedCall", weight: Tensor,
@@ -43,6 +43,10 @@ def _loss_and_gradient(passes: Passes, call: "FusedCall", weight: Tensor,
                                      head_statistics(passes, *t_args, shared, ids=tokens, topk=stats_k, entropy=True),
                                      stats_k)
         return (row_w * st.kl).sum(), parts, stats
+    if kind == "jsd":
+        jsd, parts = generalized_jsd(passes, inp.hidden, weight, inp.teacher_hidden, t_weight, inp.rows, tiling,
+                                     mm_dtypes, out, shared, row_w, call.beta)
+        return (row_w * jsd).sum(), parts, None
     want = stats_k > 0
     if kind in ("sampled_token", "at_ids"):
         ids = inp.tokens[:, None] if kind == "sampled_token" else inp.ids
@@ -100,14 +104,17 @@ class FusedCall:
     want_hidden: bool  # d loss / d hidden is wanted
     want_weight: bool  # d loss / d weight is wanted
     stats_k: int = 0  # > 0: also return the OPDStats, with a top-stats_k overlap (needs inp.tokens)
+    beta: float = 0.5  # the generalised JSD's weight, in [0, 1) (kind "jsd"; ignored by the other kinds)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"FusedCall: kind must be one of {KINDS}, got {self.kind!r}")
         if len(self.mm_dtypes) != 2:
             raise ValueError(f"FusedCall: mm_dtypes must be (student, teacher), got {self.mm_dtypes!r}")
-        if self.stats_k and (self.kind == "at_ids" or self.inp.tokens is None):
-            raise ValueError("FusedCall: stats need the sampled tokens (not the at_ids kind)")
+        if self.stats_k and (self.kind in ("at_ids", "jsd") or self.inp.tokens is None):
+            raise ValueError("FusedCall: stats need the sampled tokens (not the at_ids or jsd kinds)")
+        if self.kind == "jsd" and not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"FusedCall: the jsd kind needs 0 <= beta < 1 (beta = 1 is full_vocab), got {self.beta!r}")
 
 
 def run_call(call: FusedCall, hidden: Tensor, weight: Tensor, teacher_weight: Tensor):
@@ -121,7 +128,7 @@ def run_call(call: FusedCall, hidden: Tensor, weight: Tensor, teacher_weight: Te
         stats = concat_stats([], call.stats_k, inp.out_dtype, hidden.device) if call.stats_k else None
     elif passes.whole_loss is not None:
         whole = passes.whole_loss(call.kind, inp, weight, teacher_weight, call.k, call.tiling, call.mm_dtypes,
-                                  want_hidden=want_h, want_weight=want_w, stats_k=call.stats_k)
+                                  want_hidden=want_h, want_weight=want_w, stats_k=call.stats_k, beta=call.beta)
         grads = (whole.d_hidden.view(hidden.shape) if whole.d_hidden is not None else None, whole.d_weight)
         loss, stats = whole.loss, whole.stats
     else:
@@ -166,10 +173,10 @@ class _FusedOPD(torch.autograd.Function):
 
 def prepare_call(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor,
                  teacher_weight: Tensor, tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None,
-                 vocab_block: int | None, backend: str | None, stats_k: int, want_hidden: bool,
+                 vocab_block: int | None, backend: str | None, stats_k: int, beta: float, want_hidden: bool,
                  want_weight: bool) -> FusedCall:
     """The validated call: inputs, backend passes, tiling and matmul dtypes (the teacher side of "at_ids" arrives
-    precomputed: (ids, log-probs) in the teacher's two slots)."""
+    precomputed: (ids, log-probs) in the teacher's two slots; `beta` is checked by the public function)."""
     check_blocks(func, row_block, vocab_block)
     if kind == "at_ids":
         inp = check_at_ids_inputs(func, hidden, weight, teacher_hidden, teacher_weight, mask)
@@ -189,4 +196,4 @@ def prepare_call(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_h
     mm_dtypes = (matmul_dtype(hidden, weight),
                  matmul_dtype(hidden, weight) if kind == "at_ids" else matmul_dtype(teacher_hidden, teacher_weight))
     return FusedCall(passes=passes, kind=kind, inp=inp, k=k, tiling=tiling, mm_dtypes=mm_dtypes,
-                     want_hidden=want_hidden, want_weight=want_weight, stats_k=stats_k)
+                     want_hidden=want_hidden, want_weight=want_weight, stats_k=stats_k, beta=beta)

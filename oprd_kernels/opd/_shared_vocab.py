@@ -9,7 +9,8 @@ Reverse KL over the shared ids, with p and q normalised over their whole heads a
     KL = P_S * (E_shared[z_p - z_q] - lse_p + lse_q)
     d KL / d z_v = p_v * (log p_v - log q_v - (KL + P_S - 1))   for v < S   (the KL form with KL' = KL + P_S - 1)
     d KL / d z_v = -p_v * (KL + P_S)                             for v >= S  (the dense form)
-which is the usual p (log p - log q - KL) when both heads have S rows (P_S = 1).
+which is the usual p (log p - log q - KL) when both heads have S rows (P_S = 1). The generalised JSD (_jsd.py) has
+the same two parts: its own form over the shared rows, the dense form past them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from oprd_kernels.opd._gradient import KLTerms, LogitGradient
+from oprd_kernels.opd._gradient import JSDTerms, KLTerms, LogitGradient
+from oprd_kernels.opd._jsd import tail_coefficient
 from oprd_kernels.opd.stats import KLStats, LogitStats
 
 
@@ -64,7 +66,27 @@ def reverse_kl(passes, hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weigh
     parts = [(slice(0, shared), LogitGradient(lse_p, kl=KLTerms(t_hidden, t_weight[:shared], lse_q, kl + p_shared - 1),
                                               row_weight=row_weight))]
     if weight.shape[0] > shared:
-        zeros = torch.zeros((kl.shape[0], 1), dtype=torch.int64, device=kl.device)
-        parts.append((slice(shared, None), LogitGradient(lse_p, dense=-(kl + p_shared) * row_weight, ids=zeros,
-                                                         sparse=zeros.to(kl.dtype))))
+        parts.append((slice(shared, None), _past_shared(lse_p, -(kl + p_shared) * row_weight)))
     return KLStats(kl, lse_p, lse_q), parts
+
+
+def _past_shared(lse_p: Tensor, coefficient: Tensor) -> LogitGradient:
+    """The dense form coefficient * p for the student's rows past the shared ids."""
+    zeros = torch.zeros((lse_p.shape[0], 1), dtype=torch.int64, device=lse_p.device)
+    return LogitGradient(lse_p, dense=coefficient, ids=zeros, sparse=zeros.to(lse_p.dtype))
+
+
+def generalized_jsd(passes, hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight: Tensor, rows: Tensor | None,
+                    tiling, mm_dtypes, out_dtype: torch.dtype, shared: int, row_weight: Tensor,
+                    beta: float) -> tuple[Tensor, list[tuple[slice, LogitGradient]]]:
+    """The per-row generalised JSD over the shared ids (0 <= beta < 1) and its logits gradient parts: each head's
+    log-sum-exp from a statistics pass over its whole head, then `passes.jsd_stats` over the shared rows of both."""
+    lse_p = passes.logit_stats(hidden, weight, rows, tiling, mm_dtypes[0], out_dtype).logsumexp
+    lse_q = passes.logit_stats(t_hidden, t_weight, rows, tiling, mm_dtypes[1], out_dtype).logsumexp
+    st = passes.jsd_stats(hidden, weight[:shared], t_hidden, t_weight[:shared], rows, tiling, mm_dtypes, out_dtype,
+                          lse_p, lse_q, beta)
+    parts = [(slice(0, shared), LogitGradient(lse_p, row_weight=row_weight,
+                                              jsd=JSDTerms(t_hidden, t_weight[:shared], lse_q, beta, st.e)))]
+    if weight.shape[0] > shared:
+        parts.append((slice(shared, None), _past_shared(lse_p, tail_coefficient(beta, st.e) * row_weight)))
+    return st.jsd, parts

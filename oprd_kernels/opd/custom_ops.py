@@ -1,12 +1,12 @@
 """The fused OPD losses and `lm_head_stats` as `torch.library` custom ops, for `torch.compile(fullgraph=True)`
 (oprd_kernels/custom_ops.py explains the pattern for the alignment losses).
 
-`oprd::fused_opd` is one op for the five fused losses (`kind`, as fused.py's `_fused`). Its body validates, picks
-the backend passes and computes the loss with its gradients for an incoming gradient of 1, as the eager path does in
-its forward pass; it returns them as outputs, so its backward is plain traceable arithmetic (each gradient times the
-incoming one) and no second op is needed. The OPDStats tensors have one entry per live position, a count known only
-when the op runs: their fake shape is a dynamic size. `oprd::lm_head_stats` has no gradient; absent statistics come
-back as empty tensors.
+`oprd::fused_opd` is one op for the six fused losses (`kind` and the JSD's `beta`, as fused.py's `_fused`). Its
+body validates, picks the backend passes and computes the loss with its gradients for an incoming gradient of 1, as
+the eager path does in its forward pass; it returns them as outputs, so its backward is plain traceable arithmetic
+(each gradient times the incoming one) and no second op is needed. The OPDStats tensors have one entry per live
+position, a count known only when the op runs: their fake shape is a dynamic size. `oprd::lm_head_stats` has no
+gradient; absent statistics come back as empty tensors.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def _out_dtype(*tensors: Tensor) -> torch.dtype:
 @torch.library.custom_op("oprd::fused_opd", mutates_args=())
 def fused_opd_op(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
                  tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
-                 backend: str | None, stats_k: int, want_hidden: bool, want_weight: bool) -> list[Tensor]:
+                 backend: str | None, stats_k: int, beta: float, want_hidden: bool,
+                 want_weight: bool) -> list[Tensor]:
     """[loss, d_hidden (empty unless wanted), d_weight (likewise), the four stats (when stats_k > 0)]."""
     call = prepare_call(func, kind, hidden, weight, teacher_hidden, teacher_weight, tokens, mask, k, row_block,
-                        vocab_block, backend, stats_k, want_hidden, want_weight)
+                        vocab_block, backend, stats_k, beta, want_hidden, want_weight)
     with torch.autocast(hidden.device.type, enabled=False):
         loss, d_hidden, d_weight, values = run_call(call, hidden, weight, teacher_weight)
     grads = [hidden.new_empty(0) if d is None else d.contiguous() for d in (d_hidden, d_weight)]  # outputs never alias
@@ -39,7 +40,7 @@ def fused_opd_op(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_h
 
 @fused_opd_op.register_fake
 def _(func, kind, hidden, weight, teacher_hidden, teacher_weight, tokens, mask, k, row_block, vocab_block, backend,
-      stats_k, want_hidden, want_weight):
+      stats_k, beta, want_hidden, want_weight):
     out = _out_dtype(hidden, weight, teacher_hidden, teacher_weight)
     loss = hidden.new_empty((), dtype=out)
     d_hidden = hidden.new_empty(hidden.shape) if want_hidden else hidden.new_empty(0)
@@ -61,7 +62,7 @@ def _backward(ctx, *grads):
     want_h, want_w = ctx.wants
     grad = grads[0][0] if isinstance(grads[0], (list, tuple)) else grads[0]  # the loss's, of the list output
     return (None, None, scaled(d_hidden, grad) if want_h else None, scaled(d_weight, grad) if want_w else None,
-            *[None] * 11)
+            *[None] * 12)
 
 
 fused_opd_op.register_autograd(_backward, setup_context=_setup)
@@ -69,13 +70,14 @@ fused_opd_op.register_autograd(_backward, setup_context=_setup)
 
 def traced_fused_opd(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor,
                      teacher_weight: Tensor, tokens: Tensor | None, mask: Tensor | None, k: int,
-                     row_block: int | None, vocab_block: int | None, backend: str | None, stats_k: int = 0):
+                     row_block: int | None, vocab_block: int | None, backend: str | None, stats_k: int = 0,
+                     beta: float = 0.5):
     """fused.py's `_fused` result through the custom op: the loss, or (loss, *the four stats)."""
     grad_on = torch.is_grad_enabled()
     wants = [grad_on and getattr(t, "requires_grad", False) for t in (hidden, weight)]  # validated in the op
     teacher = [t.detach() if isinstance(t, Tensor) else t for t in (teacher_hidden, teacher_weight)]
     out = fused_opd_op(func, kind, hidden, weight, *teacher, tokens, mask, k, row_block, vocab_block, backend, stats_k,
-                       *wants)
+                       beta, *wants)
     return (out[0], *out[3:]) if stats_k else out[0]
 
 

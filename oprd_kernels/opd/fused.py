@@ -1,7 +1,9 @@
-"""Fused OPD losses: sampled-token, top-k and full-vocabulary OPD from the final hidden states and the LM-head weights,
-without ever materialising the [N, |V|] logits (Cut Cross-Entropy / Liger-style).
+"""Fused OPD losses: sampled-token, top-k and full-vocabulary OPD, and the generalised JSD of TRL's GKD, from the final
+hidden states and the LM-head weights, without ever materialising the [N, |V|] logits (Cut Cross-Entropy /
+Liger-style).
 
-Same meaning as oprd_kernels.reference's sampled_token_opd_loss, topk_opd_loss and full_vocab_opd_loss applied to
+Same meaning as oprd_kernels.reference's sampled_token_opd_loss, topk_opd_loss, full_vocab_opd_loss and
+generalized_jsd_loss applied to
 student_logits = hidden @ weight.T and teacher_logits = teacher_hidden @ teacher_weight.T. The student's logits are
 computed tile by tile in the LM head's own precision and every softmax quantity is taken in float32 (float64 for
 float64 inputs); the gradients of `hidden` and `weight` are produced during the forward pass, right after the
@@ -10,7 +12,11 @@ statistics pass, and scaled by the incoming gradient in backward. The teacher is
 Cost with vocabulary tiles (`chunked`, `triton`): the student's logits are computed twice (statistics, then gradient)
 and the teacher's once (twice for the full KL); memory is one tile of logits plus O(N * k) statistics, the
 hidden-state gradient in float32, and one vocabulary block's weight gradient in float32. With `rowwise`, each chunk of
-whole rows is computed once (rowwise.py). A graph built by these losses supports one backward pass.
+whole rows is computed once (rowwise.py). The generalised JSD with vocabulary tiles needs the normalised
+probabilities of both models before its loss, so it takes three passes over both heads (statistics, loss, gradient):
+five student LM-head products (three of logits, two gradient ones) and three teacher ones; `rowwise` takes one pass
+per chunk as for the full KL; `triton` has no JSD pass and runs `chunked` instead (opd/_passes.py). A graph built by
+these losses supports one backward pass.
 """
 
 from __future__ import annotations
@@ -22,16 +28,17 @@ from oprd_kernels._validation import fail
 from oprd_kernels.opd._fused_call import KINDS, FusedCall, _FusedOPD, prepare_call
 from oprd_kernels.opd.custom_ops import traced_fused_opd
 from oprd_kernels.opd.diagnostics import OPDStats
+from oprd_kernels.reference.opd import check_beta
 
-__all__ = ["KINDS", "FusedCall", "fused_full_vocab_opd_loss", "fused_opd_loss_and_stats", "fused_opd_loss_at_ids",
-           "fused_sampled_token_opd_loss", "fused_topk_opd_loss"]
+__all__ = ["KINDS", "FusedCall", "fused_full_vocab_opd_loss", "fused_generalized_jsd_loss", "fused_opd_loss_and_stats",
+           "fused_opd_loss_at_ids", "fused_sampled_token_opd_loss", "fused_topk_opd_loss"]
 
 
 def _fused(func: str, kind: str, hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
            tokens: Tensor | None, mask: Tensor | None, k: int, row_block: int | None, vocab_block: int | None,
-           backend: str | None, stats_k: int = 0):
+           backend: str | None, stats_k: int = 0, beta: float = 0.5):
     args = (func, kind, hidden, weight, teacher_hidden, teacher_weight, tokens, mask, k, row_block, vocab_block,
-            backend, stats_k)
+            backend, stats_k, beta)
     if torch.compiler.is_compiling():  # the custom op: no Python dispatch inside a compiled graph
         result = traced_fused_opd(*args)
     else:
@@ -108,3 +115,16 @@ def fused_full_vocab_opd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Te
     fused_sampled_token_opd_loss."""
     return _fused("fused_full_vocab_opd_loss", "full_vocab", hidden, weight, teacher_hidden, teacher_weight, None,
                   mask, 1, row_block, vocab_block, backend)
+
+
+def fused_generalized_jsd_loss(hidden: Tensor, weight: Tensor, teacher_hidden: Tensor, teacher_weight: Tensor,
+                               mask: Tensor | None = None, *, beta: float = 0.5, row_block: int | None = None,
+                               vocab_block: int | None = None, backend: str | None = None) -> Tensor:
+    """The generalised JSD of TRL's GKD trainer (reference.generalized_jsd_loss; beta in [0, 1], TRL's default 0.5:
+    beta = 0 is the forward KL(q || p), beta = 1 the reverse KL of fused_full_vocab_opd_loss, whose passes it then
+    runs), analytic gradient, fused; other arguments as fused_sampled_token_opd_loss (`triton` falls back to
+    `chunked`: no Triton JSD pass)."""
+    func = "fused_generalized_jsd_loss"
+    beta = check_beta(func, beta)
+    return _fused(func, "full_vocab" if beta == 1.0 else "jsd", hidden, weight, teacher_hidden, teacher_weight, None,
+                  mask, 1, row_block, vocab_block, backend, beta=beta)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from oprd_kernels.opd._gradient import live_to_dense, product
 from oprd_kernels.opd._inputs import OPDInputs
+from oprd_kernels.opd._jsd import jsd_chunk
 from oprd_kernels.opd._row_chunks import Workspace, full_kl_chunk, sparse_chunk, teacher_log_probs_, vocab_major_view
 from oprd_kernels.opd._tiles import Tiling, as_operand, gemm_dtype, logits_tile, round_to_
 from oprd_kernels.opd.diagnostics import OPDStats, concat_stats, stats_from_logits
@@ -73,9 +74,10 @@ class LossGrads:
 
 def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, k: int, tiling: Tiling,
                    mm_dtypes: tuple[torch.dtype, torch.dtype], *, want_hidden: bool,
-                   want_weight: bool, stats_k: int = 0) -> LossGrads:
+                   want_weight: bool, stats_k: int = 0, beta: float = 0.5) -> LossGrads:
     """The loss and its gradients (LossGrads) in one pass per chunk of rows; with stats_k > 0 also the OPDStats with
-    a top-`stats_k` overlap, from the same chunks (needs the sampled tokens in `inp`)."""
+    a top-`stats_k` overlap, from the same chunks (needs the sampled tokens in `inp`). `beta`: the generalised JSD's
+    (kind "jsd", _jsd.py), which shares the full KL's vocabulary-major chunks."""
     n, out = inp.num_live, inp.out_dtype
     vocab, dim = weight.shape
     device = weight.device
@@ -95,7 +97,7 @@ def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, 
         for r0, r1 in tiling.row_ranges(n):
             h = gather_rows(inp.hidden, inp.rows, r0, r1)
             th = None if kind == "at_ids" else gather_rows(inp.teacher_hidden, inp.rows, r0, r1)
-            if kind == "full_vocab":  # vocabulary-major chunks (_row_chunks.py)
+            if kind in ("full_vocab", "jsd"):  # vocabulary-major chunks (_row_chunks.py)
                 tt = _logits_t(th, t_mm, mm_dtypes[1], ws.teacher)
                 if stats is None:
                     teacher_log_probs_(tt, ws.student)  # the student's buffer is free until its GEMM
@@ -104,7 +106,8 @@ def loss_and_grads(kind: str, inp: OPDInputs, weight: Tensor, t_weight: Tensor, 
                     zt = _logits_t(h, w_mm, mm, ws.student)
                     stats.append(stats_from_logits(zt.T, tt.T, inp.tokens[r0:r1], shared, stats_k))
                     teacher_log_probs_(tt, None)
-                part, g_t = full_kl_chunk(zt, tt, shared, 1.0 / n, want_grad)
+                part, g_t = (full_kl_chunk(zt, tt, shared, 1.0 / n, want_grad) if kind == "full_vocab" else
+                             jsd_chunk(zt, tt, shared, beta, 1.0 / n, want_grad))
                 g = g_t.T if g_t is not None else None
             else:
                 z = logits_tile(h, w_mm, mm, out, ws.student, weight_ready=True)

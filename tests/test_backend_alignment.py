@@ -7,8 +7,14 @@ Without CUDA the triton kernels run under TRITON_INTERPRET=1 (set in conftest.py
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+import triton
+from conftest import FastBackend
 from oracles import LOSS_TYPES, make_rows, make_weights, randn
 
 from oprd_kernels import reference as ref
@@ -81,6 +87,39 @@ def test_matches_reference(be, gen, case, loss_type, dtype):
 def test_several_tiles_per_row(be, gen, small_tiles, loss_type):
     student, teacher, rows, weights, layer_map = make(gen, be, D=50, L=2, L_t=3, n_sel=9)
     assert_matches(be, student, teacher, 1e-5, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("D", [37, 32])  # a masked last tile; an EVEN_D tile
+@pytest.mark.parametrize("block_r", [1, 4])
+def test_row_blocks_with_a_tail_and_repeated_rows(gen, monkeypatch, loss_type, D, block_r):
+    """The triton kernels' BLOCK_R rows per program: 11 entries in blocks of 4 (a tail of 3), one row repeated 4
+    times (the backward's slots then need 1 to 4 rounds) and unused slots at the end; every row and gradient matches
+    the reference."""
+    be = FastBackend("triton", "cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(tri_module, "TILE_ELEMENTS", block_r * triton.next_power_of_2(D))
+    assert tri_module.launch_options(D)["BLOCK_R"] == block_r
+    assert tri_module.launch_options(D)["EVEN_D"] == (D == 32)
+    student, teacher, rows, weights, layer_map = make(gen, be, D=D, L=3, L_t=2, n_sel=11)
+    rows[3:7] = rows[2]
+    assert_matches(be, student, teacher, 1e-5, rows=rows, weights=weights, layer_map=layer_map, loss_type=loss_type,
+                   reduction="none")
+    student, teacher, _, weights, _ = make(gen, be, D=D, L=2, rows=None, B=3, S=3)  # 9 rows, no row list
+    assert_matches(be, student, teacher, 1e-5, weights=weights, loss_type=loss_type)
+
+
+def test_launch_options_give_each_thread_16_bytes():
+    """~2048 elements per program at 8 consecutive elements per thread: several rows where D is small, one tile per
+    row up to 2048 columns, EVEN_D exactly when D is a multiple of the tile."""
+    assert tri_module.launch_options(128) == dict(TILE_D=128, BLOCK_R=16, EVEN_D=True, num_warps=8)
+    assert tri_module.launch_options(896) == dict(TILE_D=1024, BLOCK_R=2, EVEN_D=False, num_warps=8)
+    assert tri_module.launch_options(1536) == dict(TILE_D=2048, BLOCK_R=1, EVEN_D=False, num_warps=8)
+    assert tri_module.launch_options(4096) == dict(TILE_D=2048, BLOCK_R=1, EVEN_D=True, num_warps=8)
+    assert tri_module.launch_options(7) == dict(TILE_D=8, BLOCK_R=64, EVEN_D=False, num_warps=2)
+    for dim in (1, 5, 64, 100, 3000):
+        opts = tri_module.launch_options(dim)
+        assert opts["BLOCK_R"] * opts["TILE_D"] <= tri_module.TILE_ELEMENTS
+        assert opts["BLOCK_R"] * opts["TILE_D"] >= 8 * 32 * opts["num_warps"] or opts["BLOCK_R"] == 64
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
@@ -249,3 +288,32 @@ def test_gpu_full_size_bf16(gen, loss_type, shape):
     assert (got.double() - truth).abs().max() <= (base.double() - truth).abs().max() + 1e-6 * truth.abs().max()
     for g, b, t in zip(got_g, base_g, truth_g):
         assert (g.double() - t).norm() <= (b.double() - t).norm() * 1.05 + 1e-6 * t.norm()
+
+
+def test_a_tail_block_reads_nothing_past_the_entries():
+    """The last block's lanes past N_sel must not read `rows` (or the cache) beyond its end. Here the row ids after
+    the 5 entries are 2^40 (a row far outside any mapping): an unclamped read would address it and crash the
+    interpreter, which does not check masks on loads. Run in a subprocess, so a crash is a failure, not the end of
+    the session."""
+    code = """
+import torch, triton
+from oprd_kernels import reference
+from oprd_kernels.triton_ops import alignment as tri
+tri.TILE_ELEMENTS = 4 * 16  # D = 16: blocks of 4 entries, the second one 3 lanes past the end
+big = torch.tensor([0, 3, 5, 3, 1] + [2**40] * 11)
+rows = big[:5]
+student = [torch.randn(2, 3, 16, requires_grad=True) for _ in range(2)]
+teacher = torch.randn(2, 5, 16)
+for loss_type in ("mse", "cosine"):
+    got = tri.alignment_loss(student, teacher, rows=rows, loss_type=loss_type, reduction="none")
+    g = torch.autograd.grad(got.sum(), student)
+    want = reference.alignment_loss(student, teacher, rows=rows, loss_type=loss_type, reduction="none")
+    w = torch.autograd.grad(want.sum(), student)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(g, w):
+        torch.testing.assert_close(a, b)
+print("OK")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "OK", (out.returncode, out.stderr[-2000:])

@@ -58,6 +58,8 @@ def test_the_old_layouts_exceeded_the_limits():
 def test_grid_sizes_cover_every_row_and_layer():
     assert tri_align.fwd_grid(5, 70001) == (70001, 5)
     assert tri_align.bwd_grid(3, 70001) == (70001, 3)
+    assert tri_align.fwd_grid(5, 70001, 16) == (4376, 5)  # 4,375 full blocks of 16 entries and a tail of 1
+    assert tri_align.bwd_grid(3, 70001, 16) == (4376, 3)
     assert tri_bridge.row_block_grid(5, 70001) == (-(-70001 // tri_bridge.BLOCK_R), 5)
 
 
@@ -90,16 +92,19 @@ def record(monkeypatch, module, *names):
 
 
 @pytest.mark.parametrize("with_rows", [True, False])
-def test_alignment_launches_put_rows_first(monkeypatch, with_rows):
+@pytest.mark.parametrize("block_r", [1, 2])
+def test_alignment_launches_put_rows_first(monkeypatch, with_rows, block_r):
     L, B, S, D, n_sel = 3, 2, 4, 5, 7
+    monkeypatch.setattr(tri_align, "TILE_ELEMENTS", 8 * block_r)  # D = 5: tiles of 8 columns, block_r rows
     rec = record(monkeypatch, tri_align, "alignment_fwd_kernel", "alignment_bwd_kernel")
     student = [torch.randn(B, S, D, requires_grad=i != 1) for i in range(L)]
     rows = torch.tensor([6, 0, 3, 3, 7, 1, 2]) if with_rows else None
     n = n_sel if with_rows else B * S
     loss = tri_align.alignment_loss(student, torch.randn(L, n, D), rows=rows, loss_type="nmse")
     loss.backward()
-    assert rec["alignment_fwd_kernel"].grids == [(n, L)]
-    assert rec["alignment_bwd_kernel"].grids == [(n, 2)]  # two layers want a gradient
+    blocks = -(-n // block_r)
+    assert rec["alignment_fwd_kernel"].grids == [(blocks, L)]
+    assert rec["alignment_bwd_kernel"].grids == [(blocks, 2)]  # two layers want a gradient
 
 
 def test_bridge_launches_put_row_blocks_first(monkeypatch):

@@ -22,33 +22,40 @@ from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alig
 from oprd_kernels.triton_ops.common import cuda_grid, interpreting
 
 MAX_TILE_D = 2048  # D is processed in tiles of at most this many columns (tests shrink it to cover the loop)
+TILE_ELEMENTS = 2048  # elements of a program's [BLOCK_R, TILE_D] tile: 8 per thread at 8 warps (16 bytes of bf16)
+MAX_BLOCK_R = 64
 
 
-def tile_and_warps(dim: int) -> tuple[int, int]:
-    tile = min(triton.next_power_of_2(dim), MAX_TILE_D)
-    return tile, 8 if tile >= 2048 else 4
+def launch_options(dim: int) -> dict:
+    """TILE_D, BLOCK_R (rows per program), EVEN_D and num_warps for rows of `dim` columns: one tile of about
+    TILE_ELEMENTS elements, so that each of 32 * num_warps threads holds 8 consecutive elements (16-byte loads of bf16
+    rows; at D <= 128 a row per program read bf16 2 bytes at a time), several rows per program where D is small."""
+    tile = min(triton.next_power_of_2(max(dim, 1)), MAX_TILE_D)
+    block_r = max(1, min(MAX_BLOCK_R, TILE_ELEMENTS // tile))
+    warps = max(1, min(8, block_r * tile // 256))
+    return dict(TILE_D=tile, BLOCK_R=block_r, EVEN_D=dim % tile == 0, num_warps=warps)
 
 
 def accumulator(plan: Plan) -> tl.dtype:
     return tl.float64 if plan.out_dtype == torch.float64 else tl.float32
 
 
-def fwd_grid(num_layers: int, num_sel: int) -> tuple[int, int]:
-    """One program per (cache entry, layer): entries along dimension 0, which has room for 2^31 - 1."""
-    return cuda_grid("alignment_loss", num_sel, num_layers)
+def fwd_grid(num_layers: int, num_sel: int, block_r: int = 1) -> tuple[int, int]:
+    """One program per (block of block_r cache entries, layer): entries along dimension 0, which has room for
+    2^31 - 1."""
+    return cuda_grid("alignment_loss", triton.cdiv(num_sel, block_r), num_layers)
 
 
-def bwd_grid(num_wanted: int, num_sel: int) -> tuple[int, int]:
-    """One program per (row slot, layer wanting a gradient)."""
-    return cuda_grid("alignment_loss", num_sel, num_wanted)
+def bwd_grid(num_wanted: int, num_sel: int, block_r: int = 1) -> tuple[int, int]:
+    """One program per (block of block_r row slots, layer wanting a gradient)."""
+    return cuda_grid("alignment_loss", triton.cdiv(num_sel, block_r), num_wanted)
 
 
 def _flags(plan: Plan, student: LayerTable) -> dict:
-    tile, warps = tile_and_warps(plan.dim)
     return dict(LOSS=plan.loss_code, HAS_ROWS=plan.rows is not None, HAS_WEIGHTS=plan.weights is not None,
                 HAS_MAP=plan.layer_map is not None, S_UNIT=student.unit_stride_d, S_ALIGN=student.align,
-                T_UNIT=plan.cache.unit_stride_d, T_ALIGN=plan.cache.align, ACC=accumulator(plan), TILE_D=tile,
-                num_warps=warps)
+                T_UNIT=plan.cache.unit_stride_d, T_ALIGN=plan.cache.align, ACC=accumulator(plan),
+                **launch_options(plan.dim))
 
 
 class AlignmentFunction(torch.autograd.Function):
@@ -62,10 +69,11 @@ class AlignmentFunction(torch.autograd.Function):
         if plan.num_sel > 0:
             table = layer_table(student_layers(stacked, student))
             t = plan.cache
-            alignment_fwd_kernel[fwd_grid(plan.num_layers, plan.num_sel)](
+            flags = _flags(plan, table)
+            alignment_fwd_kernel[fwd_grid(plan.num_layers, plan.num_sel, flags["BLOCK_R"])](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len,
                 plan.rows, plan.weights, plan.layer_map, per_row, stats,
-                plan.num_sel, plan.dim, NORM_EPS * NORM_EPS, **_flags(plan, table))
+                plan.num_sel, plan.dim, NORM_EPS * NORM_EPS, **flags)
         ctx.plan, ctx.stacked = plan, stacked
         ctx.save_for_backward(stats, *student)
         return per_row.sum(dim=1)
@@ -86,12 +94,13 @@ class AlignmentFunction(torch.autograd.Function):
             device = layers[0].device
             grad_layers = torch.tensor(wanted, dtype=torch.int64).to(device, non_blocking=True)
             t, slots = plan.cache, slot_arrays(plan.rows)
-            alignment_bwd_kernel[bwd_grid(len(wanted), plan.num_sel)](
+            flags = _flags(plan, table)
+            alignment_bwd_kernel[bwd_grid(len(wanted), plan.num_sel, flags["BLOCK_R"])](
                 table.base, table.table, table.seq_len, t.base, t.table, t.seq_len, slots.order, slots.slot_rows,
                 slots.slot_start,
                 plan.weights, plan.layer_map, grad_layers, stats, grad_per_layer.contiguous(), grads.base(layers[0]),
                 grads.offsets, plan.num_sel, plan.num_layers, plan.dim, G_ALIGN=grads.align,
-                INTERPRET=interpreting(device), **_flags(plan, table))
+                INTERPRET=interpreting(device), **flags)
         return (None, None, *as_input_gradients(grads, ctx.stacked, student, needs))
 
 

@@ -1,5 +1,7 @@
 """Compile the Triton kernels for a GPU architecture without a GPU and report what the compiler made of them:
-registers, spills (local memory), shared memory, the widths of the global loads in the SASS, and any atomics.
+registers, spills (local memory), shared memory (static plus the launch's dynamic share, where the pipelined tl.dot
+operands live), the widths of the global loads and of the async global-to-shared copies (LDGSTS, TMA) in the SASS, the
+tensor-core instructions, and any atomics.
 
     python benchmarks/compile_report.py              # every variant, sm_90 (H100/H200)
     python benchmarks/compile_report.py --arch 80 --quick
@@ -26,6 +28,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from oprd_kernels.triton_ops.alignment import launch_options
 from oprd_kernels.triton_ops.alignment_kernels import alignment_bwd_kernel, alignment_fwd_kernel
 from oprd_kernels.triton_ops.bridge import PROJ_GRAD_BLOCKS
 from oprd_kernels.triton_ops.bridge_kernels import bridge_bwd_kernel, bridge_fwd_kernel, bridge_proj_grad_kernel
@@ -37,6 +40,9 @@ from oprd_kernels.triton_ops.opd_kernels import (
     opd_stats_kernel,
 )
 
+# The most shared memory one block may use (the opt-in maximum, bytes): a launch asking for more fails with "out of
+# resources" at run time, so the report checks it at compile time. sm_86 / sm_89: the RTX 30x0 / 40x0 and L4/L40.
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 INT_ARGS = {"s_seq", "t_seq", "z_seq", "n_sel", "dim", "num_layers", "rank", "p_stride_l",
             "p_stride_r", "p_stride_d", "k_chunk"}
 # Integers Triton would see as multiples of 16 at the paper's shapes (D = 1536, S = 16384, N_sel = 4000), which it
@@ -112,28 +118,43 @@ def compile_variant(v: Variant, arch: int) -> dict:
         sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
                               check=True).stdout
     facts = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
+    shared = int(facts["SHARED"]) + compiled.metadata.shared
     return {"variant": v.name, "arch": arch, "registers": int(facts["REG"]), "local_bytes": int(facts["LOCAL"]),
-            "stack_bytes": int(facts["STACK"]), "shared_bytes": int(facts["SHARED"]),
+            "stack_bytes": int(facts["STACK"]),
+            # static (cuobjdump) + dynamic (the launch's, where Triton keeps its tl.dot operand buffers)
+            "shared_bytes": shared, "shared_fits": shared <= SHARED_LIMIT.get(arch, 0),
             "global_loads": sorted(set(re.findall(r"LDG\.E[.\w]*", sass))),
+            "async_copies": sorted(set(re.findall(r"\b(?:LDGSTS|UTMALDG)[.\w]*", sass))),  # global -> shared
+            "mma": sorted(set(re.findall(r"\b(?:HGMMA|HMMA)\.\w+", sass))),  # tensor-core instruction (shape)
             "global_stores": sorted(set(re.findall(r"STG\.E[.\w]*", sass))),
             "atomics": sorted(set(re.findall(r"\b(?:RED|ATOMG|ATOM)\.[.\w]*", sass)))}
+
+
+# Hidden sizes the alignment variants are compiled at, with the launcher's own options (alignment.launch_options):
+# small students (several rows per program), Qwen2.5-0.5B (896: a masked tile), the paper's 1536, 4096 (EVEN_D).
+ALIGNMENT_DIMS = (64, 128, 896, 1536, 4096)
+ALIGNMENT_DIMS_QUICK = (128, 1536)
 
 
 def variants(quick: bool = False) -> list[Variant]:
     out = []
     for dtype in (["bf16"] if quick else ["bf16", "fp32"]):
         for loss in ((0, 1) if quick else (0, 1, 2)):
-            align = 8 if dtype == "bf16" else 4
-            flags = dict(LOSS=loss, HAS_ROWS=True, HAS_WEIGHTS=False, HAS_MAP=False, S_UNIT=True, S_ALIGN=align,
-                         T_UNIT=True, T_ALIGN=align, ACC=tl.float32, TILE_D=2048)
-            fwd_ptr = dict(s_base=dtype, s_table="i64", t_base=dtype, t_table="i64", rows="i64", row_loss="fp32",
-                           stats="fp32")
-            out.append(Variant(f"alignment_fwd/{dtype}/loss{loss}", alignment_fwd_kernel, fwd_ptr, flags, 8))
-            bwd_ptr = dict(s_base=dtype, s_table="i64", t_base=dtype, t_table="i64", order="i64", slot_rows="i64",
-                           slot_start="i64", grad_layers="i64", stats="fp32", grad_out="fp32", grad=dtype,
-                           grad_offsets="i64")
-            out.append(Variant(f"alignment_bwd/{dtype}/loss{loss}", alignment_bwd_kernel, bwd_ptr,
-                               {**flags, "INTERPRET": False, "G_ALIGN": align}, 8))
+            for dim in (ALIGNMENT_DIMS_QUICK if quick else ALIGNMENT_DIMS):
+                align = 8 if dtype == "bf16" else 4
+                opts = launch_options(dim)
+                warps = opts.pop("num_warps")
+                flags = dict(LOSS=loss, HAS_ROWS=True, HAS_WEIGHTS=False, HAS_MAP=False, S_UNIT=True, S_ALIGN=align,
+                             T_UNIT=True, T_ALIGN=align, ACC=tl.float32, **opts)
+                fwd_ptr = dict(s_base=dtype, s_table="i64", t_base=dtype, t_table="i64", rows="i64",
+                               row_loss="fp32", stats="fp32")
+                out.append(Variant(f"alignment_fwd/{dtype}/loss{loss}/d{dim}", alignment_fwd_kernel, fwd_ptr, flags,
+                                   warps))
+                bwd_ptr = dict(s_base=dtype, s_table="i64", t_base=dtype, t_table="i64", order="i64",
+                               slot_rows="i64", slot_start="i64", grad_layers="i64", stats="fp32", grad_out="fp32",
+                               grad=dtype, grad_offsets="i64")
+                out.append(Variant(f"alignment_bwd/{dtype}/loss{loss}/d{dim}", alignment_bwd_kernel, bwd_ptr,
+                                   {**flags, "INTERPRET": False, "G_ALIGN": align}, warps))
     for r_pad in ((16,) if quick else (16, 64)):
         flags = dict(LOSS=1, HAS_ROWS=True, HAS_WEIGHTS=False, S_UNIT=True, S_ALIGN=8, P_UNIT=True, NATIVE_DOT=True,
                      ACC=tl.float32, BLOCK_R=16, R_PAD=r_pad, TILE_D=64, INTERPRET=False)
@@ -220,11 +241,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     chosen = opd_variants(args.quick) if args.opd else variants(args.quick)
     reports = [compile_variant(v, args.arch) for v in chosen]
     print(f"triton {triton.__version__}, sm_{args.arch}")
-    print(f"{'variant':<40}{'regs':>5}{'local B':>8}{'shared B':>9}  global loads / stores [atomics]")
+    print(f"{'variant':<40}{'regs':>5}{'local B':>8}{'shared B':>9}  global loads (+ async copies) / stores "
+          "[atomics] {tensor cores}")
     for r in reports:
+        copies = f" + {' '.join(r['async_copies'])}" if r["async_copies"] else ""
         print(f"{r['variant']:<40}{r['registers']:>5}{r['local_bytes']:>8}{r['shared_bytes']:>9}  "
-              f"{' '.join(r['global_loads'])} / {' '.join(r['global_stores'])}"
-              + (f" [{' '.join(r['atomics'])}]" if r["atomics"] else ""))
+              f"{' '.join(r['global_loads'])}{copies} / {' '.join(r['global_stores'])}"
+              + (f" [{' '.join(r['atomics'])}]" if r["atomics"] else "")
+              + (f" {{{' '.join(r['mma'])}}}" if r["mma"] else ""))
     return reports
 
 

@@ -127,7 +127,8 @@ def compile_variant(v: Variant, arch: int) -> dict:
             "async_copies": sorted(set(re.findall(r"\b(?:LDGSTS|UTMALDG)[.\w]*", sass))),  # global -> shared
             "mma": sorted(set(re.findall(r"\b(?:HGMMA|HMMA)\.\w+", sass))),  # tensor-core instruction (shape)
             "global_stores": sorted(set(re.findall(r"STG\.E[.\w]*", sass))),
-            "atomics": sorted(set(re.findall(r"\b(?:RED|ATOMG|ATOM)\.[.\w]*", sass)))}
+            "atomics": sorted(set(re.findall(r"\b(?:RED|ATOMG|ATOM)\.[.\w]*", sass))),
+            "instructions": len(re.findall(r"/\*[0-9a-f]{4,}\*/\s+[^;]*;", sass))}  # SASS size, for comparisons
 
 
 # Hidden sizes the alignment variants are compiled at, with the launcher's own options (alignment.launch_options):
@@ -193,7 +194,7 @@ def opd_variants(quick: bool = False) -> list[Variant]:
             opts = opd._blocks(name, cuda, torch_dtype)
             return opts, opts.pop("num_warps"), opts.pop("num_stages")
 
-        units = dict(H_UNIT=True, W_UNIT=True)
+        units = dict(H_UNIT=True, W_UNIT=True, EVEN_D=True)  # d = 1536: a multiple of every BLOCK_D
         head = dict(h_base=dtype, rows="i64", w_base=dtype)
         stats = [("plain", dict(ENTROPY=False, K_PAD=0)), ("top16", dict(ENTROPY=False, K_PAD=16))]
         if not quick:
@@ -206,7 +207,7 @@ def opd_variants(quick: bool = False) -> list[Variant]:
                                warps, stages))
         kl_ptr = {**head, "t_base": dtype, "tw_base": dtype, "part": "fp32"}
         opts, warps, stages = launch("kl")
-        kl_flags = dict(HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, **dot, **t_dot,
+        kl_flags = dict(HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, T_EVEN_D=True, **dot, **t_dot,
                         GROUP_R=opd.GROUP_R["cuda"], **opts)
         out.append(Variant(f"opd_kl_stats/{dtype}", opd_kl_stats_kernel, kl_ptr, kl_flags, warps, stages))
         opts, warps, stages = launch("at")
@@ -219,13 +220,13 @@ def opd_variants(quick: bool = False) -> list[Variant]:
                 ptr.update(t_base=dtype, tw_base=dtype, lse_q="fp32", kl="fp32", row_w="fp32")
             else:
                 ptr.update(dense="fp32", ids="i64", sparse="fp32")
-            flags = dict(KL=form == "kl", HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, **dot, **t_dot,
-                         **opts)
+            flags = dict(KL=form == "kl", HAS_ROWS=True, **units, T_UNIT=True, TW_UNIT=True, T_EVEN_D=True, **dot,
+                         **t_dot, **opts)
             out.append(Variant(f"opd_grad_tile/{dtype}/{form}", opd_grad_tile_kernel, ptr, flags, warps, stages))
         opts, warps, stages = launch("mm")
         for label, layout, b_rows in (("d_hidden", 1, False), ("d_weight", 2, True)):
             ptr = dict(a=dtype, b=dtype, c="fp32", **({"b_rows": "i64"} if b_rows else {}))
-            flags = dict(A_LAYOUT=layout, B_ROWS=b_rows, B_UNIT=True, **dot, **opts)
+            flags = dict(A_LAYOUT=layout, B_ROWS=b_rows, B_UNIT=True, EVEN_K=True, **dot, **opts)
             out.append(Variant(f"opd_matmul_acc/{dtype}/{label}", opd_matmul_acc_kernel, ptr, flags, warps, stages))
     return out
 

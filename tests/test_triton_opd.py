@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 F32 = torch.float32
 # name: (positions N, student d, teacher d_t, V, ids per row k, top-k)
-CASES = {"small": (21, 20, 40, 37, 1, 1), "wide": (37, 40, 20, 70, 3, 5)}
+# "even": d and d_t multiples of the interpreter's BLOCK_D (16), the kernels' EVEN_D / T_EVEN_D path
+CASES = {"small": (21, 20, 40, 37, 1, 1), "wide": (37, 40, 20, 70, 3, 5), "even": (19, 32, 48, 37, 2, 3)}
 TILING = Tiling(16, 32)  # the chunked oracle's tiles; for the triton gradient, 3 x 3 slabs at N = 37, V = 70
 
 
@@ -63,6 +64,14 @@ def full_logits(h, w, rows):
     return hf @ w.float().T
 
 
+def test_even_d_is_set_exactly_when_the_blocks_divide_d():
+    opts = triton_opd._blocks("stats", torch.device("cpu"), F32)
+    assert [triton_opd._even(d, opts) for d in (16, 32, 48, 20, 40, 15)] == [True] * 3 + [False] * 3
+    cuda = triton_opd._blocks("stats", torch.device("cuda"), torch.bfloat16)
+    assert cuda["BLOCK_D"] == 64 and all(triton_opd._even(d, cuda) for d in (896, 1536, 2048, 3584, 4096))
+    assert not triton_opd._even(1000, cuda)  # the masked path
+
+
 def test_backend_resolves_to_these_kernels():
     assert resolve_passes("test", "triton", torch.device(DEVICE)).logit_stats is triton_opd.logit_stats
 
@@ -88,10 +97,10 @@ def test_logit_stats_matches_chunked(gen, dtype, case, with_rows):
     torch.testing.assert_close(plain.logsumexp, want.logsumexp, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("with_rows", [False, True], ids=["all_rows", "rows"])
+@pytest.mark.parametrize("case,with_rows", [("small", False), ("wide", True), ("even", True)])
 @pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_reverse_kl_stats_matches_chunked(gen, dtype, with_rows):
-    h, w, th, tw, rows, _ = make(gen, "wide" if with_rows else "small", dtype, with_rows)
+def test_reverse_kl_stats_matches_chunked(gen, dtype, case, with_rows):
+    h, w, th, tw, rows, _ = make(gen, case, dtype, with_rows)
     got = triton_opd.reverse_kl_stats(h, w, th, tw, rows, TILING, (dtype, dtype), F32)
     want = stats.reverse_kl_stats(h, w, th, tw, rows, TILING, (F32, F32), F32)
     for name in ("kl", "lse_student", "lse_teacher"):
@@ -113,7 +122,8 @@ def _gradient_of(form: str, gen, h, w, th, tw, rows, ids, dtype):
 
 
 @pytest.mark.parametrize("form,case,with_rows", [("sparse_k1", "small", False), ("sparse_k3", "wide", True),
-                                                  ("kl", "wide", False), ("kl", "small", True)])
+                                                  ("kl", "wide", False), ("kl", "small", True),
+                                                  ("sparse_k3", "even", False), ("kl", "even", True)])
 @pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_backprop_logits_matches_chunked(gen, dtype, form, case, with_rows):
     h, w, th, tw, rows, ids = make(gen, case, dtype, with_rows)
@@ -252,12 +262,12 @@ def test_lm_head_stats_through_the_triton_backend(gen):
 
 @pytest.fixture(scope="module")
 def compile_reports() -> dict[int, list[dict]]:
-    """benchmarks/compile_report.py --opd for sm_90 and sm_80, run side by side (~15 s each)."""
+    """benchmarks/compile_report.py --opd for sm_90, sm_80 and sm_89, run side by side (~15 s each)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import compile_report; "
             "print('JSON' + json.dumps(compile_report.main(['--opd', '--quick', '--arch', sys.argv[1]])))")
     procs = {arch: subprocess.Popen([sys.executable, "-c", code, str(arch)], cwd=ROOT, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for arch in (90, 80)}
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for arch in (90, 80, 89)}
     out = {}
     for arch, proc in procs.items():
         stdout, stderr = proc.communicate()
@@ -266,7 +276,7 @@ def compile_reports() -> dict[int, list[dict]]:
     return out
 
 
-@pytest.mark.parametrize("arch", [90, 80])
+@pytest.mark.parametrize("arch", [90, 80, 89])
 def test_opd_kernels_compile_without_spills(compile_reports, arch):
     reports = compile_reports[arch]
     names = {r["variant"].split("/")[0] for r in reports}
@@ -274,5 +284,10 @@ def test_opd_kernels_compile_without_spills(compile_reports, arch):
     for r in reports:
         assert r["local_bytes"] == 0, f"{r['variant']} spills to local memory"
         assert r["registers"] <= 255
+        assert r["shared_fits"], r  # the pipelined operands fit this arch's shared memory (sm_89: 99 KB)
+        if not r["variant"].startswith("opd_logits_at"):  # the tl.dot kernels: bf16 tensor cores, 16-byte copies
+            mma = "HGMMA" if arch == 90 else "HMMA"  # sm_90: warpgroup MMA (wgmma), not the sm_80 instruction
+            assert r["mma"] and all(m.startswith(mma + ".") for m in r["mma"]), r
+            assert any(c.startswith("LDGSTS") and c.endswith(".128") for c in r["async_copies"]), r
         if r["variant"].startswith("opd_matmul_acc"):
             assert "LDG.E.128" in r["global_loads"] and "STG.E.128" in r["global_stores"], r  # the fp32 C tile

@@ -100,6 +100,11 @@ def _blocks(name: str, device: torch.device, *dtypes: torch.dtype) -> dict:
     return opts
 
 
+def _even(dim: int, opts: dict, block: str = "BLOCK_D") -> bool:
+    """Whether `dim` is a multiple of the launch's block along it (the kernels' EVEN_D / EVEN_K)."""
+    return dim % opts[block] == 0
+
+
 def _dot_flags(mm: torch.dtype, device: torch.device, prefix: str = "") -> dict:
     """DOT/PREC for a matmul dtype: tl.dot on `mm` with fp32 accumulation (fp32: IEEE unless torch allows TF32 for
     fp32 matmuls on CUDA, as torch's own matmul would). Under the interpreter the dot is emulated exactly in fp32
@@ -152,7 +157,8 @@ def logits_at(hidden: Tensor, weight: Tensor, rows: Tensor | None, ids: Tensor, 
     opd_logits_at_kernel[(triton.cdiv(n * k, opts["BLOCK_P"]),)](
         hidden, *hidden.stride(), _rows_arg(rows), weight, *weight.stride(), ids, *ids.stride(), out,
         n, k, weight.shape[1], HAS_ROWS=rows is not None, H_UNIT=hidden.stride(1) == 1,
-        W_UNIT=weight.stride(1) == 1, INTERPRET=interpreting(hidden.device), **flags, **opts)
+        W_UNIT=weight.stride(1) == 1, EVEN_D=_even(weight.shape[1], opts), INTERPRET=interpreting(hidden.device),
+        **flags, **opts)
     return out
 
 
@@ -179,7 +185,8 @@ def logit_stats(hidden: Tensor, weight: Tensor, rows: Tensor | None, tiling: Til
             hidden, *hidden.stride(), _rows_arg(rows), weight, *weight.stride(), part, top_v, top_i,
             n, vocab, weight.shape[1], chunk, HAS_ROWS=rows is not None, ENTROPY=entropy, K_PAD=k_pad,
             H_UNIT=hidden.stride(1) == 1, W_UNIT=weight.stride(1) == 1, GROUP_R=GROUP_R[_kind(device)],
-            INTERPRET=interpreting(device), **_dot_flags(mm_dtype, device), **opts)
+            EVEN_D=_even(weight.shape[1], opts), INTERPRET=interpreting(device), **_dot_flags(mm_dtype, device),
+            **opts)
         m, s, ez = _merge(part[0], part[1], part[2]) if entropy else (*_merge(part[0], part[1]), None)
         lse = m + torch.log(s)
         ent = lse - ez / s if entropy else None
@@ -210,8 +217,9 @@ def reverse_kl_stats(hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight:
             *t_weight.stride(), _rows_arg(rows), part, n, vocab, weight.shape[1], t_weight.shape[1], chunk,
             HAS_ROWS=rows is not None, H_UNIT=hidden.stride(1) == 1, W_UNIT=weight.stride(1) == 1,
             T_UNIT=t_hidden.stride(1) == 1, TW_UNIT=t_weight.stride(1) == 1, **_dot_flags(mm_dtypes[0], device),
-            **_dot_flags(mm_dtypes[1], device, "T_"), GROUP_R=GROUP_R[_kind(device)], INTERPRET=interpreting(device),
-            **opts)
+            **_dot_flags(mm_dtypes[1], device, "T_"), GROUP_R=GROUP_R[_kind(device)],
+            EVEN_D=_even(weight.shape[1], opts), T_EVEN_D=_even(t_weight.shape[1], opts),
+            INTERPRET=interpreting(device), **opts)
         mp, sp, diff = _merge(part[0], part[1], part[2])
         mq, sq = _merge(part[3], part[4])
         lse_p, lse_q = mp + torch.log(sp), mq + torch.log(sq)
@@ -228,7 +236,8 @@ def _matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, 
     grid = (triton.cdiv(m, opts["BLOCK_M"]) * triton.cdiv(n, opts["BLOCK_N"]),)
     opd_matmul_acc_kernel[grid](
         a, *a.stride(), b, b_rows, *b.stride(), c, c.stride(0), m, n, k, A_LAYOUT=layout, B_ROWS=b_rows is not None,
-        B_UNIT=b.stride(1) == 1, INTERPRET=interpreting(device), **_dot_flags(mm, device), **opts)
+        B_UNIT=b.stride(1) == 1, EVEN_K=_even(k, opts, "BLOCK_K"), INTERPRET=interpreting(device),
+        **_dot_flags(mm, device), **opts)
 
 
 @dataclass(frozen=True)
@@ -334,7 +343,8 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
     args = dict(h_base=hidden, h_sn=hidden.stride(0), h_sd=hidden.stride(1), rows=rows_c, w_base=weight,
                 w_sv=weight.stride(0), w_sd=weight.stride(1), lse=grad.lse.contiguous(), g=slab, g_sr=slab.stride(0),
                 dim=dim, HAS_ROWS=rows is not None, H_UNIT=hidden.stride(1) == 1, W_UNIT=weight.stride(1) == 1,
-                INTERPRET=interpreting(device), **form.kernel_args(), **_dot_flags(mm, device),
+                EVEN_D=_even(dim, opts), T_EVEN_D=_even(form.t_dim, opts), INTERPRET=interpreting(device),
+                **form.kernel_args(), **_dot_flags(mm, device),
                 **_dot_flags(mm_dtypes[1], device, "T_"), **opts)
     with torch.no_grad():
         for v0 in range(0, vocab, slab_vocab):

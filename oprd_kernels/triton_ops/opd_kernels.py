@@ -20,6 +20,8 @@ hold ~100 MB of distinct hidden rows, more than L2, and re-read them from HBM fo
 row blocks x 16 splits they hold ~6 MB of each.
 
 DOT / T_DOT: the student's / teacher's matmul dtype; PREC / T_PREC: tl.dot's input precision for fp32 operands.
+EVEN_D / T_EVEN_D / EVEN_K: the student's / teacher's d (the GEMM's K) is a multiple of the block along it, so the
+operand loads are masked by row only (d = 896, 1536, 2048, 3584, 4096 with 64-wide bf16 blocks).
 INTERPRET: the interpreter workarounds (interpreter.py): under the interpreter the operands are rounded to DOT and
 multiplied in fp32 (dot_operand), and a bf16 gradient slab is rounded to nearest even (round_to).
 """
@@ -34,15 +36,22 @@ from oprd_kernels.triton_ops.interpreter import dot_operand, round_to
 @triton.jit
 def logits_tile(h_base, h_offs, h_sd, row_ok, w_base, w_offs, w_sd, col_ok, dim,
                 H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr, INTERPRET: tl.constexpr,
-                PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+                PREC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                EVEN_D: tl.constexpr):
     """fp32 [BLOCK_N, BLOCK_V] = h[rows] @ w[cols].T for hidden rows at element offsets `h_offs` and weight rows at
-    `w_offs`; masked rows/columns read zeros (so give logit 0)."""
+    `w_offs`; masked rows/columns read zeros (so give logit 0). EVEN_D: dim is a multiple of BLOCK_D, so the loads
+    are masked by row only (no per-element column test in the operand loads)."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = d < dim
-        h = load_rows(h_base, h_offs, h_sd, d, row_ok[:, None] & d_ok[None, :], H_UNIT)
-        w = load_rows(w_base, w_offs, w_sd, d, col_ok[:, None] & d_ok[None, :], W_UNIT)
+        if EVEN_D:
+            h_mask = row_ok[:, None]
+            w_mask = col_ok[:, None]
+        else:
+            h_mask = row_ok[:, None] & (d < dim)[None, :]
+            w_mask = col_ok[:, None] & (d < dim)[None, :]
+        h = load_rows(h_base, h_offs, h_sd, d, h_mask, H_UNIT)
+        w = load_rows(w_base, w_offs, w_sd, d, w_mask, W_UNIT)
         acc = tl.dot(dot_operand(h, DOT, INTERPRET), tl.trans(dot_operand(w, DOT, INTERPRET)), acc,
                      input_precision=PREC, out_dtype=tl.float32)
     return acc
@@ -114,7 +123,7 @@ def opd_stats_kernel(
     HAS_ROWS: tl.constexpr, ENTROPY: tl.constexpr, K_PAD: tl.constexpr,
     H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
     GROUP_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    EVEN_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """One program: BLOCK_N live rows against the vocabulary split [split * v_chunk, +v_chunk) (v_chunk is a multiple
     of BLOCK_V). K_PAD > 0 also keeps each row's K_PAD largest logits as packed (logit, id) keys (_merge_topk)."""
@@ -136,7 +145,7 @@ def opd_stats_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_stop
         zt = logits_tile(h_base, h_offs, h_sd, row_ok, w_base, cols * w_sv, w_sd, col_ok, dim,
-                         H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D)  # 0 in masked columns
+                         H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D)  # 0: masked cols
         z = tl.where(col_ok[None, :], zt, float("-inf"))
         tile_max = tl.max(z, axis=1)
         m_new = tl.maximum(m, tile_max)
@@ -170,7 +179,7 @@ def opd_kl_stats_kernel(
     HAS_ROWS: tl.constexpr, H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, T_UNIT: tl.constexpr,
     TW_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, T_DOT: tl.constexpr, T_PREC: tl.constexpr,
     GROUP_R: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    EVEN_D: tl.constexpr, T_EVEN_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """Student and teacher tiles of the same (rows, vocabulary block), two dots per tile, one pass: both online
     log-sum-exps and E_p[z_p - z_q] (with p's rescaling), as stats.reverse_kl_stats."""
@@ -192,9 +201,9 @@ def opd_kl_stats_kernel(
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_stop
         zp = logits_tile(h_base, h_offs, h_sd, row_ok, w_base, cols * w_sv, w_sd, col_ok, dim,
-                         H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                         H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D)
         zq = logits_tile(t_base, t_offs, t_sd, row_ok, tw_base, cols * tw_sv, tw_sd, col_ok, t_dim,
-                         T_UNIT, TW_UNIT, T_DOT, INTERPRET, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                         T_UNIT, TW_UNIT, T_DOT, INTERPRET, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D, T_EVEN_D)
         delta = tl.where(col_ok[None, :], zp - zq, 0.0)
         zp = tl.where(col_ok[None, :], zp, float("-inf"))
         zq = tl.where(col_ok[None, :], zq, float("-inf"))
@@ -224,7 +233,7 @@ def opd_logits_at_kernel(
     out,  # fp32 [n, k] contiguous: the logits z[r, ids[r, j]]
     n, k, dim,
     HAS_ROWS: tl.constexpr, H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, DOT: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """The logits at given ids as n * k row dots (operands rounded to the matmul dtype, exact products, fp32 sums):
     2 * n * k * d bytes read instead of a compare-and-select on every [rows, vocab] tile, which would cost k
@@ -238,7 +247,10 @@ def opd_logits_at_kernel(
     acc = tl.zeros([BLOCK_P], dtype=tl.float32)
     for d0 in range(0, dim, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
-        mask = ok[:, None] & (d < dim)[None, :]
+        if EVEN_D:
+            mask = ok[:, None]
+        else:
+            mask = ok[:, None] & (d < dim)[None, :]
         h = dot_operand(load_rows(h_base, h_offs, h_sd, d, mask, H_UNIT), DOT, INTERPRET).to(tl.float32)
         w = dot_operand(load_rows(w_base, w_offs, w_sd, d, mask, W_UNIT), DOT, INTERPRET).to(tl.float32)
         acc += tl.sum(h * w, axis=1)
@@ -255,7 +267,8 @@ def opd_grad_tile_kernel(
     r0, rs, v0, vs, dim, t_dim, k,
     KL: tl.constexpr, HAS_ROWS: tl.constexpr, H_UNIT: tl.constexpr, W_UNIT: tl.constexpr, T_UNIT: tl.constexpr,
     TW_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, T_DOT: tl.constexpr, T_PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
+    T_EVEN_D: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """d loss / d z on the slab rows [r0, r0 + rs) x vocabulary [v0, v0 + vs), formed in registers from the
     recomputed tile (see oprd_kernels/opd/_gradient.py for the two forms):
@@ -270,13 +283,13 @@ def opd_grad_tile_kernel(
     cols = v0 + c_loc
     h_offs = _row_offsets(rows, live, row_ok, h_sn, HAS_ROWS)
     z = logits_tile(h_base, h_offs, h_sd, row_ok, w_base, cols * w_sv, w_sd, col_ok, dim,
-                    H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                    H_UNIT, W_UNIT, DOT, INTERPRET, PREC, BLOCK_N, BLOCK_V, BLOCK_D, EVEN_D)
     log_p = z - tl.load(lse + live, mask=row_ok, other=0.0)[:, None]
     p = tl.exp(log_p)
     if KL:
         t_offs = _row_offsets(rows, live, row_ok, t_sn, HAS_ROWS)
         zq = logits_tile(t_base, t_offs, t_sd, row_ok, tw_base, cols * tw_sv, tw_sd, col_ok, t_dim,
-                         T_UNIT, TW_UNIT, T_DOT, INTERPRET, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D)
+                         T_UNIT, TW_UNIT, T_DOT, INTERPRET, T_PREC, BLOCK_N, BLOCK_V, BLOCK_D, T_EVEN_D)
         log_q = zq - tl.load(lse_q + live, mask=row_ok, other=0.0)[:, None]
         kl_r = tl.load(kl + live, mask=row_ok, other=0.0)
         w_r = tl.load(row_w + live, mask=row_ok, other=0.0)
@@ -300,10 +313,11 @@ def opd_matmul_acc_kernel(
     M, N, K,
     A_LAYOUT: tl.constexpr, B_ROWS: tl.constexpr, B_UNIT: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
     GROUP_M: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    EVEN_K: tl.constexpr, INTERPRET: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of C += A @ B with an fp32 accumulator; C is read and written once per tile (the
     caller owns it: no atomics, deterministic). A_LAYOUT: 1 = A's K stride is 1, 2 = A's M stride is 1, 0 = any.
+    EVEN_K: K is a multiple of BLOCK_K.
     Programs are grouped GROUP_M tiles deep along M (grouped)."""
     pid_m, pid_n = grouped(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -313,7 +327,10 @@ def opd_matmul_acc_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        k_ok = kk < K
+        if EVEN_K:  # K is a multiple of BLOCK_K: no per-element test along K
+            k_ok = kk >= 0
+        else:
+            k_ok = kk < K
         a_mask = m_ok[:, None] & k_ok[None, :]
         if A_LAYOUT == 1:
             x = tl.load(a + rm[:, None] * a_sm + kk[None, :], mask=a_mask, other=0.0)

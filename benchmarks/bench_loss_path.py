@@ -19,12 +19,16 @@ Methods (every one returns the gradients the training step needs, which the delt
                when the triton OPD passes exist). Their loss must equal the naive one (relative difference below
                LOSS_RTOL; LOSS_RTOL_TOPK_16BIT for top-k on bf16 logits, whose ties the two paths break
                differently), else the run raises after writing its rows.
+  fused-jsd    (the peer cases) our fused generalised JSD at TRL's beta = 0.5 (rowwise and chunked on CPU, chunked
+               alone on CUDA: triton has no JSD pass); its loss must equal trl-gkd's (LOSS_RTOL_PEER_16BIT on bf16,
+               TRL's loss being bf16 there), and the summary sets its time and memory against liger-jsd's.
 
 Floors (printed next to each result; floor_ms = the larger of the two):
   FLOPs / a matmul rate measured in this run (a large product in the case dtype, see matmul_rate). With
   M = 2 N d V per LM-head product: naive = student forward + teacher forward + 2 backward products = 4M;
   fused top-k / sampled = statistics + teacher + recomputation + 2 backward = 5M; fused full = 6M (the teacher's
-  logits twice); OPRD ~ 8 flops per selected element (negligible).
+  logits twice); fused JSD with vocabulary tiles = 8M (both heads' logits three times: statistics, loss, gradient;
+  2 backward), with row chunks 4M like the full KL; OPRD ~ 8 flops per selected element (negligible).
   Bytes / the copy bandwidth measured in this run (harness.copy_bandwidth): every method reads the LM-head weights
   and writes their gradient (fused: student weights read twice, statistics and gradient passes); the naive methods
   also write and read once each [N, V] tensor they materialise: student and teacher logits (case dtype), student
@@ -56,7 +60,12 @@ import peers  # noqa: E402
 import oprd_kernels  # noqa: E402
 from oprd.memory import delta_peak_bytes  # noqa: E402
 from oprd_kernels import reference  # noqa: E402
-from oprd_kernels.opd import fused_full_vocab_opd_loss, fused_sampled_token_opd_loss, fused_topk_opd_loss  # noqa: E402
+from oprd_kernels.opd import (  # noqa: E402
+    fused_full_vocab_opd_loss,
+    fused_generalized_jsd_loss,
+    fused_sampled_token_opd_loss,
+    fused_topk_opd_loss,
+)
 from oprd_kernels.opd._passes import resolve_passes  # noqa: E402
 
 SUITE = "loss_path"
@@ -188,6 +197,8 @@ def _fused(kind: str, inp: Inputs, backend: str) -> Callable[[], torch.Tensor]:
             loss = fused_sampled_token_opd_loss(*args, inp.tokens, backend=backend)
         elif kind == "full":
             loss = fused_full_vocab_opd_loss(*args, backend=backend)
+        elif kind == "jsd":
+            loss = fused_generalized_jsd_loss(*args, beta=peers.JSD_BETA, backend=backend)
         else:
             loss = fused_topk_opd_loss(*args, k=TOPK, backend=backend)
         torch.autograd.grad(loss, (inp.hidden, inp.weight))
@@ -217,6 +228,11 @@ def fused_backends(device: torch.device) -> list[str]:
     return [auto] if auto == "chunked" else [auto, "chunked"]
 
 
+def jsd_backends(device: torch.device) -> list[str]:
+    """fused_backends without triton, which has no JSD pass (it would run chunked under triton's name)."""
+    return [b for b in fused_backends(device) if b != "triton"] or ["chunked"]
+
+
 def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method], dict[str, str]]:
     """The case's methods, and {"method/backend": why not} for those that cannot run here."""
     e = torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
@@ -244,6 +260,10 @@ def methods(case: Case, inp: Inputs, device: torch.device) -> tuple[list[Method]
                               head_reads * w_bytes + grad_bytes, fused_est, f"naive-{kind}/eager"))
     missing: dict[str, str] = {}
     if case.peers:
+        for backend in jsd_backends(device):  # ours at the peers' JSD; checked against TRL's, as Liger's is
+            products, head_reads = (4, 3) if backend == "rowwise" else (8, 7)
+            out.append(Method("fused-jsd", backend, _fused("jsd", inp, backend), products * mm,
+                              head_reads * w_bytes + grad_bytes, fused_est, "trl-gkd/eager"))
         peer_est = min(n, 1024) * v * (2 * e + 24) + 2 * grad_bytes  # Liger: one chunk of rows; TRL: all of them
         for peer in peers.peers(smoke=case.vocab < 32768):
             why = peers.unavailable_reason(peer)
@@ -375,8 +395,8 @@ def run_case(case: Case, device: torch.device, reps: int, env: dict, copy_bw: fl
         rtol = LOSS_RTOL
         if e == 2 and row["method"] == "fused-top16":
             rtol = LOSS_RTOL_TOPK_16BIT
-        elif e == 2 and row["method"] in PEER_NAMES:
-            rtol = LOSS_RTOL_PEER_16BIT
+        elif e == 2 and (row["method"] in PEER_NAMES or ref_key.split("/")[0] in PEER_NAMES):
+            rtol = LOSS_RTOL_PEER_16BIT  # a peer's 16-bit loss on either side
         row.update(loss_reference=ref, loss_reference_method=ref_key, loss_rel_diff=rel, loss_rtol=rtol)
         if not rel < rtol and row["metric"] == "time":
             mismatches.append(f"{case.name} {row['method']}/{row['backend']}: loss {row['loss']!r} vs {ref_key} "
@@ -423,16 +443,19 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PEER_COUNTERPARTS = {"fused-full": PEER_BASELINE, "fused-jsd": peers.FASTEST_JSD}
+
+
 def peer_ratio_lines(cells: dict[tuple[str, str], dict]) -> list[str]:
-    """Our fused full-vocabulary loss against the fastest peer of the case (Liger's compiled reverse KL): p50 time
-    and delta-peak, as peer / ours (> 1: ours is faster / leaner)."""
-    peer = cells.get(PEER_BASELINE, {})
-    if "time" not in peer:
-        return []
+    """Our fused full-vocabulary loss and generalised JSD against the fastest peer at the same loss (Liger's compiled
+    reverse KL, its compiled JSD at beta = 0.5): p50 time and delta-peak, as peer / ours (> 1: ours is faster /
+    leaner)."""
     lines = []
     for (method, backend), c in cells.items():
-        if method == "fused-full" and "time" in c:
-            lines.append(f"fused-full/{backend} vs {'/'.join(PEER_BASELINE)}: "
+        counterpart = PEER_COUNTERPARTS.get(method)
+        peer = cells.get(counterpart, {})
+        if "time" in peer and "time" in c:
+            lines.append(f"{method}/{backend} vs {'/'.join(counterpart)}: "
                          f"{peer['time']['p50'] / c['time']['p50']:.2f}x the speed, "
                          f"{peer['delta_peak']['p50'] / c['delta_peak']['p50']:.2f}x less delta-peak")
     return lines

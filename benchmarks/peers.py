@@ -6,7 +6,8 @@
               chunk step) or `eager`. Same value as naive-full and fused-full.
   liger-jsd   the same class at beta = 0.5, the generalised JSD that TRL's GKD trainer uses by default.
   trl-gkd     TRL's GKDTrainer.generalized_jsd_loss (beta = 0.5) on materialised logits (F.linear of both heads):
-              what GKD runs. Same value as liger-jsd.
+              what GKD runs. Same value as liger-jsd, and as our fused-jsd (bench_loss_path.py), which the summary
+              sets against liger-jsd as it sets fused-full against liger-rkl.
 
 Both libraries are optional (`pip install 'oprd[peers]'` for Liger; TRL comes with `oprd[trl]`): a missing one
 leaves rows with metric "skipped" and the reason, printed. Every peer's loss is checked against its counterpart in
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 JSD_BETA = 0.5  # TRL GKD's default
 FASTEST = ("liger-rkl", "compiled")  # (name, backend): the fastest peer at our fused full-vocabulary loss's task
+FASTEST_JSD = ("liger-jsd", "compiled")  # ... and at our fused generalised JSD's (beta = JSD_BETA)
 
 
 @dataclass(frozen=True)

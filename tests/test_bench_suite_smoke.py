@@ -10,7 +10,7 @@ import plot_suite
 import pytest
 import torch
 
-OPD_METHODS = {"naive-top1", "naive-top16", "naive-full", "fused-top1", "fused-top16", "fused-full"}
+OPD_METHODS = {"naive-top1", "naive-top16", "naive-full", "fused-top1", "fused-top16", "fused-full", "fused-jsd"}
 # the peers a smoke run measures (liger-kernel and trl are in the test extra), with the loss each must equal
 PEERS = {("liger-rkl", "eager"): "naive-full/eager", ("trl-gkd", "eager"): None,
          ("liger-jsd", "eager"): "trl-gkd/eager"}
@@ -58,6 +58,10 @@ def test_loss_path_smoke_rows_agree_and_fused_uses_less_memory(smoke_files):
         if reference is not None:
             peer = by[(method, backend, "time")]
             assert peer["loss_reference_method"] == reference and peer["loss_rel_diff"] < 1e-3
+    for backend in ("rowwise", "chunked"):  # our fused JSD was checked against TRL's, as Liger's is
+        ours = by[("fused-jsd", backend, "time")]
+        assert ours["loss_reference_method"] == "trl-gkd/eager" and ours["loss_rel_diff"] < 1e-5
+        assert ours["loss"] == pytest.approx(by[("liger-jsd", "eager", "time")]["loss"], rel=1e-5)
     assert by[("liger-rkl", "eager", "time")]["loss"] == pytest.approx(by[("fused-full", "rowwise", "time")]["loss"],
                                                                         rel=1e-5)
     naive_peak = by[("naive-top16", "eager", "delta_peak")]["p50"]
@@ -163,3 +167,20 @@ def test_a_missing_peer_library_leaves_a_skipped_row_with_the_reason(tmp_path, m
     assert {(r["method"], r["metric"]) for r in rows if r["method"] == "trl-gkd"} == {("trl-gkd", "time"),
                                                                                       ("trl-gkd", "delta_peak")}
     assert "liger-rkl eager: skipped (liger_kernel_not_here" in capsys.readouterr().out
+
+
+def test_peer_ratio_lines_set_each_fused_loss_against_its_counterpart():
+    """fused-full against Liger's compiled reverse KL, fused-jsd against its compiled JSD; nothing without them."""
+    def cell(ms, mb):
+        return {"time": {"p50": ms}, "delta_peak": {"p50": mb}}
+
+    cells = {("liger-rkl", "compiled"): cell(100.0, 40.0), ("liger-jsd", "compiled"): cell(300.0, 60.0),
+             ("fused-full", "rowwise"): cell(50.0, 20.0), ("fused-jsd", "rowwise"): cell(100.0, 30.0),
+             ("fused-jsd", "chunked"): cell(150.0, 10.0)}
+    assert bench_loss_path.peer_ratio_lines(cells) == [
+        "fused-full/rowwise vs liger-rkl/compiled: 2.00x the speed, 2.00x less delta-peak",
+        "fused-jsd/rowwise vs liger-jsd/compiled: 3.00x the speed, 2.00x less delta-peak",
+        "fused-jsd/chunked vs liger-jsd/compiled: 2.00x the speed, 6.00x less delta-peak"]
+    del cells[("liger-jsd", "compiled")]
+    assert bench_loss_path.peer_ratio_lines(cells) == [
+        "fused-full/rowwise vs liger-rkl/compiled: 2.00x the speed, 2.00x less delta-peak"]

@@ -141,6 +141,28 @@ def test_backprop_logits_matches_chunked(gen, dtype, form, case, with_rows):
         assert (d_h[dead] == 0).all()
 
 
+@pytest.mark.parametrize("form,case,with_rows", [("sparse_k3", "wide", True), ("kl", "even", False)])
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_slab_products_by_torch_match_the_triton_ones(gen, monkeypatch, dtype, form, case, with_rows):
+    """$OPRD_TRITON_SLAB_GEMM=torch (cuBLAS on the GPU) gives the gradients of the default Triton slab GEMM, the
+    weight gradient's gathered rows included; a wrong value names the variable."""
+    h, w, th, tw, rows, ids = make(gen, case, dtype, with_rows)
+    grad = _gradient_of(form, gen, h, w, th, tw, rows, ids, dtype)
+    results = {}
+    for gemm in triton_opd.SLAB_GEMMS:
+        monkeypatch.setenv(triton_opd.SLAB_GEMM_ENV, gemm)
+        results[gemm] = triton_opd.backprop_logits(h, w, rows, grad, TILING, (dtype, dtype), F32, want_hidden=True,
+                                                   want_weight=True)
+    tri, tor = results["triton"], results["torch"]
+    tol = 1e-5 if dtype == F32 else 1e-2  # bf16 gradients: one rounding of the same fp32 sums, in another order
+    assert rel(tor.hidden, tri.hidden) < tol and rel(tor.weight, tri.weight) < tol
+    ref = _gradient.backprop_logits(h, w, rows, grad, TILING, (F32, F32), F32, want_hidden=True, want_weight=True)
+    assert rel(tor.hidden, ref.hidden) < tol and rel(tor.weight, ref.weight) < tol
+    monkeypatch.setenv(triton_opd.SLAB_GEMM_ENV, "cublas")
+    with pytest.raises(ValueError, match=r"\$OPRD_TRITON_SLAB_GEMM must be one of \['triton', 'torch'\], got 'cublas'"):
+        triton_opd.backprop_logits(h, w, rows, grad, TILING, (dtype, dtype), F32, want_hidden=True, want_weight=True)
+
+
 @pytest.mark.parametrize("want", ["hidden", "weight"])
 def test_backprop_logits_computes_only_what_is_wanted(gen, want):
     h, w, th, tw, rows, ids = make(gen, "small", F32, True)

@@ -28,6 +28,7 @@ and top-k with k > MAX_TOPK (the running candidates live in registers).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -227,8 +228,42 @@ def reverse_kl_stats(hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight:
     return KLStats(kl, lse_p, lse_q)
 
 
-def _matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, mm: torch.dtype) -> None:
-    """c (fp32 [M, N], unit column stride) += a [M, K] @ b [K', N] (rows b_rows[:K] of b, or its first K rows)."""
+SLAB_GEMM_ENV = "OPRD_TRITON_SLAB_GEMM"
+SLAB_GEMMS = ("triton", "torch")
+
+
+def slab_gemm() -> str:
+    """Which GEMM runs the gradient slab's two products: "triton" (opd_matmul_acc_kernel, the default: accumulates
+    into C in place and reads the gathered hidden rows in place) or "torch" (cuBLAS through torch.addmm with an fp32
+    output into C; the weight gradient's hidden rows gathered first). $OPRD_TRITON_SLAB_GEMM chooses;
+    benchmarks/bench_opd_tuning.py measures both side by side on the GPU."""
+    choice = os.environ.get(SLAB_GEMM_ENV, "triton") or "triton"
+    if choice not in SLAB_GEMMS:
+        raise ValueError(f"${SLAB_GEMM_ENV} must be one of {list(SLAB_GEMMS)}, got {choice!r}")
+    return choice
+
+
+def _torch_matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, mm: torch.dtype) -> None:
+    """_matmul_acc by torch: cuBLAS's half-precision GEMM with an fp32 output added into c where torch offers it
+    (CUDA, torch >= 2.8); elsewhere the fp32 product of the operands rounded to `mm` (the same products, exact in
+    fp32 for 16-bit operands)."""
+    rows = b[:k] if b_rows is None else b.index_select(0, b_rows[:k])
+    if c.is_cuda and mm != torch.float32:
+        try:
+            torch.addmm(c, a.to(mm), rows.to(mm), out_dtype=torch.float32, out=c)
+            return
+        except (TypeError, RuntimeError, NotImplementedError):
+            pass
+    c.add_(a.to(mm).float() @ rows.to(mm).float())
+
+
+def _matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, mm: torch.dtype,
+                gemm: str = "triton") -> None:
+    """c (fp32 [M, N], unit column stride) += a [M, K] @ b [K', N] (rows b_rows[:K] of b, or its first K rows), by
+    the `gemm` slab_gemm() names."""
+    if gemm == "torch":
+        _torch_matmul_acc(c, a, b, b_rows, k, mm)
+        return
     m, n = c.shape
     device = c.device
     opts = _blocks("mm", device, a.dtype, b.dtype)
@@ -337,6 +372,7 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
     d_weight = torch.empty_like(weight) if want_weight else None
     dw_slab = torch.empty((slab_vocab, dim), dtype=torch.float32, device=device) if want_weight else None
     rows_c = _rows_arg(rows)
+    gemm = slab_gemm()
     form = GradForm.of(grad)
     opts = _blocks("grad_kl" if form.KL else "grad", device, *dtypes)
     # every argument by name: a reordering of the kernel's parameters cannot shift one into another's place
@@ -357,12 +393,12 @@ def backprop_logits(hidden: Tensor, weight: Tensor, rows: Tensor | None, grad: L
                 opd_grad_tile_kernel[grid](r0=r0, rs=rs, v0=v0, vs=vs, **args)
                 g = slab[:rs, :vs]
                 if want_hidden:
-                    _matmul_acc(d_live[r0:r0 + rs], g, weight[v0:v0 + vs], None, vs, mm)
+                    _matmul_acc(d_live[r0:r0 + rs], g, weight[v0:v0 + vs], None, vs, mm, gemm)
                 if want_weight:
                     if rows_c is None:
-                        _matmul_acc(dw_slab[:vs], g.T, hidden[r0:r0 + rs], None, rs, mm)
+                        _matmul_acc(dw_slab[:vs], g.T, hidden[r0:r0 + rs], None, rs, mm, gemm)
                     else:
-                        _matmul_acc(dw_slab[:vs], g.T, hidden, rows_c[r0:r0 + rs], rs, mm)
+                        _matmul_acc(dw_slab[:vs], g.T, hidden, rows_c[r0:r0 + rs], rs, mm, gemm)
             if want_weight:
                 d_weight[v0:v0 + vs] = dw_slab[:vs]
     return HeadGradients(chunked_gradient.live_to_dense(d_live, hidden, rows) if want_hidden else None, d_weight)

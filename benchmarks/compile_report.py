@@ -6,6 +6,7 @@ tensor-core instructions, and any atomics.
     python benchmarks/compile_report.py              # every variant, sm_90 (H100/H200)
     python benchmarks/compile_report.py --arch 80 --quick
     python benchmarks/compile_report.py --opd        # the fused OPD kernels (tests/test_triton_opd.py checks them)
+    python benchmarks/compile_report.py --candidates # the OPD kernels at the GPU tuning bench's block candidates
 
 This costs no device time (METHOD.md: read what costs no device time). It uses the ptxas and cuobjdump shipped in
 the triton wheel. The pointer arguments are marked 16-byte aligned, as Triton specialises them at run time for
@@ -15,6 +16,7 @@ torch allocations. Must run without TRITON_INTERPRET (the kernels must be real J
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import os
 import re
@@ -231,15 +233,44 @@ def opd_variants(quick: bool = False) -> list[Variant]:
     return out
 
 
+# bench_opd_tuning.CANDIDATES' kernel names -> the opd_variants they change (bf16)
+CANDIDATE_VARIANTS = {"stats": ("opd_stats/bf16/plain",), "kl": ("opd_kl_stats/bf16",),
+                      "grad": ("opd_grad_tile/bf16/sparse",), "grad_kl": ("opd_grad_tile/bf16/kl",),
+                      "mm": ("opd_matmul_acc/bf16/d_hidden", "opd_matmul_acc/bf16/d_weight")}
+
+
+def candidate_variants() -> list[Variant]:
+    """The fused OPD kernels at every block candidate the GPU tuning bench times (bench_opd_tuning.CANDIDATES),
+    named after the kernel's default variant plus /cand<i>."""
+    from bench_opd_tuning import CANDIDATES
+
+    from oprd_kernels.triton_ops import opd
+
+    out = []
+    for name, cands in CANDIDATES["cuda"].items():
+        for i, cand in enumerate(cands):
+            saved = opd.BLOCKS["cuda"][name]
+            opd.BLOCKS["cuda"][name] = cand
+            try:
+                chosen = [v for v in opd_variants(quick=True) if v.name in CANDIDATE_VARIANTS[name]]
+            finally:
+                opd.BLOCKS["cuda"][name] = saved
+            out += [dataclasses.replace(v, name=f"{v.name}/cand{i}") for v in chosen]
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--quick", action="store_true", help="a few representative variants")
     parser.add_argument("--opd", action="store_true", help="only the fused OPD kernels (else: all but those)")
+    parser.add_argument("--candidates", action="store_true",
+                        help="only the fused OPD kernels at bench_opd_tuning.py's block candidates")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("compile_report.py must run without TRITON_INTERPRET=1")
-    chosen = opd_variants(args.quick) if args.opd else variants(args.quick)
+    chosen = candidate_variants() if args.candidates else opd_variants(args.quick) if args.opd else \
+        variants(args.quick)
     reports = [compile_variant(v, args.arch) for v in chosen]
     print(f"triton {triton.__version__}, sm_{args.arch}")
     print(f"{'variant':<40}{'regs':>5}{'local B':>8}{'shared B':>9}  global loads (+ async copies) / stores "

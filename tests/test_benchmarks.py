@@ -103,3 +103,26 @@ def test_memory_settings_benchmark_measures_each_setting_beside_the_plan(tmp_pat
     params = bench_memory_settings.SHAPES["smoke"][0].parameters
     assert rows[0]["state_bytes"] == 12 * params and rows[2]["state_bytes"] == 10 * params  # weights + moments
     assert len(out.read_text().splitlines()) == 3 and "delta-peak x" in capsys.readouterr().out
+
+
+def test_opd_tuning_smoke_run_compares_every_part_on_equal_values(tmp_path, capsys):
+    """bench_opd_tuning.py (the GPU check's tuning step) on tiny shapes under the interpreter: a row per slab GEMM
+    and backprop form with each slab GEMM, and per kernel its default blocks then every candidate, each with values
+    equal to its baseline's (a candidate that changed the result would show here before costing GPU time)."""
+    import bench_opd_tuning
+
+    out = tmp_path / "tuning.jsonl"
+    rows = bench_opd_tuning.main(["--device", "cpu", "--smoke", "--out", str(out)])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == json.loads(json.dumps(rows))
+    candidates = bench_opd_tuning.CANDIDATES["cpu"]
+    measured = {(r["part"], r["name"]) for r in rows}
+    assert measured == {("slab", "d_hidden"), ("slab", "d_weight"), ("backprop", "topk16"), ("backprop", "full_kl"),
+                        *(("blocks", name) for name in candidates)}
+    for name, cands in candidates.items():
+        assert sum(r["name"] == name and r["part"] == "blocks" for r in rows) == 1 + len(cands)
+    for r in rows:
+        assert r["rel_diff"] < 1e-5, r
+        assert r["p20"] <= r["p50"] <= r["p80"] and r["ratio"] > 0
+    baselines = [r for r in rows if r["ratio"] == 1.0 and r["rel_diff"] == 0.0]
+    assert len(baselines) >= 2 + 2 + len(candidates)
+    assert "TFLOP/s" in capsys.readouterr().out

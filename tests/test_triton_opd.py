@@ -284,17 +284,20 @@ def test_lm_head_stats_through_the_triton_backend(gen):
 
 @pytest.fixture(scope="module")
 def compile_reports() -> dict[int, list[dict]]:
-    """benchmarks/compile_report.py --opd for sm_90, sm_80 and sm_89, run side by side (~15 s each)."""
+    """benchmarks/compile_report.py --opd for sm_90, sm_80 and sm_89, and --candidates for sm_90, run side by side
+    (~15 s each)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import compile_report; "
-            "print('JSON' + json.dumps(compile_report.main(['--opd', '--quick', '--arch', sys.argv[1]])))")
-    procs = {arch: subprocess.Popen([sys.executable, "-c", code, str(arch)], cwd=ROOT, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for arch in (90, 80, 89)}
+            "print('JSON' + json.dumps(compile_report.main(sys.argv[1:])))")
+    runs = {arch: ["--opd", "--quick", "--arch", str(arch)] for arch in (90, 80, 89)}
+    runs["candidates"] = ["--candidates", "--arch", "90"]
+    procs = {key: subprocess.Popen([sys.executable, "-c", code, *argv], cwd=ROOT, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for key, argv in runs.items()}
     out = {}
-    for arch, proc in procs.items():
+    for key, proc in procs.items():
         stdout, stderr = proc.communicate()
         assert proc.returncode == 0, stderr[-3000:]
-        out[arch] = json.loads(next(line for line in stdout.splitlines() if line.startswith("JSON"))[4:])
+        out[key] = json.loads(next(line for line in stdout.splitlines() if line.startswith("JSON"))[4:])
     return out
 
 
@@ -313,3 +316,16 @@ def test_opd_kernels_compile_without_spills(compile_reports, arch):
             assert any(c.startswith("LDGSTS") and c.endswith(".128") for c in r["async_copies"]), r
         if r["variant"].startswith("opd_matmul_acc"):
             assert "LDG.E.128" in r["global_loads"] and "STG.E.128" in r["global_stores"], r  # the fp32 C tile
+
+
+def test_the_tuning_candidates_compile_clean_for_sm_90(compile_reports):
+    """Every block candidate benchmarks/bench_opd_tuning.py times on the GPU compiles for sm_90 without spills,
+    within its shared memory, on warpgroup MMA with 16-byte async copies: no GPU minute goes to one that cannot."""
+    from bench_opd_tuning import CANDIDATES
+
+    reports = compile_reports["candidates"]
+    assert len(reports) == sum(len(c) + (len(c) if name == "mm" else 0) for name, c in CANDIDATES["cuda"].items())
+    for r in reports:
+        assert r["local_bytes"] == 0 and r["shared_fits"] and r["registers"] <= 255, r
+        assert r["mma"] and all(m.startswith("HGMMA.") for m in r["mma"]), r
+        assert any(c.startswith("LDGSTS") and c.endswith(".128") for c in r["async_copies"]), r

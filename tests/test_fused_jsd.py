@@ -215,11 +215,11 @@ def test_heads_of_different_sizes(gen, backend, beta, v_s, v_t):
 @pytest.mark.parametrize("beta", [0.0, 0.3])
 @pytest.mark.parametrize("v_s, v_t", [(37, 29), (29, 37)])
 def test_rowwise_vocabulary_blocks(monkeypatch, gen, beta, v_s, v_t):
-    """rowwise forms its sums in blocks of DOT_BLOCK vocabulary rows (8192): blocks of 4, some across the shared
+    """rowwise forms its sums in blocks of JSD_BLOCK vocabulary rows (1024): blocks of 4, some across the shared
     boundary, give the same result."""
     h, w, th, tw, m = draw(gen, (9,), v_s, 5, v_t, 4)
     want = reference_vg(h, w, th, tw, m, beta)
-    monkeypatch.setattr(_jsd, "DOT_BLOCK", 4)
+    monkeypatch.setattr(_jsd, "JSD_BLOCK", 4)
     assert_matches(fused_vg(h, w, th, tw, m, beta, row_block=3, backend="rowwise"), want, torch.float64)
 
 

@@ -443,7 +443,7 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-PEER_COUNTERPARTS = {"fused-full": PEER_BASELINE, "fused-jsd": peers.FASTEST_JSD}
+PEER_COUNTERPARTS = {method: peers.baseline_for(method) for method in ("fused-full", "fused-jsd")}
 
 
 def peer_ratio_lines(cells: dict[tuple[str, str], dict]) -> list[str]:

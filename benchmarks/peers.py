@@ -27,6 +27,12 @@ import torch.nn.functional as F
 JSD_BETA = 0.5  # TRL GKD's default
 FASTEST = ("liger-rkl", "compiled")  # (name, backend): the fastest peer at our fused full-vocabulary loss's task
 FASTEST_JSD = ("liger-jsd", "compiled")  # ... and at our fused generalised JSD's (beta = JSD_BETA)
+JSD_METHODS = ("fused-jsd", "liger-jsd", "trl-gkd")  # the methods computing the generalised JSD at JSD_BETA
+
+
+def baseline_for(method: str) -> tuple[str, str]:
+    """The fastest peer at the loss `method` computes: a ratio is only meaningful between two of the same loss."""
+    return FASTEST_JSD if method in JSD_METHODS else FASTEST
 
 
 @dataclass(frozen=True)

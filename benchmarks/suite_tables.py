@@ -59,26 +59,26 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-PEER = peers.FASTEST
 
 
 def peer_markdown(rows: list[dict]) -> str:
-    """The loss path's peer cases: every method's p50 time and delta-peak, and both against Liger's compiled
-    fused-linear reverse KL of the same run (> 1: faster / leaner than Liger)."""
+    """The loss path's peer cases: every method's p50 time and delta-peak, and both against the fastest peer at the
+    same loss in the same run (peers.baseline_for: Liger's compiled reverse KL, or its compiled JSD for the
+    generalised-JSD methods; > 1: faster / leaner than Liger)."""
     mine = [r for r in rows if r.get("suite") == "loss_path" and r["metric"] in ("time", "delta_peak")]
     runs: dict[tuple, dict[tuple, dict]] = {}
     for r in mine:
         runs.setdefault((r["case"], r["timestamp"]), {}).setdefault((r["method"], r["backend"]), {})[
             r["metric"]] = r["p50"]
-    out = ["| case | method | ms p50 | delta-peak MB | speed vs Liger | memory vs Liger |", "|---|---|---|---|---|---|"]
+    out = ["| case | method | ms p50 | delta-peak MB | against | speed | memory |", "|---|---|---|---|---|---|---|"]
     for (case, _), cells in runs.items():
-        peer = cells.get(PEER)
-        if not peer or "time" not in peer:
-            continue
         for (method, backend), c in cells.items():
-            if "time" in c and "delta_peak" in c:
+            base = peers.baseline_for(method)
+            peer = cells.get(base, {})
+            if "time" in c and "delta_peak" in c and "time" in peer and "delta_peak" in peer:
                 out.append(f"| {case} | {method} ({backend}) | {c['time']:,.0f} | {c['delta_peak'] / 2**20:,.0f} | "
-                           f"{peer['time'] / c['time']:.2f}x | {peer['delta_peak'] / c['delta_peak']:.2f}x |")
+                           f"{'/'.join(base)} | {peer['time'] / c['time']:.2f}x | "
+                           f"{peer['delta_peak'] / c['delta_peak']:.2f}x |")
     return "\n".join(out) if len(out) > 2 else ""
 
 

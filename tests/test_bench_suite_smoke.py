@@ -184,3 +184,29 @@ def test_peer_ratio_lines_set_each_fused_loss_against_its_counterpart():
     del cells[("liger-jsd", "compiled")]
     assert bench_loss_path.peer_ratio_lines(cells) == [
         "fused-full/rowwise vs liger-rkl/compiled: 2.00x the speed, 2.00x less delta-peak"]
+
+
+def test_the_peer_table_sets_each_method_against_the_fastest_peer_at_its_loss():
+    """suite_tables.peer_markdown: reverse-KL methods against Liger's compiled reverse KL, the generalised-JSD ones
+    (ours, Liger's, TRL's) against Liger's compiled JSD, from the same run; a method without its baseline gets no
+    row (a JSD set against the reverse KL would be a meaningless ratio)."""
+    import suite_tables
+
+    def row(method, backend, metric, p50, case="c", stamp="t"):
+        return {"suite": "loss_path", "case": case, "timestamp": stamp, "method": method, "backend": backend,
+                "metric": metric, "p50": p50}
+
+    cells = {("liger-rkl", "compiled"): (100.0, 4 << 20), ("fused-full", "rowwise"): (50.0, 1 << 20),
+             ("liger-jsd", "compiled"): (300.0, 6 << 20), ("fused-jsd", "rowwise"): (150.0, 2 << 20),
+             ("trl-gkd", "eager"): (600.0, 12 << 20)}
+    rows = [row(m, b, metric, v) for (m, b), (ms, mb) in cells.items()
+            for metric, v in (("time", ms), ("delta_peak", mb))]
+    rows += [row("fused-jsd", "chunked", metric, v, case="other") for metric, v in (("time", 1.0), ("delta_peak", 1))]
+    lines = suite_tables.peer_markdown(rows).splitlines()[2:]
+    by_method = {line.split(" | ")[1]: line for line in lines}
+    assert set(by_method) == {"liger-rkl (compiled)", "fused-full (rowwise)", "liger-jsd (compiled)",
+                              "fused-jsd (rowwise)", "trl-gkd (eager)"}  # "other" has no Liger JSD: no row
+    assert by_method["fused-full (rowwise)"].endswith("| liger-rkl/compiled | 2.00x | 4.00x |")
+    assert by_method["fused-jsd (rowwise)"].endswith("| liger-jsd/compiled | 2.00x | 3.00x |")
+    assert by_method["trl-gkd (eager)"].endswith("| liger-jsd/compiled | 0.50x | 0.50x |")
+    assert by_method["liger-jsd (compiled)"].endswith("| 1.00x | 1.00x |")

@@ -48,6 +48,7 @@ class Case:
 
 GPU_CASES = [
     Case("paper-last2000", 28, 1536, 2, 16384, 2000),
+    Case("small-12x256", 12, 256, 2, 16384, 2000),  # D <= 512: several rows per alignment program (issue 17)
     Case("paper-16k-rows", 28, 1536, 2, 16384, 8192),
     Case("wide-36x4096", 36, 4096, 2, 16384, 2000),
 ]

@@ -4,13 +4,13 @@
 # torch.compile through the custom ops, then the realistic shapes: fused OPD at d = 1536, V = 151,936, N = 4,096,
 # alignment at N_sel > 65,535); the actor update against top-16 OPD (the headline: Qwen2.5-1.5B dims, B = 2,
 # responses of 4k and 16k tokens); the loss path at the paper's shapes; the teacher pass; the kernel benchmark; the
-# fused OPD's tuning (slab GEMMs against cuBLAS, block candidates); the memory settings at 1.5B and 7B; the
+# fused OPD's tuning (slab GEMMs against cuBLAS, block candidates) and the peers; the memory settings at 1.5B and 7B; the
 # multi-process tests.
 # Every step has its own timeout, so one slow step cannot eat the others' time; every step's status goes to
 # summary.tsv, a failed or timed-out step is printed as such, and the script exits 1 when any step did not pass.
 # Results go to the folder given as $1 (default: $OUT, else ./gpu-results): summary.tsv, build_info.json, gpu.csv,
 # *.log and actor_update_cuda.jsonl, loss_path_cuda.jsonl, teacher_pass_cuda.jsonl, kernels.jsonl, opd_tuning.jsonl,
-# plots/, memory_settings_cuda.jsonl.
+# loss_path_peers_cuda.jsonl, plots/, memory_settings_cuda.jsonl.
 #   device run:  bash benchmarks/gpu_check.sh "$OUT"
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +40,12 @@ STEP_TAIL=8 run_step teacher-pass 50 teacher_pass.log $py benchmarks/bench_teach
   --cases gpu-qwen1.5B-2x16k --reps 3 --out "$out/teacher_pass_cuda.jsonl"
 STEP_TAIL=14 run_step kernels 70 bench.log $py benchmarks/bench_kernels.py --device cuda --time-budget 40 \
   --out "$out/kernels.jsonl"
-# issue 17: the fused OPD's tuning at the paper's shapes: the slab GEMMs against cuBLAS, the block candidates
+# issue 17: the fused OPD's tuning at the paper's shapes (the slab GEMMs against cuBLAS, the block candidates), then
+# the peers (Liger, TRL; skipped with the reason where the image lacks them) at 8k rows
 STEP_TAIL=22 run_step opd-tuning 120 opd_tuning.log $py benchmarks/bench_opd_tuning.py --device cuda \
   --out "$out/opd_tuning.jsonl"
+STEP_TAIL=12 run_step loss-path-peers 120 loss_path_peers.log $py benchmarks/bench_loss_path.py --device cuda \
+  --cases gpu-peers-8k --out "$out/loss_path_peers_cuda.jsonl"
 STEP_TAIL=3 run_step plots 60 plots.log bash -c "$py benchmarks/plot_suite.py $out/*_cuda.jsonl --out-dir $out/plots"
 
 # issue 16: the memory plan's settings at real shapes (Qwen2.5-1.5B: all four; a 7B student: bf16 with fp32 and

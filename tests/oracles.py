@@ -62,3 +62,16 @@ def make_weights(g: torch.Generator, kind: str | None, n: int) -> torch.Tensor |
         w[torch.rand(n, generator=g) < 0.3] = 0.0
         w[0] = 0.0
     return w
+
+
+def assert_lighter_than_the_logits(fused, naive, logits_bytes: int) -> None:
+    """`fused` and `naive` return gradients of one loss: the fused call's CPU delta-peak stays under half the
+    [N, V] logits' bytes while the naive one's exceeds them, and their gradients agree."""
+    from oprd.memory import delta_peak_bytes
+
+    got, fused_peak = delta_peak_bytes(fused, torch.device("cpu"))
+    want, naive_peak = delta_peak_bytes(naive, torch.device("cpu"))
+    assert fused_peak < 0.5 * logits_bytes, (fused_peak, logits_bytes)
+    assert naive_peak > logits_bytes, (naive_peak, logits_bytes)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))

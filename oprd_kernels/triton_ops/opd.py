@@ -244,17 +244,24 @@ def slab_gemm() -> str:
 
 
 def _torch_matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, mm: torch.dtype) -> None:
-    """_matmul_acc by torch: cuBLAS's half-precision GEMM with an fp32 output added into c where torch offers it
-    (CUDA, torch >= 2.8); elsewhere the fp32 product of the operands rounded to `mm` (the same products, exact in
-    fp32 for 16-bit operands)."""
+    """_matmul_acc by torch. fp32: torch's own fp32 GEMM into c. 16-bit on CUDA: cuBLAS's half-precision GEMM with an
+    fp32 output, accumulated into c where torch offers it (torch >= 2.8; else through one fp32 product tensor).
+    Elsewhere: the fp32 product of the operands rounded to `mm` (the same products, exact in fp32 for 16-bit
+    operands)."""
     rows = b[:k] if b_rows is None else b.index_select(0, b_rows[:k])
-    if c.is_cuda and mm != torch.float32:
-        try:
-            torch.addmm(c, a.to(mm), rows.to(mm), out_dtype=torch.float32, out=c)
-            return
-        except (TypeError, RuntimeError, NotImplementedError):
-            pass
-    c.add_(a.to(mm).float() @ rows.to(mm).float())
+    if mm == torch.float32:
+        c.addmm_(a.float(), rows.float())
+        return
+    a_mm, rows_mm = a.to(mm), rows.to(mm)
+    if c.is_cuda:
+        for attempt in (lambda: torch.addmm(c, a_mm, rows_mm, out_dtype=torch.float32, out=c),
+                        lambda: c.add_(torch.mm(a_mm, rows_mm, out_dtype=torch.float32))):
+            try:
+                attempt()
+                return
+            except (TypeError, RuntimeError, NotImplementedError):
+                pass
+    c.add_(a_mm.float() @ rows_mm.float())
 
 
 def _matmul_acc(c: Tensor, a: Tensor, b: Tensor, b_rows: Tensor | None, k: int, mm: torch.dtype,

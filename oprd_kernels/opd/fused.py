@@ -3,11 +3,11 @@ hidden states and the LM-head weights, without ever materialising the [N, |V|] l
 Liger-style).
 
 Same meaning as oprd_kernels.reference's sampled_token_opd_loss, topk_opd_loss, full_vocab_opd_loss and
-generalized_jsd_loss applied to
-student_logits = hidden @ weight.T and teacher_logits = teacher_hidden @ teacher_weight.T. The student's logits are
-computed tile by tile in the LM head's own precision and every softmax quantity is taken in float32 (float64 for
-float64 inputs); the gradients of `hidden` and `weight` are produced during the forward pass, right after the
-statistics pass, and scaled by the incoming gradient in backward. The teacher is a constant.
+generalized_jsd_loss applied to student_logits = hidden @ weight.T and teacher_logits = teacher_hidden @
+teacher_weight.T. The student's logits are computed tile by tile in the LM head's own precision and every softmax
+quantity is taken in float32 (float64 for float64 inputs); the gradients of `hidden` and `weight` are produced
+during the forward pass, right after the statistics pass, and scaled by the incoming gradient in backward. The
+teacher is a constant.
 
 Cost with vocabulary tiles (`chunked`, `triton`): the student's logits are computed twice (statistics, then gradient)
 and the teacher's once (twice for the full KL); memory is one tile of logits plus O(N * k) statistics, the

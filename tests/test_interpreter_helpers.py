@@ -18,7 +18,7 @@ from oprd_kernels.opd.rowwise import LossGrads
 from oprd_kernels.triton_ops import alignment_kernels, bridge_kernels, opd_kernels
 from oprd_kernels.triton_ops.common import as_int64, interpreting
 from oprd_kernels.triton_ops.interpreter import dot_operand, round_to
-from oprd_kernels.triton_ops.opd import GradForm
+from oprd_kernels.triton_ops.opd_grad_form import GradForm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRET = interpreting(torch.device(DEVICE))

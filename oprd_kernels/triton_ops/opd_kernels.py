@@ -274,7 +274,7 @@ def opd_grad_tile_kernel(
     recomputed tile (see oprd_kernels/opd/_gradient.py for the two forms):
         g = dense * p + sum_j sparse_j [v == ids_j]            (KL = False)
         g = row_w * p * (log p - log q - KL)                     (KL = True; the teacher tile is recomputed too)
-    The host passes the form's arguments by name (opd.GradForm); the other form's pointers are None."""
+    The host passes the form's arguments by name (opd_grad_form.GradForm); the other form's pointers are None."""
     r_loc = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     c_loc = tl.program_id(1).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = r_loc < rs

@@ -81,7 +81,6 @@ LOSS_RTOL_TOPK_16BIT = 5e-2
 LOSS_RTOL_PEER_16BIT = 1e-2
 BASELINE = "naive-top16"
 PEER_NAMES = {peer.name for peer in peers.PEERS}
-PEER_BASELINE = peers.FASTEST
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Small @triton.jit helpers shared by the loss kernels: addressing rows through a layer table, loading tiles in
-the accumulation dtype, the zero-norm guard, int64 promotion; and `interpreting`, the value of every kernel's
+"""Small @triton.jit helpers shared by the loss kernels: addressing rows through a layer table, loading tiles of
+rows, the zero-norm guard, int64 promotion; and `interpreting`, the value of every kernel's
 INTERPRET constexpr (the interpreter workarounds are in interpreter.py).
 
 Row starts are made visibly aligned by arithmetic, `(start // ALIGN) * ALIGN`, an identity once the host has
@@ -30,15 +30,6 @@ def interpreting(device: torch.device) -> bool:
     """Whether kernels launched on `device`'s tensors run under the Triton interpreter: True for CPU tensors (only
     TRITON_INTERPRET=1 runs those), False for CUDA tensors. The launchers pass it as INTERPRET (interpreter.py)."""
     return device.type != "cuda"
-
-
-@triton.jit
-def load_tile(base, start, stride_d, cols, mask, UNIT_STRIDE: tl.constexpr, ACC: tl.constexpr):
-    if UNIT_STRIDE:
-        x = tl.load(base + start + cols, mask=mask, other=0.0)
-    else:
-        x = tl.load(base + start + cols * stride_d, mask=mask, other=0.0)
-    return x.to(ACC)
 
 
 @triton.jit

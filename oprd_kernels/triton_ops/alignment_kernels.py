@@ -33,7 +33,7 @@ def _tile(base, starts, stride_d, cols, ok, dim, UNIT: tl.constexpr, EVEN_D: tl.
     """[BLOCK_R, TILE_D] of rows at `starts` (columns `cols`), in ACC; rows where `ok` is False and columns past
     `dim` read 0. With EVEN_D every column is in range, so only the rows are masked."""
     if EVEN_D:
-        mask = ok[:, None] & (cols >= 0)[None, :]
+        mask = ok[:, None]  # broadcast along the columns
     else:
         mask = ok[:, None] & (cols < dim)[None, :]
     return load_rows(base, starts, stride_d, cols, mask, UNIT).to(ACC)
@@ -181,7 +181,7 @@ def alignment_bwd_kernel(
                     scale = scale * 2.0 * inv_dim
                 acc += scale[:, None] * ((inv_s * inv_t)[:, None] * t - (cos * inv_s * inv_s)[:, None] * s)
         if EVEN_D:
-            mask = used[:, None] & (cols >= 0)[None, :]
+            mask = used[:, None]
         else:
             mask = used[:, None] & (cols < dim)[None, :]
         tl.store(grad + g_start[:, None] + cols[None, :], round_to(acc, grad.dtype.element_ty, INTERPRET), mask=mask)

@@ -242,19 +242,13 @@ CANDIDATE_VARIANTS = {"stats": ("opd_stats/bf16/plain",), "kl": ("opd_kl_stats/b
 def candidate_variants() -> list[Variant]:
     """The fused OPD kernels at every block candidate the GPU tuning bench times (bench_opd_tuning.CANDIDATES),
     named after the kernel's default variant plus /cand<i>."""
-    from bench_opd_tuning import CANDIDATES
-
-    from oprd_kernels.triton_ops import opd
+    from bench_opd_tuning import CANDIDATES, blocks
 
     out = []
     for name, cands in CANDIDATES["cuda"].items():
         for i, cand in enumerate(cands):
-            saved = opd.BLOCKS["cuda"][name]
-            opd.BLOCKS["cuda"][name] = cand
-            try:
+            with blocks("cuda", name, cand):
                 chosen = [v for v in opd_variants(quick=True) if v.name in CANDIDATE_VARIANTS[name]]
-            finally:
-                opd.BLOCKS["cuda"][name] = saved
             out += [dataclasses.replace(v, name=f"{v.name}/cand{i}") for v in chosen]
     return out
 

@@ -58,7 +58,7 @@ import harness  # noqa: E402
 import peers  # noqa: E402
 
 import oprd_kernels  # noqa: E402
-from oprd.memory import delta_peak_bytes  # noqa: E402
+from oprd.train.memory import delta_peak_bytes  # noqa: E402
 from oprd_kernels import reference  # noqa: E402
 from oprd_kernels.opd import (  # noqa: E402
     fused_full_vocab_opd_loss,

@@ -1,6 +1,6 @@
 """Memory-settings benchmark: one OPRD update (capture, fused alignment loss, backward, optimizer step) of the same
 student on the same tokens under each weight / optimizer / checkpointing setting, side by side in one process, with
-the counts of oprd.memory_plan for the same shape printed beside the measurements.
+the counts of oprd.train.memory_plan for the same shape printed beside the measurements.
 
 Measured per setting: the update's time (p20/p50/p80 of whole updates), its delta-peak (peak allocated during the
 update minus allocated at its start: gradients, saved activations, the loss's workspace, the optimizer step's
@@ -29,9 +29,9 @@ import harness  # noqa: E402
 
 import oprd_kernels  # noqa: E402
 from oprd.capture import capture_student, teacher_cache  # noqa: E402
-from oprd.memory_plan import QWEN25_1_5B, QWEN25_7B, Shape  # noqa: E402
-from oprd.optim import PARAM_DTYPES, build_optimizer  # noqa: E402
 from oprd.positions import select_positions  # noqa: E402
+from oprd.train.memory_plan import QWEN25_1_5B, QWEN25_7B, Shape  # noqa: E402
+from oprd.train.optim import PARAM_DTYPES, build_optimizer  # noqa: E402
 
 SETTINGS = [  # (param dtype, optimizer, gradient checkpointing)
     ("fp32", "adamw", False), ("fp32", "adamw", True), ("bf16", "adamw", True), ("bf16", "adamw_8bit", True),

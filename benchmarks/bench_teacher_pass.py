@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 from oprd.capture import position_ids_from_mask, teacher_cache  # noqa: E402
-from oprd.memory import delta_peak_bytes  # noqa: E402
 from oprd.positions import select_positions  # noqa: E402
+from oprd.train.memory import delta_peak_bytes  # noqa: E402
 
 SUITE = "teacher_pass"
 BASELINE = "hf-full"

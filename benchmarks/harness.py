@@ -3,7 +3,7 @@ environment of a result row, and writing rows.
 
 Time: on CUDA `triton.testing.do_bench` (CUDA events, warm-up, many repeats) asked for p20/p50/p80; on CPU the wall
 time of repeated calls after warm-up calls.
-Memory: delta-peak as oprd.memory measures it (CUDA allocator statistics; on CPU the profiler's allocator events).
+Memory: delta-peak as oprd.train.memory measures it (CUDA allocator statistics; on CPU the profiler's allocator events).
 Run separately from the timing, since the profiler slows the code down.
 """
 
@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from oprd.memory import delta_peak_bytes as measure_delta_peak
+from oprd.train.memory import delta_peak_bytes as measure_delta_peak
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def interleaved_ms(fns: dict, reps: int) -> dict:
 
 
 def delta_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated while fn runs, minus the bytes allocated when it starts (see oprd.memory)."""
+    """Peak bytes allocated while fn runs, minus the bytes allocated when it starts (see oprd.train.memory)."""
     return measure_delta_peak(fn, device)[1]
 
 

@@ -20,7 +20,7 @@ from trl import DistillationConfig
 from oprd.integrations.trl import OPRDTrainer
 from oprd.objective import ObjectiveSpec
 from oprd.tasks import ArithmeticTask
-from oprd.tokenizer import build_char_tokenizer
+from oprd.tasks.tokenizers import build_char_tokenizer
 
 
 def tiny_llama(tokenizer, layers: int, seed: int) -> LlamaForCausalLM:

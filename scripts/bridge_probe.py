@@ -20,8 +20,8 @@ from transformers import LlamaForCausalLM
 
 from oprd.bridge import save_bridge
 from oprd.bridge.fit import fit_collected
-from oprd.demo import DemoRun, DemoSettings, _distill_config, _prepare
-from oprd.trainer import Trainer
+from oprd.demo.run import DemoRun, DemoSettings, _distill_config, _prepare
+from oprd.train.trainer import Trainer
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 """Print docs/trainer.md's memory plan: one OPRD step's GB per part for 1.5B and 7B students and teachers (Qwen2.5
-shapes), for each weight/optimizer setting, with and without gradient checkpointing (oprd.memory_plan).
+shapes), for each weight/optimizer setting, with and without gradient checkpointing (oprd.train.memory_plan).
 
     python scripts/memory_plan.py [--micro-batch-tokens 16384] [--rollout-sequences 16 --rollout-tokens 8192]
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from oprd.memory_plan import QWEN25_1_5B, QWEN25_7B, STATE_BYTES, Step, plan
+from oprd.train.memory_plan import QWEN25_1_5B, QWEN25_7B, STATE_BYTES, Step, plan
 
 PARTS = ("student weights", "gradients", "optimizer states", "activations", "teacher (bf16)", "teacher cache",
          "rollout KV cache", "total")

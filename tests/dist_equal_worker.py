@@ -11,10 +11,10 @@ import sys
 import torch
 from test_trainer import TOKENIZER, fixed_rollouts, tiny_model
 
-from oprd.config import TrainConfig
-from oprd.distributed import join, leave
-from oprd.rollout import Rollouts
-from oprd.trainer import Trainer
+from oprd.parallel.group import join, leave
+from oprd.rollout.hf import Rollouts
+from oprd.train.config import TrainConfig
+from oprd.train.trainer import Trainer
 
 
 def rows_of(rollouts: Rollouts, prompts: range) -> Rollouts:

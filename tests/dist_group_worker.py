@@ -1,4 +1,4 @@
-"""oprd.distributed.Group's collectives, checked on each of 2 ranks (an assertion failing on either rank fails the
+"""oprd.parallel.group.Group's collectives, checked on each of 2 ranks (an assertion failing on either rank fails the
 launch): run by dist_equal_worker.py --check-group within tests/test_distributed.py's torchrun launch, or alone."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from oprd.distributed import join, leave
-from oprd.rank_metrics import reduce_metrics
+from oprd.parallel.group import join, leave
+from oprd.parallel.rank_metrics import reduce_metrics
 
 
 class RankError(ValueError):

@@ -67,7 +67,7 @@ def make_weights(g: torch.Generator, kind: str | None, n: int) -> torch.Tensor |
 def assert_lighter_than_the_logits(fused, naive, logits_bytes: int) -> None:
     """`fused` and `naive` return gradients of one loss: the fused call's CPU delta-peak stays under half the
     [N, V] logits' bytes while the naive one's exceeds them, and their gradients agree."""
-    from oprd.memory import delta_peak_bytes
+    from oprd.train.memory import delta_peak_bytes
 
     got, fused_peak = delta_peak_bytes(fused, torch.device("cpu"))
     want, naive_peak = delta_peak_bytes(naive, torch.device("cpu"))

@@ -1,5 +1,6 @@
 """A second tokenizer for the demo's arithmetic text, of another algorithm than the character one: the library's
-byte-level BPE (oprd.tokenizer.build_bpe_tokenizer) trained on task strings, so its tokens span several characters."""
+byte-level BPE (oprd.tasks.tokenizers.build_bpe_tokenizer) trained on task strings, so its tokens span several
+characters."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import random
 from transformers import PreTrainedTokenizerFast
 
 from oprd.tasks import ArithmeticTask
-from oprd.tokenizer import build_bpe_tokenizer
+from oprd.tasks.tokenizers import build_bpe_tokenizer
 
 
 def bpe_tokenizer(vocab_size: int = 80, digits: int = 2) -> PreTrainedTokenizerFast:

@@ -8,9 +8,9 @@ import torch
 from bridges import bridge_for
 from test_trainer import TOKENIZER, prompts, tiny_model
 
-from oprd.accumulation import accumulate_gradients
 from oprd.objective import METHODS, ObjectiveSpec, compute_objective, plan_layers
-from oprd.rollout import concat_rollouts, generate_rollouts
+from oprd.rollout.hf import concat_rollouts, generate_rollouts
+from oprd.train.accumulation import accumulate_gradients
 
 
 def sample(student, n_prompts: int, max_new_tokens: int, seed: int):

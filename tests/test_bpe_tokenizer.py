@@ -1,4 +1,4 @@
-"""oprd.tokenizer.build_bpe_tokenizer: the cross-tokenizer teacher's tokenizer of the Bridge demo."""
+"""oprd.tasks.tokenizers.build_bpe_tokenizer: the cross-tokenizer teacher's tokenizer of the Bridge demo."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from oprd.tasks import ArithmeticTask
-from oprd.tokenizer import DEFAULT_ALPHABET, build_bpe_tokenizer
+from oprd.tasks.tokenizers import DEFAULT_ALPHABET, build_bpe_tokenizer
 
 
 def _texts() -> list[str]:

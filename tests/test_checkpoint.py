@@ -1,5 +1,5 @@
-"""oprd.checkpoint: exact round trip and continuation, crash safety, retention, integrity checks with fallback to the
-newest intact checkpoint, and no code execution on load."""
+"""oprd.runs.checkpoint: exact round trip and continuation, crash safety, retention, integrity checks with fallback to
+the newest intact checkpoint, and no code execution on load."""
 
 import functools
 import json
@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from oprd import checkpoint
-from oprd.checkpoint import (
+from oprd.runs import checkpoint
+from oprd.runs.checkpoint import (
     CheckpointError,
     CheckpointWarning,
     TrainerState,
@@ -177,7 +177,7 @@ from pathlib import Path
 import torch
 sys.path.insert(0, {tests!r})
 import test_checkpoint as t
-from oprd import checkpoint
+from oprd.runs import checkpoint
 
 run = t.trained_run()
 t.save({run_dir!r}, run, step=1)

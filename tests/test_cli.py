@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from oprd.checkpoint import CheckpointWarning
-from oprd.cli import main
+from oprd.cli.commands import main
+from oprd.runs.checkpoint import CheckpointWarning
 from oprd.tasks import ArithmeticTask
 
 
@@ -181,12 +181,12 @@ MISTAKES = {  # name: (arguments after the valid ones, fragments the one error l
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_train_reports_each_mistake_in_one_line_before_any_model_loads(tiny, tmp_path, capsys, monkeypatch, mistake):
-    import oprd.cli
+    import oprd.cli.commands
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the mistake was reported")
 
-    monkeypatch.setattr(oprd.cli, "_load_model", no_loading)
+    monkeypatch.setattr(oprd.cli.commands, "_load_model", no_loading)
     extra, fragments = MISTAKES[mistake]
     extra = [arg.format(tiny=tiny) for arg in extra]
     flags = [a for i, a in enumerate(extra) if a.startswith("--") or (i and extra[i - 1] == "--config")]
@@ -209,7 +209,7 @@ def test_eval_reports_mistakes_in_one_line(tiny, capsys):
 
 
 def test_eval_chat_template_flag_reaches_evaluation(tiny, capsys, monkeypatch):
-    import oprd.evaluate
+    import oprd.train.evaluate
 
     seen = {}
 
@@ -217,7 +217,7 @@ def test_eval_chat_template_flag_reaches_evaluation(tiny, capsys, monkeypatch):
         seen.update(kwargs)
         return {"eval/accuracy": 0.0}
 
-    monkeypatch.setattr(oprd.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(oprd.train.evaluate, "evaluate", fake_evaluate)
     args = ["eval", "--model", str(tiny / "student"), "--prompts", str(tiny / "prompts.jsonl")]
     assert main([*args, "--chat-template", "off"]) == 0 and seen["chat_template"] == "off"
     capsys.readouterr()

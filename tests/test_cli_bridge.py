@@ -8,7 +8,7 @@ import json
 import pytest
 from tiny_hf import save_tiny_model
 
-from oprd.cli import main
+from oprd.cli.commands import main
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""oprd.config: defaults, YAML + overrides, round trip, and one rejected example per class of bad value."""
+"""oprd.train.config: defaults, YAML + overrides, round trip, and one rejected example per class of bad value."""
 
 import dataclasses
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 import yaml
 
-from oprd import config as cfg
-from oprd.config import (
+from oprd.layers import resolve_layers
+from oprd.train import config as cfg
+from oprd.train.config import (
     TrainConfig,
     config_to_dict,
     load_config,
@@ -17,7 +18,6 @@ from oprd.config import (
     save_config,
     validate,
 )
-from oprd.layers import resolve_layers
 
 
 def write(tmp_path, text, name="train.yaml"):

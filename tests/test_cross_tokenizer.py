@@ -14,9 +14,9 @@ import oprd.bridge.collect as collect
 from oprd.bridge.collect import CollectSettings, collect_rows, other_tokens
 from oprd.bridge.token_alignment import teacher_view
 from oprd.capture import position_ids_from_mask
-from oprd.config import load_config
 from oprd.objective import ObjectiveSpec, compute_objective, distilled_positions, plan_layers
-from oprd.trainer import Trainer
+from oprd.train.config import load_config
+from oprd.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_collect_reads_the_teacher_on_its_own_tokens(tmp_path, bpe, monkeypatch)
 
 
 def test_the_cli_uses_the_teachers_tokenizer_only_when_its_vocabulary_differs(tmp_path, bpe):
-    from oprd.loading import teacher_tokenizer_for
+    from oprd.cli.loading import teacher_tokenizer_for
 
     assert teacher_tokenizer_for(TOKENIZER, str(tmp_path)) is None  # no tokenizer files: the student's ids
     TOKENIZER.save_pretrained(tmp_path / "same")
@@ -129,7 +129,7 @@ def test_the_cli_uses_the_teachers_tokenizer_only_when_its_vocabulary_differs(tm
 
 
 def test_rollouts_with_a_teacher_view_are_not_concatenated(bpe):
-    from oprd.rollout import concat_rollouts
+    from oprd.rollout.hf import concat_rollouts
 
     rollouts = fixed_rollouts(tiny_model(0), n_prompts=2)
     rollouts.teacher = teacher_view(rollouts, TOKENIZER, bpe, [p["prompt"] for p in prompts(2)])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from oprd.bridge import load_bridge
-from oprd.cli import main
+from oprd.cli.commands import main
 
 
 def test_quick_bridge_demo_runs_every_stage(tmp_path, capfd):

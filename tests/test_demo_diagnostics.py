@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_trainer import tiny_model
 
-from oprd.demo_diagnostics import decoded_by_teacher, final_cosines, head_distance
+from oprd.demo.diagnostics import decoded_by_teacher, final_cosines, head_distance
 
 
 def test_head_distance_is_the_relative_l2_of_the_heads():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from oprd.demo_report import paper_gap_closed, render_tables
-from oprd.demo_seeds import combine_seeds
+from oprd.demo.report import paper_gap_closed, render_tables
+from oprd.demo.seeds import combine_seeds
 
 
 def entry(accuracy, seed):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_cli import tiny, train_args  # noqa: F401 - the fixture
 
-from oprd.checkpoint import latest_checkpoint
+from oprd.runs.checkpoint import latest_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 TIMINGS = ("time/", "memory/")
@@ -124,9 +124,9 @@ def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path
 def test_a_resume_with_another_process_count_or_strategy_is_refused(tmp_path):
     from test_trainer import TOKENIZER, prompts, tiny_model
 
-    from oprd.checkpoint import TrainerState
-    from oprd.config import TrainConfig
-    from oprd.trainer import Trainer
+    from oprd.runs.checkpoint import TrainerState
+    from oprd.train.config import TrainConfig
+    from oprd.train.trainer import Trainer
 
     config = TrainConfig()
     config.run.device, config.run.dir = "cpu", str(tmp_path / "run")

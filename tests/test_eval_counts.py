@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_trainer import TOKENIZER, tiny_model
 
-from oprd.evaluate import EvalCounts, evaluate, evaluation_counts
+from oprd.train.evaluate import EvalCounts, evaluate, evaluation_counts
 
 EXAMPLES = [{"prompt": "1+1=", "answer": "2"}, {"prompt": "2+3=", "answer": "5"}, {"prompt": "4+4=", "answer": "8"}]
 

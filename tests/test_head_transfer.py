@@ -9,8 +9,8 @@ from test_preflight import config_for, models  # noqa: F401 (a fixture)
 from test_trainer import TOKENIZER, make_trainer, tiny_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from oprd.head_transfer import check_head_transfer, copy_head_and_norm
-from oprd.preflight import check_train
+from oprd.cli.preflight import check_train
+from oprd.train.head_transfer import check_head_transfer, copy_head_and_norm
 
 
 def test_the_student_gets_the_teachers_head_and_norm_and_keeps_the_rest(tmp_path):

@@ -1,4 +1,4 @@
-"""oprd.memory_plan: the parameter counts equal real models' (Qwen2-style with q/k/v biases and tied embeddings,
+"""oprd.train.memory_plan: the parameter counts equal real models' (Qwen2-style with q/k/v biases and tied embeddings,
 Llama-style untied), the paper's sizes come out as published, and the plan's totals follow from its parts."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from oprd.memory_plan import QWEN25_1_5B, QWEN25_7B, STATE_BYTES, Shape, Step, plan
+from oprd.train.memory_plan import QWEN25_1_5B, QWEN25_7B, STATE_BYTES, Shape, Step, plan
 
 
 def unique_parameters(model) -> int:

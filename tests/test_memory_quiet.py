@@ -8,7 +8,7 @@ import sys
 
 CODE = """
 import warnings, torch
-from oprd.memory import delta_peak_bytes
+from oprd.train.memory import delta_peak_bytes
 def work():
     warnings.warn("the work's own warning")
     return torch.ones(1000)

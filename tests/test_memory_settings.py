@@ -1,4 +1,4 @@
-"""The 7B settings (oprd.optim, docs/trainer.md "Memory plan"): BF16AdamW is torch's AdamW in fp32 moments with
+"""The 7B settings (oprd.train.optim, docs/trainer.md "Memory plan"): BF16AdamW is torch's AdamW in fp32 moments with
 unbiased stochastic rounding onto bf16 weights, deterministic across replicas and across a state-dict round trip;
 gradient checkpointing changes no loss or gradient; the trainer applies the settings and decodes under its autocast."""
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_trainer import TOKENIZER, fixed_rollouts, prompts, tiny_model
 
-from oprd.config import TrainConfig
 from oprd.objective import ObjectiveSpec, compute_objective, plan_layers
-from oprd.optim import BF16AdamW, build_optimizer, stochastic_round_to_bf16, uses_gradient_checkpointing
-from oprd.trainer import Trainer
+from oprd.train.config import TrainConfig
+from oprd.train.optim import BF16AdamW, build_optimizer, stochastic_round_to_bf16, uses_gradient_checkpointing
+from oprd.train.trainer import Trainer
 
 
 def bf16_neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +49,7 @@ def step(optimizer, layer, grads):
 
 @pytest.mark.parametrize("chunk", [1 << 20, 7], ids=["whole", "chunks of 7"])
 def test_bf16_adamw_is_torchs_adamw_on_fp32_weights(monkeypatch, chunk):
-    monkeypatch.setattr("oprd.optim._CHUNK", chunk)
+    monkeypatch.setattr("oprd.train.optim._CHUNK", chunk)
     a, grads = model_and_grads(torch.float32)
     b, _ = model_and_grads(torch.float32)
     ours = BF16AdamW(a.parameters(), lr=1e-2, betas=(0.8, 0.95), weight_decay=0.1)
@@ -143,7 +143,7 @@ def test_the_trainer_applies_the_settings_and_decodes_under_its_autocast(tmp_pat
 def test_adamw_8bit_quantises_the_moments_and_resumes_from_its_saved_state_exactly(tmp_path):
     from torchao.optim.subclass_8bit import OptimState8bit
 
-    from oprd.checkpoint import _load_pt
+    from oprd.runs.checkpoint import _load_pt
 
     def layer_and_optimizer():
         torch.manual_seed(0)

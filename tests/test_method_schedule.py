@@ -9,8 +9,8 @@ from bridges import random_bridge
 from test_trainer import TOKENIZER, prompts, read_metrics, tiny_model, wide_teacher, without_timings
 
 from oprd.bridge import save_bridge
-from oprd.config import load_config
-from oprd.trainer import Trainer
+from oprd.train.config import load_config
+from oprd.train.trainer import Trainer
 
 
 def schedule_trainer(tmp_path, bridge_file, steps=4, switch=2):

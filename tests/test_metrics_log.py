@@ -1,12 +1,12 @@
-"""oprd.metrics_log: a torn last line is dropped with a warning; damage anywhere else is an error naming the file and
-the line; truncation keeps the rows up to a step, byte for byte."""
+"""oprd.runs.metrics_log: a torn last line is dropped with a warning; damage anywhere else is an error naming the file
+and the line; truncation keeps the rows up to a step, byte for byte."""
 
 import json
 
 import pytest
 
-from oprd import metrics_log
-from oprd.metrics_log import MetricsLogWarning
+from oprd.runs import metrics_log
+from oprd.runs.metrics_log import MetricsLogWarning
 
 
 def write_rows(path, steps):

@@ -9,7 +9,6 @@ from bridges import bridge_for
 from host_reads import HostReads
 from test_trainer import fixed_rollouts, make_trainer, read_metrics, tiny_model
 
-from oprd.config import load_config
 from oprd.objective import (
     METHOD_TERMS,
     METHODS,
@@ -19,12 +18,13 @@ from oprd.objective import (
     plan_layers,
 )
 from oprd.objective.spec import ALIGNING_METHODS
-from oprd.trainer import objective_spec
+from oprd.train.config import load_config
+from oprd.train.trainer import objective_spec
 
 
 def test_every_method_has_a_row_of_terms():
     assert set(METHOD_TERMS) == set(METHODS)
-    # the width check before any model loads (oprd.pairing) knows which methods align states from the same list
+    # the width check before any model loads (oprd.objective.pairing) knows the state-aligning methods from one list
     assert {m for m, uses in METHOD_TERMS.items() if any(u.term.name == "oprd" for u in uses)} == set(ALIGNING_METHODS)
     spec = ObjectiveSpec(method="oprd+opd", mu=2.5, coefficient=7.0)
     combined = {use.term.name: use.coefficient(spec) for use in METHOD_TERMS["oprd+opd"]}

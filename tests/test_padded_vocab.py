@@ -150,8 +150,8 @@ def padded_model(seed: int, extra_rows: int):
 def test_trainer_distils_across_padded_heads(tmp_path, method, impl, student_extra, teacher_extra):
     from test_trainer import TOKENIZER, prompts
 
-    from oprd.config import load_config
-    from oprd.trainer import Trainer
+    from oprd.train.config import load_config
+    from oprd.train.trainer import Trainer
 
     config = load_config(overrides=[f"run.dir={tmp_path / 'run'}", "optim.steps=2", "run.device=cpu",
                                     f"method.name={method}", f"method.opd_impl={impl}", "method.topk=4",

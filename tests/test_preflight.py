@@ -1,4 +1,4 @@
-"""The checks before any model loads (oprd.preflight, oprd.model_files): model directories, whole weights, the
+"""The checks before any model loads (oprd.cli.preflight, oprd.cli.model_files): model directories, whole weights, the
 student/teacher pair, the run directory and the prompt files, each refused with a message that names the key or
 file and what to do."""
 
@@ -13,11 +13,11 @@ import pytest
 from safetensors import safe_open
 from tiny_hf import save_tiny_model
 
-from oprd.checkpoint import CheckpointError, CheckpointWarning
-from oprd.config import load_config
-from oprd.model_files import TOKENIZER_FILES, WEIGHT_FILES, check_model_dir
-from oprd.preflight import check_run_dir, check_train, train_prompts
-from oprd.run_dir import RunDirError
+from oprd.cli.model_files import TOKENIZER_FILES, WEIGHT_FILES, check_model_dir
+from oprd.cli.preflight import check_run_dir, check_train, train_prompts
+from oprd.runs.checkpoint import CheckpointError, CheckpointWarning
+from oprd.runs.run_dir import RunDirError
+from oprd.train.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -269,12 +269,12 @@ def test_an_unwritable_run_dir_is_refused(tmp_path):
 
 def test_an_unwritable_run_dir_simulated(tmp_path, monkeypatch):
     """As root the permission bits do not stop a write, so the file system's refusal is simulated."""
-    import oprd.preflight
+    import oprd.cli.preflight
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(oprd.preflight.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(oprd.cli.preflight.tempfile, "mkstemp", refuse)
     with pytest.raises(ValueError, match=r"`run.dir` .*run: cannot write there \(in .*, where it would be "
                                          r"created\): Permission denied; choose a run.dir you can write in"):
         check_run_dir(str(tmp_path / "run"))
@@ -310,7 +310,7 @@ def test_resume_passes_with_an_intact_checkpoint_behind_a_broken_one(models, tmp
     import torch
     from transformers import AutoModelForCausalLM
 
-    from oprd.checkpoint import TrainerState, save_checkpoint
+    from oprd.runs.checkpoint import TrainerState, save_checkpoint
 
     run = tmp_path / "run"
     model = AutoModelForCausalLM.from_pretrained(models["teacher"], local_files_only=True)

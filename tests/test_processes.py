@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from test_cli import tiny, train_args  # noqa: F401 - the fixture
 
-from oprd.cli import main
-from oprd.processes import _WORLD_VARIABLES, TORCHRUN_VARIABLES, check_launch, world_size
+from oprd.cli.commands import main
+from oprd.parallel.processes import _WORLD_VARIABLES, TORCHRUN_VARIABLES, check_launch, world_size
 
 
 @pytest.fixture

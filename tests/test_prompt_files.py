@@ -1,5 +1,5 @@
-"""Prompt files (oprd.data.load_prompts): bad bytes, non-string fields and missing fields are errors that name the
-file, the line and the field; answers are read only when asked for."""
+"""Prompt files (oprd.rollout.prompts.load_prompts): bad bytes, non-string fields and missing fields are errors that
+name the file, the line and the field; answers are read only when asked for."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from oprd.data import MissingFieldError, load_prompts
+from oprd.rollout.prompts import MissingFieldError, load_prompts
 
 
 def write_lines(path, *lines: str):

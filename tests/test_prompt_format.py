@@ -1,5 +1,5 @@
-"""Prompts in each tokenizer's chat template (oprd.prompt_format) and everywhere prompts are encoded: rollouts, SFT,
-the teacher's view across tokenizers, Stage 0, the config, the trainer and `oprd bridge collect`.
+"""Prompts in each tokenizer's chat template (oprd.rollout.prompt_format) and everywhere prompts are encoded: rollouts,
+SFT, the teacher's view across tokenizers, Stage 0, the config, the trainer and `oprd bridge collect`.
 
 Tokenizers are built here (the character one and the test BPE), a template set on a copy; no downloads.
 """
@@ -15,14 +15,14 @@ from other_tokenizer import bpe_tokenizer
 from test_trainer import TOKENIZER, fixed_rollouts, prompts, tiny_model
 
 import oprd.bridge.collect as collect
-import oprd.evaluate as evaluate_module
+import oprd.train.evaluate as evaluate_module
 from oprd.bridge.collect import CollectSettings, collect_rows, other_tokens
 from oprd.bridge.token_alignment import teacher_view
-from oprd.config import load_config
-from oprd.prompt_format import prompt_ids
-from oprd.rollout import encode_prompts
-from oprd.sft import sft_batch
-from oprd.trainer import Trainer
+from oprd.demo.sft import sft_batch
+from oprd.rollout.hf import encode_prompts
+from oprd.rollout.prompt_format import prompt_ids
+from oprd.train.config import load_config
+from oprd.train.trainer import Trainer
 
 # over the characters both test tokenizers know: "<bos>1+2;= " for the character one
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['content'] }};{% endfor %}"
@@ -181,7 +181,7 @@ def test_collect_rows_samples_templated_prompts_and_records_the_mode(tmp_path, c
 
 
 def test_the_config_key_defaults_to_auto_and_is_validated(tmp_path):
-    from oprd.config import save_config
+    from oprd.train.config import save_config
 
     assert load_config().data.chat_template == "auto"
     assert load_config(overrides=["data.chat_template=off"]).data.chat_template == "off"
@@ -247,7 +247,7 @@ def pair(tmp_path_factory):
 
 
 def test_the_collect_flag(pair, tmp_path, capsys):
-    from oprd.cli import main
+    from oprd.cli.commands import main
 
     with pytest.raises(SystemExit) as info:
         main(["bridge", "collect", *pair, "--out", str(tmp_path / "a"), "--chat-template", "bogus"])

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from oprd import data
-from oprd.data import PromptStream
+from oprd.rollout import prompts as data
+from oprd.rollout.prompts import PromptStream
 
 
 def oracle(prompts: list[dict], seed: int, position: int, n: int) -> list[dict]:

@@ -13,12 +13,12 @@ import torch
 from test_checkpoint import overwrite_4kb_in_the_middle
 from test_trainer import TOKENIZER, make_trainer, read_metrics, tiny_model, without_timings
 
-from oprd.checkpoint import CheckpointWarning, latest_checkpoint
-from oprd.cli import main
-from oprd.config import load_config
-from oprd.metrics_log import MetricsLogWarning
-from oprd.run_dir import RunDirError
+from oprd.cli.commands import main
+from oprd.runs.checkpoint import CheckpointWarning, latest_checkpoint
+from oprd.runs.metrics_log import MetricsLogWarning
+from oprd.runs.run_dir import RunDirError
 from oprd.tasks import ArithmeticTask, write_jsonl
+from oprd.train.config import load_config
 
 
 def error_line(stderr: str) -> str:
@@ -159,7 +159,7 @@ def test_oprd_train_reports_run_directory_problems_in_one_line(tmp_path, capsys)
 
 
 def test_the_demo_can_be_rerun_into_its_own_folder(tmp_path):
-    from oprd.demo import DemoSettings, run_demo
+    from oprd.demo.run import DemoSettings, run_demo
 
     settings = DemoSettings(out=str(tmp_path / "demo"), digits=1, hidden=16, layers=1, sft_examples=32, sft_steps=2,
                             sft_batch=8, candidate_every=1, select_size=2, distill_steps=2, prompts_per_step=2,

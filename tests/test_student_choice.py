@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oprd.student_choice import CandidateKeeper, choose_student
+from oprd.demo.student_choice import CandidateKeeper, choose_student
 
 
 def candidates(accuracies):

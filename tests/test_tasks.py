@@ -1,4 +1,5 @@
-"""oprd.tasks.arithmetic against Python's int arithmetic, and oprd.tokenizer's round trip, save/load and padding."""
+"""oprd.tasks.arithmetic against Python's int arithmetic, and oprd.tasks.tokenizers's round trip, save/load and
+padding."""
 
 import json
 import random
@@ -8,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from oprd.tasks import ArithmeticTask, Example, sft_text, write_jsonl
-from oprd.tokenizer import DEFAULT_ALPHABET, SPECIAL_TOKENS, build_char_tokenizer
+from oprd.tasks.tokenizers import DEFAULT_ALPHABET, SPECIAL_TOKENS, build_char_tokenizer
 
 STEP = re.compile(r"(\d)\+(\d)\+(\d)=(\d)(\d)")
 

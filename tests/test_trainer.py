@@ -13,12 +13,12 @@ from bridges import bridge_for
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import oprd_kernels
-from oprd.config import load_config
 from oprd.objective import METHODS, ObjectiveSpec, compute_objective, plan_layers
-from oprd.rollout import generate_rollouts
+from oprd.rollout.hf import generate_rollouts
 from oprd.tasks import ArithmeticTask
-from oprd.tokenizer import build_char_tokenizer
-from oprd.trainer import Trainer, warmup_cosine
+from oprd.tasks.tokenizers import build_char_tokenizer
+from oprd.train.config import load_config
+from oprd.train.trainer import Trainer, warmup_cosine
 
 TOKENIZER = build_char_tokenizer()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from oprd.tokenizer import build_char_tokenizer
+from oprd.tasks.tokenizers import build_char_tokenizer
 
 TOKENIZER = build_char_tokenizer()
 

@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from oprd.atomic_files import write_atomic
 from oprd.bridge.file import ModelIdentity
 from oprd.capture import capture_student, decoder_parts, teacher_cache
 from oprd.layers import hidden_state_pairs, resolve_layers
-from oprd.prompt_format import check_chat_template
-from oprd.rollout import Rollouts, generate_rollouts
+from oprd.rollout.hf import Rollouts, generate_rollouts
+from oprd.rollout.prompt_format import check_chat_template
+from oprd.runs.atomic_files import write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "oprd-bridge-rows/1"
@@ -45,7 +45,7 @@ class CollectSettings:
     rows_per_response: int = 8  # response positions kept per response
     max_rows: int = 16384  # rows kept per layer in all
     seed: int = 0
-    chat_template: str = "auto"  # how prompts are encoded (oprd.prompt_format): "auto" | "on" | "off"
+    chat_template: str = "auto"  # how prompts are encoded (oprd.rollout.prompt_format): "auto" | "on" | "off"
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_batch", "responses_per_prompt", "max_new_tokens", "rows_per_response", "max_rows"):

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from oprd.atomic_files import write_atomic
+from oprd.runs.atomic_files import write_atomic
 
 FORMAT = "oprd-bridge/1"
 TENSORS = ("proj_t", "mean_t", "proj_s")

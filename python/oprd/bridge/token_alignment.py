@@ -19,7 +19,7 @@ from torch import Tensor
 
 from oprd.bridge.boundaries import _first_of_runs, _merge, _unshadowed, pair_by_boundaries
 from oprd.bridge.byte_ends import METHODS, _backend, _byte_ends, _describe, _Pieces, token_byte_ends
-from oprd.prompt_format import prompt_ids, uses_template
+from oprd.rollout.prompt_format import prompt_ids, uses_template
 
 __all__ = ["METHODS", "TeacherView", "pair_by_boundaries", "teacher_view", "token_byte_ends"]
 
@@ -165,7 +165,7 @@ def teacher_view(rollouts, student_tokenizer, teacher_tokenizer, prompts_for_tea
                  chat_template: str = "auto") -> TeacherView:
     """The teacher's batch for `rollouts` and the pairing of student and teacher response positions.
 
-    Row b: the teacher's encoding of `prompts_for_teacher[prompt_index[b]]` (`oprd.prompt_format` under
+    Row b: the teacher's encoding of `prompts_for_teacher[prompt_index[b]]` (`oprd.rollout.prompt_format` under
     `chat_template`, as `oprd.rollout.encode_prompts` encodes the student's: "auto" renders the teacher's own chat
     template when it has one, else encodes plainly with its special tokens), left-padded to P_t, then its encoding
     (no special tokens) of the text decoded from the student's response ids, right-padded. When the response ends

@@ -7,9 +7,9 @@
   only the selected rows of the selected layers, in a compact [L_sel, N_sel, D] cache (bf16 by default), or their
   Bridge projections [L_sel, N_sel, r]. Nothing else of the teacher pass survives it.
 
-An FSDP2 model (`torch.distributed.fsdp.fully_shard`, as `oprd.sharding` wraps it) runs through its root module's
-forward instead, whole, so that FSDP's hooks gather and release the parameters as they should (an early stop would
-raise inside them); its LM head then computes one position only (`logits_to_keep=1`).
+An FSDP2 model (`torch.distributed.fsdp.fully_shard`, as `oprd.parallel.sharding` wraps it) runs through its root
+module's forward instead, whole, so that FSDP's hooks gather and release the parameters as they should (an early stop
+would raise inside them); its LM head then computes one position only (`logits_to_keep=1`).
 
 Both take left-padded prompts with right-padded responses (`attention_mask` 0 on padding). Position ids are counted
 from the attention mask, as generation counts them, so a left-padded sample sees the positions it was generated with.
@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from oprd.capture.families import SUPPORTED_FAMILIES, DecoderParts, decoder_parts
 from oprd.capture.taps import StopForward, tapped
-from oprd.fsdp_check import is_fsdp_module
 from oprd.layers import resolve_layers
+from oprd.parallel.fsdp_check import is_fsdp_module
 from oprd_kernels._validation import describe
 
 LayerSpec = Union[str, Sequence[int]]

@@ -8,7 +8,7 @@ OPRD alone), the fused alignment loss, the OPD terms of the combined methods, an
 
 A batch from TRL (`prompt_ids` left-padded, `completion_ids` right-padded, `completion_mask` up to and including
 EOS) is already oprd's rollout layout (`rollouts_from`). Gradient accumulation is a global token-mean over the
-micro-batches of one optimizer step (oprd.accumulation): each micro-batch's terms are scaled by its share of the
+micro-batches of one optimizer step (oprd.train.accumulation): each micro-batch's terms are scaled by its share of the
 window's token counts, so the accumulated gradient is the one-batch gradient; across processes DDP averages the
 per-process gradients.
 
@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 from oprd.bridge.file import Bridge
 from oprd.objective import ObjectiveSpec, TokenCounts, compute_objective, plan_layers, token_counts
-from oprd.rollout import Rollouts
+from oprd.rollout.hf import Rollouts
 
 
 def rollouts_from(inputs: dict) -> Rollouts:

@@ -9,8 +9,8 @@ from torch import nn
 from oprd.bridge.file import Bridge, check_bridge_fits
 from oprd.capture import decoder_parts
 from oprd.layers import hidden_state_pairs, resolve_layers
+from oprd.objective.pairing import check_widths, hidden_size
 from oprd.objective.spec import ObjectiveSpec
-from oprd.pairing import check_widths, hidden_size
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Multi-digit addition written out column by column: the demo's synthetic task for a tiny character-level model.
 
-Format (every field is plain characters over `oprd.tokenizer.DEFAULT_ALPHABET`):
+Format (every field is plain characters over `oprd.tasks.tokenizers.DEFAULT_ALPHABET`):
 
     prompt    "47+85="
     solution  "7+5+0=12,4+8+1=13;132"

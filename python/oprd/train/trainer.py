@@ -7,14 +7,14 @@ micro-batches. On CUDA the student computes under bf16 autocast, over fp32 weigh
 Output: per-step metrics as JSON lines in `<run.dir>/metrics.jsonl`, periodic evaluation, and atomic checkpoints.
 A resumed run continues exactly: same prompts, same random stream, same metrics except the timings.
 
-Under torchrun (`oprd.distributed`) each of N processes samples rollouts for its 1/N of every step's
+Under torchrun (`oprd.parallel.group`) each of N processes samples rollouts for its 1/N of every step's
 `rollout.prompts_per_step` prompts (still the global batch) under its own random stream (seed + rank), the window's
-token counts and the gradients are summed over the ranks before clipping, so the step is the one-batch step of all
-N shares; rank 0 alone writes metrics (combined over the ranks), checkpoints (with every rank's random state) and the
-config. `parallel.strategy` "fsdp2" shards the student per decoder block (`oprd.sharding`; FSDP2 sums the gradients
-in backward), "ddp" keeps a whole replica per rank and sums the gradients once per step. The optimizer step draws
-any randomness (torchao's stochastic rounding onto bf16 weights) from a stream seeded by the run's seed and the step,
-the same on every rank and apart from the rollouts' stream, so replicas stay equal and a resume stays exact.
+token counts and the gradients are summed over the ranks before clipping, so the step is the one-batch step of all N
+shares; rank 0 alone writes metrics (combined over the ranks), checkpoints (with every rank's random state) and the
+config. `parallel.strategy` "fsdp2" shards the student per decoder block (`oprd.parallel.sharding`; FSDP2 sums the
+gradients in backward), "ddp" keeps a whole replica per rank and sums the gradients once per step. The optimizer step
+draws any randomness (torchao's stochastic rounding onto bf16 weights) from a stream seeded by the run's seed and the
+step, the same on every rank and apart from the rollouts' stream, so replicas stay equal and a resume stays exact.
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from oprd import metrics_log
-from oprd.accumulation import accumulate_gradients
 from oprd.bridge import load_bridge
 from oprd.bridge.token_alignment import teacher_view
-from oprd.checkpoint import (
+from oprd.objective import ObjectiveSpec, TokenCounts, plan_layers
+from oprd.parallel.group import join
+from oprd.parallel.rank_metrics import reduce_metrics
+from oprd.parallel.sharding import full_model_state, full_optimizer_state, load_full_state, shard_model
+from oprd.rollout.hf import eos_token_ids, generate_rollouts
+from oprd.rollout.prompt_format import uses_template
+from oprd.rollout.prompts import PromptStream
+from oprd.runs import metrics_log
+from oprd.runs.checkpoint import (
     TrainerState,
     capture_rng_state,
     checkpoint_states,
@@ -42,18 +48,12 @@ from oprd.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from oprd.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
-from oprd.data import PromptStream
-from oprd.distributed import join
-from oprd.evaluate import EvalCounts, Grader, default_grader, evaluation_counts
-from oprd.head_transfer import copy_head_and_norm
-from oprd.objective import ObjectiveSpec, TokenCounts, plan_layers
-from oprd.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing
-from oprd.prompt_format import uses_template
-from oprd.rank_metrics import reduce_metrics
-from oprd.rollout import eos_token_ids, generate_rollouts
-from oprd.run_dir import prepare_fresh_run, remove_leftovers
-from oprd.sharding import full_model_state, full_optimizer_state, load_full_state, shard_model
+from oprd.runs.run_dir import prepare_fresh_run, remove_leftovers
+from oprd.train.accumulation import accumulate_gradients
+from oprd.train.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
+from oprd.train.evaluate import EvalCounts, Grader, default_grader, evaluation_counts
+from oprd.train.head_transfer import copy_head_and_norm
+from oprd.train.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing
 
 
 def warmup_cosine(steps: int, warmup_ratio: float):

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from oprd.rollout import generate_rollouts
+from oprd.rollout.hf import generate_rollouts
 
 Grader = Callable[[str, str], bool]
 
@@ -45,7 +45,7 @@ def evaluate(model: nn.Module, tokenizer, examples: Sequence[dict], *, samples: 
              max_new_tokens: int, grader: Grader = default_grader, batch_prompts: int = 32,
              seed: int = 1234, chat_template: str = "auto") -> dict[str, float]:
     """{"eval/accuracy": avg@k accuracy, "eval/response_length": mean tokens} over `examples` (with "answer").
-    chat_template: how prompts are encoded, as in training (`oprd.prompt_format`)."""
+    chat_template: how prompts are encoded, as in training (`oprd.rollout.prompt_format`)."""
     return evaluation_counts(model, tokenizer, examples, samples=samples, temperature=temperature,
                              max_new_tokens=max_new_tokens, grader=grader, batch_prompts=batch_prompts, seed=seed,
                              chat_template=chat_template).metrics()

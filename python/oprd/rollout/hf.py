@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from oprd.fsdp_check import is_fsdp_module
-from oprd.prompt_format import encode_prompt_texts
+from oprd.parallel.fsdp_check import is_fsdp_module
+from oprd.rollout.prompt_format import encode_prompt_texts
 
 
 @dataclass
@@ -65,7 +65,7 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
 def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device,
                    chat_template: str = "auto") -> tuple[Tensor, Tensor]:
     """Left-padded [B, P] ids and attention mask: each prompt in the tokenizer's chat template, or plainly with BOS
-    when the tokenizer adds one (`oprd.prompt_format`: which, under `chat_template`)."""
+    when the tokenizer adds one (`oprd.rollout.prompt_format`: which, under `chat_template`)."""
     if tokenizer.padding_side != "left":
         raise ValueError(f"encode_prompts: the tokenizer must pad on the left for generation; got "
                          f"padding_side={tokenizer.padding_side!r}")
@@ -103,7 +103,8 @@ def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, re
                       vocab_limit: int | None = None, chat_template: str = "auto") -> Rollouts:
     """Sample `responses_per_prompt` responses per prompt from `model` (its current weights: on-policy).
     vocab_limit: never sample ids at or above it (the student's head rows a differently padded teacher lacks).
-    chat_template: "auto" encodes prompts in the tokenizer's chat template when it has one (oprd.prompt_format)."""
+    chat_template: "auto" encodes prompts in the tokenizer's chat template when it has one
+    (oprd.rollout.prompt_format)."""
     device = next(model.parameters()).device
     eos = eos_token_ids(model, tokenizer)
     ids, mask = encode_prompts(tokenizer, prompts, device, chat_template)

@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from oprd.head_transfer import copy_head_and_norm
+from oprd.train.head_transfer import copy_head_and_norm
 
 
 @torch.no_grad()

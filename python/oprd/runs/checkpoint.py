@@ -8,7 +8,7 @@ A checkpoint is the directory `<run_dir>/checkpoints/step_<step:08d>/`:
     rng_state.pt         Python `random`, NumPy global, torch CPU and CUDA generator states (of rank 0)
     rng_state.rank<r>.pt the same for rank r >= 1 of a multi-process run (`rng_states`)
     trainer_state.json   step, data position, `extra`
-    manifest.json        size and SHA-256 of every file above (`oprd.manifest`); written last, it marks completion
+    manifest.json        size and SHA-256 of every file above (`oprd.runs.manifest`); written last, it marks completion
 
 Atomicity: everything is written into `.tmp-...` next to the target and fsynced. Then the manifest is written (to a
 temporary name, fsynced, renamed), and the directory is renamed into place with `os.replace`. A crash at any point
@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from oprd.atomic_files import fsync_dir, write_atomic
-from oprd.manifest import MANIFEST, build_manifest, check_manifest
+from oprd.runs.atomic_files import fsync_dir, write_atomic
+from oprd.runs.manifest import MANIFEST, build_manifest, check_manifest
 
 __all__ = ["TrainerState", "CheckpointError", "CheckpointWarning", "save_checkpoint", "latest_checkpoint",
            "load_checkpoint", "checkpoint_problems", "capture_rng_state", "checkpoint_states"]
@@ -87,7 +87,7 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
 
     rng_states: every rank's `capture_rng_state()` in rank order, when several processes train (rank 0, the one
     writing, saves its own in any case). model_state / optimizer_state: the whole states to write instead of
-    `model.state_dict()` / `optimizer.state_dict()` (a sharded model's, gathered by `oprd.sharding`).
+    `model.state_dict()` / `optimizer.state_dict()` (a sharded model's, gathered by `oprd.parallel.sharding`).
 
     A checkpoint already present for the same step is replaced. `state.extra` must survive a JSON round trip
     unchanged (no tuples, non-string keys or NaN), so that a resumed run sees exactly what was saved."""
@@ -217,7 +217,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
 
 def checkpoint_states(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The checkpoint's model weights (as saved: a tied weight once) and optimizer state, as dicts, for a sharded
-    model that loads them through `oprd.sharding.load_full_state`. Check the checkpoint first (`load_checkpoint`)."""
+    model that loads them through `oprd.parallel.sharding.load_full_state`. Check the checkpoint first (`load_checkpoint`)."""
     model_dir = Path(path) / "model"
     weights = {}
     for file in _weight_files(model_dir, sharded=(Path(path) / _INDEX).is_file()):

@@ -1,5 +1,5 @@
 """The Bridge demo's cross-tokenizer pair: a teacher of the Bridge teacher's shape that reads a byte-level BPE
-(oprd.tokenizer.build_bpe_tokenizer, trained on the task's text) instead of the student's characters.
+(oprd.tasks.tokenizers.build_bpe_tokenizer, trained on the task's text) instead of the student's characters.
 
 The teacher is trained by SFT on the same examples in its own tokens; Stage 0 pairs each student token with the
 teacher token ending at the same byte (oprd.bridge.token_alignment; student tokens inside a longer teacher token
@@ -10,10 +10,10 @@ OPRD-Bridge over the seeds. OPD has no row here: the two heads predict different
 from __future__ import annotations
 
 from oprd.bridge.collect import other_tokens
-from oprd.demo import DemoRun, _eval, distill_runs
-from oprd.demo_bridge_stages import collect_and_fit, train_teacher
-from oprd.rollout import eos_token_ids
-from oprd.tokenizer import build_bpe_tokenizer
+from oprd.demo.bridge_stages import collect_and_fit, train_teacher
+from oprd.demo.run import DemoRun, _eval, distill_runs
+from oprd.rollout.hf import eos_token_ids
+from oprd.tasks.tokenizers import build_bpe_tokenizer
 
 BPE_TEXTS = 4000  # SFT examples the teacher's BPE is trained on
 

@@ -5,7 +5,7 @@ and no minutes of loading. Each error names the config key (or flag) and the fil
 the way to turn it off); both model directories hold a config, whole weights and (the student) a tokenizer; the two
 configs agree with the method (OPRD-Vanilla needs equal widths; the Bridge methods a bridge file fitted for the pair)
 and with `oprd.layers`; `run.dir` is a directory one
-can write in, and a fresh run does not land on another run's outputs (`oprd.run_dir`). `Trainer.run` checks the run
+can write in, and a fresh run does not land on another run's outputs (`oprd.runs.run_dir`). `Trainer.run` checks the run
 directory again for API users. With `--resume`, at least one checkpoint must pass the cheap file-and-size check.
 """
 
@@ -16,16 +16,16 @@ import tempfile
 from pathlib import Path
 
 from oprd.bridge import check_bridge_fits, load_bridge
-from oprd.checkpoint import latest_checkpoint
-from oprd.config import TrainConfig, parse_layers
-from oprd.data import MissingFieldError, load_prompts
-from oprd.head_transfer import check_head_transfer
+from oprd.cli.model_files import check_model_dir
 from oprd.layers import resolve_layers
-from oprd.model_files import check_model_dir
+from oprd.objective.pairing import check_widths, hidden_size
 from oprd.objective.spec import BRIDGE_METHODS
-from oprd.pairing import check_widths, hidden_size
-from oprd.processes import check_launch, world_size
-from oprd.run_dir import prepare_fresh_run
+from oprd.parallel.processes import check_launch, world_size
+from oprd.rollout.prompts import MissingFieldError, load_prompts
+from oprd.runs.checkpoint import latest_checkpoint
+from oprd.runs.run_dir import prepare_fresh_run
+from oprd.train.config import TrainConfig, parse_layers
+from oprd.train.head_transfer import check_head_transfer
 
 
 def check_train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> tuple[list[dict], list[dict]]:

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from oprd.capture import position_ids_from_mask
-from oprd.prompt_format import prompt_ids
+from oprd.rollout.prompt_format import prompt_ids
 
 
 def sft_batch(tokenizer, prompts: Sequence[str], solutions: Sequence[str], device: torch.device,
               chat_template: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
     """(input_ids, attention_mask, labels) with labels -100 everywhere but the solution tokens and EOS. Prompts are
-    encoded as rollouts encode them (`oprd.prompt_format`: the chat template, or plainly with BOS)."""
+    encoded as rollouts encode them (`oprd.rollout.prompt_format`: the chat template, or plainly with BOS)."""
     rows, label_rows = [], []
     for p, solution in zip(prompt_ids(tokenizer, prompts, chat_template), solutions):
         s = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]

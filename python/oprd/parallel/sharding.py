@@ -1,14 +1,14 @@
 """FSDP2 for the trainer: `fully_shard` per decoder block and at the root, and the whole (unsharded) state of a
 sharded model for checkpoints.
 
-A sharded model runs differently in three places, each keyed on `oprd.fsdp_check.is_fsdp_module`, so that any FSDP2
-model handed to oprd (not only the trainer's) gets it: capture goes through the root module's forward, so that
+A sharded model runs differently in three places, each keyed on `oprd.parallel.fsdp_check.is_fsdp_module`, so that any
+FSDP2 model handed to oprd (not only the trainer's) gets it: capture goes through the root module's forward, so that
 FSDP's hooks unshard the embedding, norm and head (`oprd.capture`); generation runs in lockstep on every rank
 (`synced_gpus`), since each forward all-gathers; and the fused OPD losses read the LM-head weight while the root
 still holds it unsharded after its forward (FSDP2 keeps the root's parameters gathered for backward).
 
 Gradients are summed over the ranks, not averaged: each rank's loss is already its share of the whole window's
-(`oprd.accumulation`), as in the replicated strategy.
+(`oprd.train.accumulation`), as in the replicated strategy.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from oprd.capture.families import decoder_parts
-from oprd.fsdp_check import FSDPModule
+from oprd.parallel.fsdp_check import FSDPModule
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered, on rank 0's CPU
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)

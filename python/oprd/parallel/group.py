@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from oprd.processes import TORCHRUN_VARIABLES, check_launch, world_size
+from oprd.parallel.processes import TORCHRUN_VARIABLES, check_launch, world_size
 
 __all__ = ["TORCHRUN_VARIABLES", "Group", "join", "leave"]
 
@@ -145,9 +145,9 @@ def _buckets(params: list[nn.Parameter]) -> Iterable[list[nn.Parameter]]:
 
 def join(device: torch.device) -> Group:
     """The group torchrun launched this process into (initialised here if nobody has yet), or the one-process group.
-    Copies started by another launcher are refused (`oprd.processes.check_launch`). On CUDA each rank computes on
-    cuda:LOCAL_RANK, whatever `device` index was asked for."""
-    check_launch("oprd.distributed.join")
+    Copies started by another launcher are refused (`oprd.parallel.processes.check_launch`). On CUDA each rank
+    computes on cuda:LOCAL_RANK, whatever `device` index was asked for."""
+    check_launch("oprd.parallel.group.join")
     if world_size() == 1:
         return Group(0, 1, device)
     if device.type == "cuda":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oprd.demo_report import _pm, plot_curves
+from oprd.demo.report import _pm, plot_curves
 
 # The paper's Table 4 (best@16 avg, %; Qwen3-4B -> Qwen3-1.7B-Base), PAPER_NOTES section 4.
 PAPER_TABLE4 = {"opd_top1": 30.8, "opd_topk": 27.1, "oprd_bridge": 30.8, "oprd_bridge, then opd_top1": 33.9}

@@ -4,7 +4,7 @@ the slowest and largest rank's; token counts add up; everything else (means over
 
 from __future__ import annotations
 
-from oprd.distributed import Group
+from oprd.parallel.group import Group
 
 _SUMMED = ("loss/", "tokens/")
 _MAXED = ("time/step_s", "memory/")

@@ -4,7 +4,7 @@
 2. Keep candidate checkpoints of the same run; the student is the one whose accuracy on a held-out selection set
    is nearest `student_ratio` (default 0.65, the paper's student/teacher ratio) of the teacher's: same
    architecture and initialisation, weaker (the paper's R1-distill -> JustRL relation), chosen by accuracy, not by
-   step (oprd.student_choice).
+   step (oprd.demo.student_choice).
 3. Distil the student on-policy with each method from the same seed and step budget.
 4. Evaluate teacher, student and every result (avg@k exact match). Then write a Table 2 (accuracy, share of the
    gap closed) and a Table 3 (wall-clock, delta-peak of one update), plots of accuracy and
@@ -26,17 +26,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from oprd.config import load_config
-from oprd.demo_diagnostics import decoded_by_teacher, final_cosines, head_distance
-from oprd.demo_report import plot, render_tables
-from oprd.demo_seeds import combine_seeds
-from oprd.evaluate import evaluate
-from oprd.memory import delta_peak_bytes
-from oprd.sft import train_sft
-from oprd.student_choice import CandidateKeeper, StudentChoice, choose_student
+from oprd.demo.diagnostics import decoded_by_teacher, final_cosines, head_distance
+from oprd.demo.report import plot, render_tables
+from oprd.demo.seeds import combine_seeds
+from oprd.demo.sft import train_sft
+from oprd.demo.student_choice import CandidateKeeper, StudentChoice, choose_student
 from oprd.tasks import ArithmeticTask, write_jsonl
-from oprd.tokenizer import build_char_tokenizer
-from oprd.trainer import Trainer
+from oprd.tasks.tokenizers import build_char_tokenizer
+from oprd.train.config import load_config
+from oprd.train.evaluate import evaluate
+from oprd.train.memory import delta_peak_bytes
+from oprd.train.trainer import Trainer
 
 METHODS = ("oprd", "opd_top1", "opd_topk", "opd_full", "oprd+opd")
 
@@ -54,7 +54,7 @@ class DemoSettings:
     sft_lr: float = 3e-3
     student_ratio: float = 0.65  # the student: the SFT candidate nearest this share of the teacher's accuracy
     candidate_every: int = 5  # SFT steps between candidate students (all kept: the demo's models are small)
-    candidate_stride: int = 5  # the coarse search evaluates every this many candidates (oprd.student_choice)
+    candidate_stride: int = 5  # the coarse search evaluates every this many candidates (oprd.demo.student_choice)
     select_size: int = 64  # held-out problems the candidates and the teacher are compared on (not the eval set)
     distill_steps: int = 200
     prompts_per_step: int = 16
@@ -168,7 +168,7 @@ def _prepare(settings: DemoSettings, progress: bool) -> _Stage:
 
 def _train_teacher(settings: DemoSettings, stage: _Stage, label: str = "[1/4]") -> dict:
     """SFT of the teacher, keeping candidate students every `candidate_every` steps; the student is the one nearest
-    `student_ratio` of the teacher's accuracy on the selection set, searched coarse to fine (oprd.student_choice).
+    `student_ratio` of the teacher's accuracy on the selection set, searched coarse to fine (oprd.demo.student_choice).
     Both are saved under models/; returns the SFT facts and the choice."""
     stage.log(f"{label} supervised teacher: {settings.sft_steps} steps, a candidate student every "
               f"{settings.candidate_every}")
@@ -218,7 +218,7 @@ def _save(model, stage: _Stage, name: str, tokenizer=None) -> None:
 
 def _distill_seeds(settings: DemoSettings, stage: _Stage, run: DemoRun, teacher, acc_student: float,
                    acc_teacher: float, teacher_tokenizer=None) -> dict:
-    """One table row: the run over every distillation seed (oprd.demo_seeds)."""
+    """One table row: the run over every distillation seed (oprd.demo.seeds)."""
     seeds = [settings.seed + i for i in range(settings.seeds)]
     entries = [_distill(settings, stage, run, seed, teacher, acc_student, acc_teacher, measure_peak=i == 0,
                         teacher_tokenizer=teacher_tokenizer) for i, seed in enumerate(seeds)]
@@ -258,7 +258,7 @@ def _distill(settings: DemoSettings, stage: _Stage, run: DemoRun, seed: int, tea
 
 def _diagnostics(settings: DemoSettings, stage: _Stage, student, teacher, metrics: list[dict], acc_student: float,
                  acc_teacher: float) -> dict:
-    """The trained student's numbers that explain its result (oprd.demo_diagnostics); the head diagnostics need
+    """The trained student's numbers that explain its result (oprd.demo.diagnostics); the head diagnostics need
     the same head shapes (not so for the Bridge demo's wider teacher), the per-layer cosine the same widths."""
     out = {"response_length": _mean_response_length(metrics)}
     unpaired = [m["bridge/unpaired_share"] for m in metrics if "bridge/unpaired_share" in m]

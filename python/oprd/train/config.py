@@ -25,9 +25,9 @@ import yaml
 
 from oprd.layers import LAYER_MODES
 from oprd.objective.spec import BRIDGE_METHODS, METHODS, OPD_IMPLS, OPD_VARIANTS
-from oprd.optim import OPTIMIZERS, PARAM_DTYPES
 from oprd.positions import POSITION_MODES, WEIGHTINGS
-from oprd.prompt_format import CHAT_TEMPLATE_MODES
+from oprd.rollout.prompt_format import CHAT_TEMPLATE_MODES
+from oprd.train.optim import OPTIMIZERS, PARAM_DTYPES
 from oprd_kernels import BACKENDS
 
 DTYPES = ("auto", "float32", "bfloat16")
@@ -83,7 +83,7 @@ class OprdConfig:
     weighting: str = "token"     # "token" | "sample"
     coefficient: float = 1.0     # > 0, multiplies L_OPRD in method "oprd"
     gradient_injection: bool = False
-    head_from_teacher: bool = False  # start the student from the teacher's LM head and final norm (oprd.head_transfer)
+    head_from_teacher: bool = False  # start the student from the teacher's LM head and final norm (head_transfer)
 
 
 @dataclass
@@ -101,7 +101,7 @@ class OptimConfig:
     steps: int = 500             # >= 1
     grad_clip: float = 1.0       # > 0, or 0 to disable
     grad_accum: int = 1          # >= 1
-    param_dtype: str = "fp32"    # the student's weights and gradients: "fp32" | "bf16" (oprd.optim)
+    param_dtype: str = "fp32"    # the student's weights and gradients: "fp32" | "bf16" (oprd.train.optim)
     optimizer: str = "adamw"     # "adamw" (fp32 moments) | "adamw_8bit" (torchao, 8-bit moments)
     gradient_checkpointing: str = "auto"  # "auto" (on for students of >= 1B parameters) | "on" | "off"
 

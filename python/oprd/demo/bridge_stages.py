@@ -1,4 +1,4 @@
-"""The two stages the Bridge demo runs for each of its teachers (oprd.demo_bridge, oprd.demo_bridge_tokenizers): the
+"""The two stages the Bridge demo runs for each of its teachers (oprd.demo.bridge, oprd.demo.bridge_tokenizers): the
 teacher's SFT, and Stage 0 + 1 (rows collected, the bridge fitted with its rank sweep)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from transformers import LlamaForCausalLM
 
 from oprd.bridge import CollectSettings, collect_rows, save_bridge
 from oprd.bridge.fit import fit_collected
-from oprd.demo import _model, _save
-from oprd.sft import train_sft
+from oprd.demo.run import _model, _save
+from oprd.demo.sft import train_sft
 
 
 def train_teacher(settings, stage, tokenizer, name: str, label: str, what: str) -> LlamaForCausalLM:

@@ -10,7 +10,7 @@ def load_model(path: str, key: str, dtype=None):
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    from oprd.preflight import one_line
+    from oprd.cli.preflight import one_line
 
     try:
         return AutoModelForCausalLM.from_pretrained(Path(path), local_files_only=True, dtype=dtype)
@@ -21,7 +21,7 @@ def load_model(path: str, key: str, dtype=None):
 def load_tokenizer(path: str, key: str):
     from transformers import AutoTokenizer
 
-    from oprd.preflight import one_line
+    from oprd.cli.preflight import one_line
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -36,7 +36,7 @@ def load_tokenizer(path: str, key: str):
 def teacher_tokenizer_for(student_tokenizer, teacher_dir: str, key: str = "model.teacher"):
     """The teacher directory's own tokenizer when it has one whose vocabulary is not the student's (a teacher of
     another tokenizer, for OPRD-Bridge), else None: the teacher reads the student's token ids."""
-    from oprd.model_files import TOKENIZER_FILES
+    from oprd.cli.model_files import TOKENIZER_FILES
 
     if not any((Path(teacher_dir) / name).is_file() for name in TOKENIZER_FILES):
         return None

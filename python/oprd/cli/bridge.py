@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from oprd.prompt_format import CHAT_TEMPLATE_MODES, uses_template
+from oprd.rollout.prompt_format import CHAT_TEMPLATE_MODES, uses_template
 
 
 def cmd_collect(args) -> int:
@@ -22,11 +22,11 @@ def cmd_collect(args) -> int:
     from tqdm.auto import tqdm
 
     from oprd.bridge.collect import CollectSettings, check_new_rows_dir, collect_rows, other_tokens
-    from oprd.config import resolve_device
-    from oprd.data import load_prompts
-    from oprd.loading import load_model, load_tokenizer, teacher_tokenizer_for
-    from oprd.model_files import check_model_dir
-    from oprd.rollout import eos_token_ids
+    from oprd.cli.loading import load_model, load_tokenizer, teacher_tokenizer_for
+    from oprd.cli.model_files import check_model_dir
+    from oprd.rollout.hf import eos_token_ids
+    from oprd.rollout.prompts import load_prompts
+    from oprd.train.config import resolve_device
 
     out = Path(args.out)
     check_new_rows_dir(out, "--out")
@@ -88,8 +88,8 @@ def cmd_fit(args) -> int:
 
 def _student_layers(text: str, student: str) -> list[int] | str:
     """--layers resolved against the student's depth, from its config alone (before any weights load)."""
-    from oprd.config import parse_layers
-    from oprd.preflight import model_config, student_layers
+    from oprd.cli.preflight import model_config, student_layers
+    from oprd.train.config import parse_layers
 
     layers = student_layers(text, model_config(student, "--student"), student, "--layers", "--student")
     return parse_layers(text) if layers is None else layers

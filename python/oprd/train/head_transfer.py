@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from oprd.capture import decoder_parts
-from oprd.pairing import hidden_size
+from oprd.objective.pairing import hidden_size
 
 KEY = "oprd.head_from_teacher"
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from oprd.checkpoint import remove_temporaries
+from oprd.runs.checkpoint import remove_temporaries
 
 _STEP_PREFIX = "step_"
 

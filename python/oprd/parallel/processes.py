@@ -1,6 +1,6 @@
 """How many processes run a job, and whether they were launched in a way the trainer can share the work across.
 
-Several processes train together only when torchrun launched them (`oprd.distributed.join`, which checks the launch
+Several processes train together only when torchrun launched them (`oprd.parallel.group.join`, which checks the launch
 here): its variables say each one's rank. Copies started by another launcher (mpirun, SLURM tasks) without them
 would each run the whole job and write the same metrics and checkpoints, so such a launch is refused before any
 model loads."""

@@ -1,13 +1,13 @@
 """`oprd demo --bridge`: OPRD-Bridge end to end on the embedded task, a teacher of another depth and width.
 
 1. The same tokenizer, task sets and 3x64 SFT run as `oprd demo`; the student is chosen from its candidates as
-   there (oprd.student_choice), against the final 3x64 model's accuracy.
+   there (oprd.demo.student_choice), against the final 3x64 model's accuracy.
 2. A wider, deeper teacher (4 blocks of 96 by default) trained by SFT on the same examples.
 3. Stage 0 and 1 (oprd.bridge): the student answers prompts, both models' rows are collected, the bridge is fitted
    at rank 8 with the rank sweep beside it.
 4. The paper's Table 4 rows from the same student, steps and seeds: OPD top-1, OPD top-16, OPRD-Bridge, and
    Bridge for half the steps then OPD top-1; accuracy, gap closed and response length.
-5. The cross-tokenizer pair (oprd.demo_bridge_tokenizers): a teacher of the same shape on a byte-level BPE, its
+5. The cross-tokenizer pair (oprd.demo.bridge_tokenizers): a teacher of the same shape on a byte-level BPE, its
    bridge at rank 4, OPRD-Bridge across the tokenizers.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from transformers import LlamaForCausalLM
 
-from oprd.demo import DemoRun, DemoSettings, _eval, _prepare, _train_teacher, distill_runs, write_outputs
-from oprd.demo_bridge_report import plot_bridge, render_bridge_tables
-from oprd.demo_bridge_stages import collect_and_fit, train_teacher
-from oprd.demo_bridge_tokenizers import run_cross_tokenizer
+from oprd.demo.bridge_report import plot_bridge, render_bridge_tables
+from oprd.demo.bridge_stages import collect_and_fit, train_teacher
+from oprd.demo.bridge_tokenizers import run_cross_tokenizer
+from oprd.demo.run import DemoRun, DemoSettings, _eval, _prepare, _train_teacher, distill_runs, write_outputs
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The `oprd` command: `demo`, `train`, `eval`, `bridge` (oprd.cli_bridge).
+"""The `oprd` command: `demo`, `train`, `eval`, `bridge` (oprd.cli.bridge).
 
     oprd demo [--out DIR] [--quick] [--seed N] [--student-ratio R] [--bridge]
     oprd train --config run.yaml [section.key=value ...] [--resume | --overwrite]
@@ -7,7 +7,7 @@
     oprd bridge collect|fit ...
 
 A user's mistake is one `error: ...` line on stderr and exit status 2, never a traceback. `train` and `eval` check
-everything they can before any model loads (`oprd.preflight`).
+everything they can before any model loads (`oprd.cli.preflight`).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import json
 import sys
 from pathlib import Path
 
-from oprd.cli_bridge import add_bridge_parser
-from oprd.loading import load_model as _load_model
-from oprd.loading import load_tokenizer as _load_tokenizer
-from oprd.loading import teacher_tokenizer_for
-from oprd.prompt_format import CHAT_TEMPLATE_MODES, uses_template
+from oprd.cli.bridge import add_bridge_parser
+from oprd.cli.loading import load_model as _load_model
+from oprd.cli.loading import load_tokenizer as _load_tokenizer
+from oprd.cli.loading import teacher_tokenizer_for
+from oprd.rollout.prompt_format import CHAT_TEMPLATE_MODES, uses_template
 
 
 def _load_config(path: str | None, overrides: list[str]):
-    from oprd.config import load_config
+    from oprd.train.config import load_config
 
     if path is not None and Path(path).is_dir():
         raise ValueError(f"--config {path} is a directory; give the path of a YAML config file")
@@ -38,8 +38,8 @@ def _load_config(path: str | None, overrides: list[str]):
 
 
 def cmd_demo(args) -> int:
-    from oprd.demo import DemoSettings, run_demo
-    from oprd.preflight import check_run_dir
+    from oprd.cli.preflight import check_run_dir
+    from oprd.demo.run import DemoSettings, run_demo
 
     check_run_dir(args.out, overwrite=True, key="--out")  # the demo rebuilds and overwrites its own runs
     if not 0 < args.student_ratio <= 1:
@@ -48,7 +48,7 @@ def cmd_demo(args) -> int:
     settings = DemoSettings.quick(args.out, args.seed) if args.quick else DemoSettings(out=args.out, seed=args.seed)
     settings.student_ratio = args.student_ratio
     if args.bridge:
-        from oprd.demo_bridge import BridgeDemoSettings, run_bridge_demo
+        from oprd.demo.bridge import BridgeDemoSettings, run_bridge_demo
 
         bridge = BridgeDemoSettings.quick(args.out, args.seed) if args.quick else BridgeDemoSettings(base=settings)
         bridge.base.student_ratio = args.student_ratio
@@ -60,10 +60,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from oprd.config import resolve_device, resolve_dtype
-    from oprd.distributed import leave
-    from oprd.preflight import check_train
-    from oprd.trainer import Trainer
+    from oprd.cli.preflight import check_train
+    from oprd.parallel.group import leave
+    from oprd.train.config import resolve_device, resolve_dtype
+    from oprd.train.trainer import Trainer
 
     config = _load_config(args.config, args.overrides)
     prompts, eval_prompts = check_train(config, resume=args.resume, overwrite=args.overwrite)
@@ -87,8 +87,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from oprd.evaluate import evaluate
-    from oprd.preflight import check_eval
+    from oprd.cli.preflight import check_eval
+    from oprd.train.evaluate import evaluate
 
     examples = check_eval(args.model, args.prompts, args.prompt_field, args.answer_field)[: args.size]
     tokenizer = _load_tokenizer(args.model, "--model")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        from oprd.preflight import one_line
+        from oprd.cli.preflight import one_line
 
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2

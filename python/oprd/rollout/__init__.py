@@ -1,0 +1,19 @@
+"""How rollouts are made: the batch layout every other part reads (`Rollouts`), one file per engine (`hf`:
+Hugging Face `generate`), prompt encoding in each tokenizer's chat template (`prompt_format`), and prompt files
+and the seeded order they are consumed in (`prompts`). A second engine is a new file beside `hf`.
+
+It may import `parallel` (whether a model is sharded) and nothing else of `oprd`; `objective`, `bridge`,
+`integrations`, `train` and above import it.
+"""
+
+from oprd.rollout.hf import (
+    Rollouts,
+    concat_rollouts,
+    encode_prompts,
+    eos_token_ids,
+    generate_rollouts,
+    response_mask_from,
+)
+
+__all__ = ["Rollouts", "concat_rollouts", "encode_prompts", "eos_token_ids", "generate_rollouts",
+           "response_mask_from"]

@@ -124,6 +124,7 @@ def test_two_processes_write_one_line_per_step_and_resume_exactly(tiny, tmp_path
 def test_a_resume_with_another_process_count_or_strategy_is_refused(tmp_path):
     from test_trainer import TOKENIZER, prompts, tiny_model
 
+    from oprd.parallel.checkpointing import check_resumable
     from oprd.runs.checkpoint import TrainerState
     from oprd.train.config import TrainConfig
     from oprd.train.trainer import Trainer
@@ -131,8 +132,9 @@ def test_a_resume_with_another_process_count_or_strategy_is_refused(tmp_path):
     config = TrainConfig()
     config.run.device, config.run.dir = "cpu", str(tmp_path / "run")
     trainer = Trainer(config, tiny_model(0), tiny_model(1), TOKENIZER, prompts(4))  # one process
-    trainer._check_resumable(tmp_path, TrainerState(2, 4, {}))  # saved by one process: fine
+    size, strategy = trainer.group.size, trainer._strategy
+    check_resumable(tmp_path, TrainerState(2, 4, {}), size, strategy)  # saved by one process: fine
     with pytest.raises(ValueError, match=r"saved by 2 process\(es\), this run has 1: .* --nproc_per_node 2"):
-        trainer._check_resumable(tmp_path, TrainerState(2, 4, {"world_size": 2, "parallel": "fsdp2"}))
+        check_resumable(tmp_path, TrainerState(2, 4, {"world_size": 2, "parallel": "fsdp2"}), size, strategy)
     with pytest.raises(ValueError, match=r"saved with parallel.strategy 'ddp', this run has 'single'"):
-        trainer._check_resumable(tmp_path, TrainerState(2, 4, {"world_size": 1, "parallel": "ddp"}))
+        check_resumable(tmp_path, TrainerState(2, 4, {"world_size": 1, "parallel": "ddp"}), size, strategy)

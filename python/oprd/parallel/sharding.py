@@ -13,6 +13,8 @@ Gradients are summed over the ranks, not averaged: each rank's loss is already i
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -23,7 +25,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from oprd.capture.families import decoder_parts
 from oprd.parallel.fsdp_check import FSDPModule
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered, on rank 0's CPU
@@ -32,15 +33,15 @@ _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 _OPTIMIZER_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
 
 
-def shard_model(model: nn.Module, *, trainable: bool) -> nn.Module:
-    """`model` sharded in place: each decoder block its own FSDP unit (gathered only while it runs), the rest
-    (embedding, final norm, LM head) the root's. A trainable model sums its gradients over the ranks."""
+def shard_model(model: nn.Module, blocks: Iterable[nn.Module], *, trainable: bool) -> nn.Module:
+    """`model` sharded in place: each of its decoder `blocks` its own FSDP unit (gathered only while it runs), the
+    rest (embedding, final norm, LM head) the root's. A trainable model sums its gradients over the ranks."""
     if FSDPModule is None:
         raise ValueError(f"parallel.strategy 'fsdp2' needs a torch with FSDP2 (torch.distributed.fsdp.fully_shard); "
                          f"this is torch {torch.__version__}: use parallel.strategy=ddp")
     from torch.distributed.fsdp import fully_shard
 
-    for block in decoder_parts(model).layers:
+    for block in blocks:
         fully_shard(block)
     fully_shard(model)
     if trainable:

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from oprd.runs.checkpoint import remove_temporaries
+from oprd.runs.checkpoint import latest_checkpoint, remove_temporaries
 
 _STEP_PREFIX = "step_"
 
@@ -60,3 +60,14 @@ def prepare_fresh_run(run_dir: Path, overwrite: bool) -> None:
         else:
             shutil.rmtree(path)
     (ckpt_dir / "latest").unlink(missing_ok=True)
+
+
+def start_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """The run directory made ready for a run (debris removed; for a fresh run, checked or overwritten as
+    `prepare_fresh_run` says), and the newest intact checkpoint to resume from (None for a fresh run)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(run_dir)
+    if not resume:
+        prepare_fresh_run(run_dir, overwrite)
+        return None
+    return latest_checkpoint(run_dir)

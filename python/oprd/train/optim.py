@@ -1,5 +1,6 @@
-"""The student's memory settings (docs/trainer.md, "Memory plan"): its optimizer for each `optim.param_dtype` /
-`optim.optimizer`, and whether `optim.gradient_checkpointing` turns checkpointing on.
+"""The student's optimizer and schedule: its optimizer for each `optim.param_dtype` / `optim.optimizer` (the memory
+settings, docs/trainer.md, "Memory plan"), whether `optim.gradient_checkpointing` turns checkpointing on, and the
+learning rate's warm-up and cosine decay (`warmup_cosine`).
 
 - fp32 weights, `adamw`: torch's AdamW (16 bytes per parameter with its gradient and two fp32 moments).
 - bf16 weights, `adamw`: `BF16AdamW`, fp32 moments over bf16 weights (12 bytes per parameter). The update is computed
@@ -119,3 +120,16 @@ def uses_gradient_checkpointing(setting: str, model: nn.Module) -> bool:
     if setting == "auto":
         return sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_FROM
     return setting == "on"
+
+
+def warmup_cosine(steps: int, warmup_ratio: float):
+    """LR multiplier: linear warm-up over ceil(warmup_ratio * steps) steps, then cosine decay to 0 at `steps`."""
+    warmup = math.ceil(warmup_ratio * steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor

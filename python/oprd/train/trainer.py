@@ -20,7 +20,6 @@ step, the same on every rank and apart from the rollouts' stream, so replicas st
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import time
 from pathlib import Path
@@ -30,54 +29,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from oprd.bridge import load_bridge
 from oprd.bridge.token_alignment import teacher_view
-from oprd.objective import ObjectiveSpec, TokenCounts, plan_layers
+from oprd.capture import decoder_parts
+from oprd.objective import ObjectiveSpec, TokenCounts
+from oprd.parallel.checkpointing import load_run_checkpoint, run_strategy, save_run_checkpoint
 from oprd.parallel.group import join
 from oprd.parallel.rank_metrics import reduce_metrics
-from oprd.parallel.sharding import full_model_state, full_optimizer_state, load_full_state, shard_model
-from oprd.rollout.hf import eos_token_ids, generate_rollouts
+from oprd.parallel.sharding import full_model_state, shard_model
+from oprd.rollout import eos_token_ids, generate_rollouts
 from oprd.rollout.prompt_format import uses_template
 from oprd.rollout.prompts import PromptStream
 from oprd.runs import metrics_log
-from oprd.runs.checkpoint import (
-    TrainerState,
-    capture_rng_state,
-    checkpoint_states,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from oprd.runs.run_dir import prepare_fresh_run, remove_leftovers
+from oprd.runs.run_dir import start_run_dir
 from oprd.train.accumulation import accumulate_gradients
-from oprd.train.config import TrainConfig, config_to_dict, parse_layers, resolve_device, save_config
+from oprd.train.config import TrainConfig, resolve_device, save_config
 from oprd.train.evaluate import EvalCounts, Grader, default_grader, evaluation_counts
 from oprd.train.head_transfer import copy_head_and_norm
-from oprd.train.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing
+from oprd.train.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing, warmup_cosine
+from oprd.train.phases import objective_spec, phase_at, plan_phases
 
-
-def warmup_cosine(steps: int, warmup_ratio: float):
-    """LR multiplier: linear warm-up over ceil(warmup_ratio * steps) steps, then cosine decay to 0 at `steps`."""
-    warmup = math.ceil(warmup_ratio * steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(steps - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def objective_spec(config: TrainConfig, method: str | None = None) -> ObjectiveSpec:
-    """The objective `config` describes, for `method.name` (or `method`: the one of a later phase)."""
-    backend = None if config.run.backend == "auto" else config.run.backend
-    o, m = config.oprd, config.method
-    return ObjectiveSpec(method=method or m.name, topk=m.topk, mu=m.mu, opd_variant=m.opd_variant, opd_impl=m.opd_impl,
-                         logit_metrics=m.logit_metrics, coefficient=o.coefficient, loss_type=o.loss_type,
-                         layers=parse_layers(o.layers), positions=o.positions, k=o.k, weighting=o.weighting,
-                         gradient_injection=o.gradient_injection, backend=backend,
-                         bridge_coefficient=config.bridge.coefficient)
+__all__ = ["Trainer", "objective_spec", "warmup_cosine"]  # the last two lived here in oprd 0.1
 
 
 class Trainer:
@@ -99,36 +70,15 @@ class Trainer:
         if config.rollout.prompts_per_step % self.group.size:
             raise ValueError(f"config: `rollout.prompts_per_step` (the global batch) must be a multiple of the "
                              f"{self.group.size} processes; got {config.rollout.prompts_per_step}")
-        # the phases: (first step, objective, its layer plan); a second one when `method.then` is set
-        methods = [(1, config.method.name)] + ([(config.method.switch_step + 1, config.method.then)]
-                                               if config.method.then else [])
-        specs = [(first, objective_spec(config, method)) for first, method in methods]
-        bridge = (load_bridge(config.bridge.path).to(self.device) if any(s.uses_bridge for _, s in specs)
-                  else None)
-        # plan_layers refuses an unusable pair before any model work
-        self.phases = [(first, spec, plan_layers(spec, student, teacher, bridge)) for first, spec in specs]
-        if teacher_tokenizer is not None and any(spec.uses_opd for _, spec in specs):
-            raise ValueError(f"the teacher's tokenizer is not the student's: OPD compares next-token distributions "
-                             f"over one vocabulary, so method(s) {[s.method for _, s in specs if s.uses_opd]} cannot "
-                             f"train this pair; use method.name=oprd_bridge (states aligned by text offsets)")
-        self.student = student.to(self.device)
-        self.group.broadcast_module(self.student)  # the replicas start equal whatever each process loaded
-        self.teacher = teacher.to(self.device).eval().requires_grad_(False)
-        self.group.broadcast_module(self.teacher)
-        if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)
-            copy_head_and_norm(self.student, self.teacher)
+        # refuses an unusable pair before any model work
+        self.phases = plan_phases(config, student, teacher, self.device,
+                                  two_tokenizers=teacher_tokenizer is not None)
+        self.sharded = self.group.active and config.parallel.strategy == "fsdp2"
+        self.student, self.teacher = self._place(student, teacher)
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
         self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
-        o = config.optim
-        self.student.to(PARAM_DTYPES[o.param_dtype])
-        if uses_gradient_checkpointing(o.gradient_checkpointing, self.student):
-            self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.sharded = self.group.active and config.parallel.strategy == "fsdp2"
-        if self.sharded:  # after every whole-model step above, before the optimizer sees the parameters
-            shard_model(self.student, trainable=True)
-            if config.parallel.teacher == "shard":
-                shard_model(self.teacher, trainable=False)
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
+        o = config.optim
         self.optimizer = build_optimizer(self.student.parameters(), o.optimizer, lr=o.lr, betas=o.betas,
                                          weight_decay=o.weight_decay, seed=config.run.seed)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(o.steps, o.warmup_ratio))
@@ -136,6 +86,25 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.stream = PromptStream(self.prompts, config.run.seed)
         self.step = 0
+
+    def _place(self, student: nn.Module, teacher: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Both models on this rank's device and equal on every rank; the student in its training dtype, with the
+        teacher's head if asked, checkpointed if asked; then sharded under FSDP2 (before any optimizer sees it)."""
+        config = self.config
+        student = student.to(self.device)
+        self.group.broadcast_module(student)  # the replicas start equal whatever each process loaded
+        teacher = teacher.to(self.device).eval().requires_grad_(False)
+        self.group.broadcast_module(teacher)
+        if config.oprd.head_from_teacher:  # before the optimizer and any checkpoint load (which then overrides it)
+            copy_head_and_norm(student, teacher)
+        student.to(PARAM_DTYPES[config.optim.param_dtype])
+        if uses_gradient_checkpointing(config.optim.gradient_checkpointing, student):
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.sharded:  # after every whole-model step above
+            shard_model(student, decoder_parts(student).layers, trainable=True)
+            if config.parallel.teacher == "shard":
+                shard_model(teacher, decoder_parts(teacher).layers, trainable=False)
+        return student, teacher
 
     # ------------------------------------------------------------------------------------------------ the loop
 
@@ -146,45 +115,43 @@ class Trainer:
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: --resume continues the run in "
                              f"{self.run_dir}, --overwrite deletes it")
-        checkpoint = self.group.run_on_main(lambda: self._prepare_run_dir(resume, overwrite))
-        main = self.group.is_main
-        if checkpoint is not None:
-            whole = not self.sharded  # a sharded student loads rank 0's whole states below
-            state = load_checkpoint(checkpoint, model=self.student if whole else None,
-                                    optimizer=self.optimizer if whole else None, scheduler=self.scheduler,
-                                    verify=False, rank=self.group.rank)  # rank 0's latest_checkpoint verified it
-            self._check_resumable(checkpoint, state)
-            if self.sharded:
-                weights, optimizer = checkpoint_states(checkpoint) if main else ({}, {})
-                load_full_state(self.student, self.optimizer, weights, optimizer)
-            self.step, self.stream.position = state.step, state.data_position
-            if main:
-                self._truncate_metrics(self.step)
-        else:
-            torch.manual_seed(self.config.run.seed + self.group.rank)
-            if main:
-                self.metrics_path.unlink(missing_ok=True)
-        if main:
-            save_config(self.config, self.run_dir / "config.yaml")
+        self._start(self.group.run_on_main(lambda: start_run_dir(self.run_dir, resume, overwrite)))
         last: dict = {}
-        bar = tqdm(total=self.config.optim.steps, initial=self.step, disable=not (progress and main), desc="oprd",
+        steps = self.config.optim.steps
+        bar = tqdm(total=steps, initial=self.step, disable=not (progress and self.group.is_main), desc="oprd",
                    dynamic_ncols=True)
-        while self.step < self.config.optim.steps:
+        while self.step < steps:
             logs = self.logs_at(self.step + 1)
             last = self.train_step(with_metrics=logs)
             if self.evaluates_at(self.step):
                 last.update(self.evaluate())
             if logs:
                 self._log(last)
-            is_last = self.step == self.config.optim.steps
             save_every = self.config.run.save_every
-            if (save_every and self.step % save_every == 0) or is_last:
+            if (save_every and self.step % save_every == 0) or self.step == steps:
                 self._save()
             bar.update(1)
             if logs:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if k in ("loss/total", "eval/accuracy")})
         bar.close()
         return last
+
+    def _start(self, checkpoint: Path | None) -> None:
+        """Continue from `checkpoint` (its step, prompt position and random state; metrics logged after it are
+        dropped), or start afresh from the run's seed; then write the config."""
+        main = self.group.is_main
+        if checkpoint is not None:
+            state = load_run_checkpoint(self.group, checkpoint, model=self.student, optimizer=self.optimizer,
+                                        scheduler=self.scheduler, strategy=self._strategy, sharded=self.sharded)
+            self.step, self.stream.position = state.step, state.data_position
+            if main:  # a crash may have left lines after the checkpoint, the last one torn
+                metrics_log.truncate(self.metrics_path, self.step)
+        else:
+            torch.manual_seed(self.config.run.seed + self.group.rank)
+            if main:
+                self.metrics_path.unlink(missing_ok=True)
+        if main:
+            save_config(self.config, self.run_dir / "config.yaml")
 
     @property
     def spec(self) -> ObjectiveSpec:
@@ -196,9 +163,9 @@ class Trainer:
         return self.objective_at(self.step + 1)[1]
 
     def objective_at(self, step: int):
-        """(objective, layer plan) of step `step` (1-based): the last phase that has started by then."""
-        _, spec, plan = [phase for phase in self.phases if phase[0] <= step][-1]
-        return spec, plan
+        """(objective, layer plan) of step `step` (1-based): those of the last phase that has started by then."""
+        phase = phase_at(self.phases, step)
+        return phase.spec, phase.plan
 
     def logs_at(self, step: int) -> bool:
         """Whether step `step` (1-based) writes a metrics line: every `run.log_every` steps, the last step, and every
@@ -256,6 +223,17 @@ class Trainer:
                                        chat_template=self.config.data.chat_template, graded=graded)
         return EvalCounts(*map(int, self.group.sum([counts.correct, counts.total, counts.length]))).metrics()
 
+    def save_final(self, path: str | Path, tokenizer=None) -> None:
+        """The student (and `tokenizer`) as an HF model directory, written by rank 0. Every rank must call it."""
+        state = full_model_state(self.student) if self.sharded else None
+
+        def write() -> None:
+            self.student.save_pretrained(path, **({} if state is None else {"state_dict": state}))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
+
+        self.group.run_on_main(write)
+
     # ------------------------------------------------------------------------------------------------ helpers
 
     def _rollouts(self):
@@ -288,52 +266,15 @@ class Trainer:
     def _window_total(self, counts: TokenCounts) -> TokenCounts:
         return TokenCounts(*self.group.sum([counts.oprd, counts.opd]))
 
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Path | None:
-        """Rank 0's part of starting a run: the run directory made ready, and the checkpoint to resume from."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(self.run_dir)
-        if not resume:
-            prepare_fresh_run(self.run_dir, overwrite)
-            return None
-        return latest_checkpoint(self.run_dir)
-
     def _save(self) -> None:
-        """A checkpoint by rank 0, with every rank's random state (and a sharded student's whole state, gathered);
-        the other ranks learn whether it was written."""
-        model_state, optimizer_state = ((full_model_state(self.student),
-                                         full_optimizer_state(self.student, self.optimizer))
-                                        if self.sharded else (None, None))
-        rng_states = self.group.gather(capture_rng_state())
-        extra = {"world_size": self.group.size, "parallel": self._strategy} if self.group.active else {}
-        self.group.run_on_main(lambda: save_checkpoint(
-            self.run_dir, model=self.student, optimizer=self.optimizer, scheduler=self.scheduler,
-            state=TrainerState(self.step, self.stream.position, extra), keep=self.config.run.keep_checkpoints,
-            rng_states=rng_states if self.group.active else None, model_state=model_state,
-            optimizer_state=optimizer_state))
-
-    def save_final(self, path: str | Path, tokenizer=None) -> None:
-        """The student (and `tokenizer`) as an HF model directory, written by rank 0. Every rank must call it."""
-        state = full_model_state(self.student) if self.sharded else None
-
-        def write() -> None:
-            self.student.save_pretrained(path, **({} if state is None else {"state_dict": state}))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(path)
-
-        self.group.run_on_main(write)
+        """A checkpoint of this step, with every rank's random state (oprd.parallel.checkpointing)."""
+        save_run_checkpoint(self.group, self.run_dir, model=self.student, optimizer=self.optimizer,
+                            scheduler=self.scheduler, step=self.step, data_position=self.stream.position,
+                            keep=self.config.run.keep_checkpoints, strategy=self._strategy, sharded=self.sharded)
 
     @property
     def _strategy(self) -> str:
-        return self.config.parallel.strategy if self.group.active else "single"
-
-    def _check_resumable(self, checkpoint: Path, state: TrainerState) -> None:
-        saved_size, saved_strategy = state.extra.get("world_size", 1), state.extra.get("parallel", "single")
-        if saved_size != self.group.size:
-            raise ValueError(f"{checkpoint} was saved by {saved_size} process(es), this run has {self.group.size}: "
-                             f"its random streams cannot continue exactly; resume with --nproc_per_node {saved_size}")
-        if saved_strategy != self._strategy:
-            raise ValueError(f"{checkpoint} was saved with parallel.strategy {saved_strategy!r}, this run has "
-                             f"{self._strategy!r}; resume with parallel.strategy={saved_strategy}")
+        return run_strategy(self.group, self.config.parallel.strategy)
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -348,12 +289,3 @@ class Trainer:
     def _log(self, metrics: dict) -> None:
         if self.group.is_main:
             metrics_log.append(self.metrics_path, metrics)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop lines logged after the checkpoint we resume from (a crash may have left them, the last one torn)."""
-        metrics_log.truncate(self.metrics_path, step)
-
-
-def describe(config: TrainConfig) -> str:
-    """One line per section, for logs."""
-    return "\n".join(f"{section}: {values}" for section, values in config_to_dict(config).items())

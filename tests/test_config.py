@@ -18,6 +18,7 @@ from oprd.train.config import (
     save_config,
     validate,
 )
+from oprd.train.config_values import RULES
 
 
 def write(tmp_path, text, name="train.yaml"):
@@ -207,7 +208,7 @@ def test_validate_catches_values_set_in_code():
 def test_every_rule_names_a_real_field():
     sections = dataclasses.fields(TrainConfig)
     keys = {f"{s.name}.{f.name}" for s in sections for f in dataclasses.fields(s.default_factory)}
-    assert set(cfg._RULES) <= keys
+    assert set(RULES) <= keys
 
 
 def test_missing_file_names_the_path(tmp_path):

@@ -1,38 +1,47 @@
 """The trainer's configuration: one dataclass tree, set from a YAML file and `section.key=value` overrides, and
-checked whole before any work starts.
+checked whole before any work starts (what each value may be: `config_values`).
 
 Every error names the dotted key, the value seen and what is expected. Defaults follow the paper's training setup
 (PAPER_NOTES §2, §4) at a size one machine can run: AdamW at lr 1e-5 with 3% warm-up, 8 prompts x 2 responses per
 step at temperature 1.0, plain MSE/d on all layers over the last k = 2000 response tokens, eval at temperature 0.7.
-
-YAML is read with two fixes to PyYAML's YAML 1.1 rules: `1e-5` and `3E4` are floats (PyYAML reads them as strings),
-and a bare `on` / `off` for `data.chat_template` is that mode (YAML 1.1 reads the words as booleans).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, get_args, get_origin, get_type_hints
+from typing import Any, Sequence, get_type_hints
 
-import torch
 import yaml
 
-from oprd.layers import LAYER_MODES
-from oprd.objective.spec import BRIDGE_METHODS, METHODS, OPD_IMPLS, OPD_VARIANTS
-from oprd.positions import POSITION_MODES, WEIGHTINGS
-from oprd.rollout.prompt_format import CHAT_TEMPLATE_MODES
-from oprd.train.optim import OPTIMIZERS, PARAM_DTYPES
-from oprd_kernels import BACKENDS
+from oprd.objective.spec import BRIDGE_METHODS
+from oprd.train.config_values import (
+    DTYPES,
+    KERNEL_BACKENDS,
+    LOSS_TYPES,
+    ON_OFF_KEYS,
+    PARALLEL_STRATEGIES,
+    TEACHER_PLACEMENTS,
+    Dumper,
+    Loader,
+    check_value,
+    coerce,
+    expected,
+    parse_layers,
+    resolve_device,
+    resolve_dtype,
+    show,
+)
 
-DTYPES = ("auto", "float32", "bfloat16")
-LOSS_TYPES = ("mse", "nmse", "cosine")
-KERNEL_BACKENDS = ("auto", *BACKENDS)
+__all__ = [  # the config's API; the value rules' names are handed on as oprd 0.1's oprd.config had them
+    "BridgeConfig", "DataConfig", "EvalConfig", "MethodConfig", "ModelConfig", "OprdConfig", "OptimConfig",
+    "ParallelConfig", "RolloutConfig", "RunConfig", "TrainConfig", "config_to_dict", "load_config", "save_config",
+    "validate", "DTYPES", "KERNEL_BACKENDS", "LOSS_TYPES", "PARALLEL_STRATEGIES", "TEACHER_PLACEMENTS",
+    "parse_layers", "resolve_device", "resolve_dtype",
+]
 
 
 @dataclass
@@ -147,144 +156,7 @@ class TrainConfig:
 
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(TrainConfig)}
 _HINTS = {name: get_type_hints(cls) for name, cls in _SECTIONS.items()}  # section -> key -> annotation
-_LAYERS_EXPECTED = f'one of {list(LAYER_MODES)} or comma-separated ints such as "1,4,-1"'
 
-
-# --- YAML: SafeLoader/SafeDumper that agree on floats written with an exponent and no dot ---
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-for _cls in (_Loader, _Dumper):
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
-
-
-# --- values and messages ---
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-def _expected(key: str, expected: str, value: Any, with_type: bool = False) -> str:
-    kind = f" ({type(value).__name__})" if with_type else ""
-    return f"config: `{key}` must be {expected}; got {_show(value)}{kind}"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_layer_spec(value: str) -> bool:
-    try:
-        parse_layers(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _choice(options: Sequence[str]):
-    return (lambda v: v in options), f"one of {list(options)}"
-
-
-def _at_least(low: int):
-    return (lambda v: v >= low), f">= {low}"
-
-
-_POSITIVE = (lambda v: v > 0), "> 0"
-
-# Range and choice rules on top of the type each annotation asks for; fields absent here take any value of their type.
-PARALLEL_STRATEGIES = ("fsdp2", "ddp")
-TEACHER_PLACEMENTS = ("replicate", "shard")
-_RULES = {
-    "model.dtype": _choice(DTYPES),
-    "data.eval_size": _at_least(1),
-    "data.chat_template": _choice(CHAT_TEMPLATE_MODES),
-    "rollout.prompts_per_step": _at_least(1),
-    "rollout.responses_per_prompt": _at_least(1),
-    "rollout.max_new_tokens": _at_least(1),
-    "rollout.temperature": _POSITIVE,
-    "rollout.top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
-    "method.name": _choice(METHODS),
-    "method.topk": _at_least(1),
-    "method.mu": _at_least(0),
-    "method.opd_variant": _choice(OPD_VARIANTS),
-    "method.opd_impl": _choice(OPD_IMPLS),
-    "method.then": _choice(("", *METHODS)),
-    "method.switch_step": _at_least(0),
-    "oprd.loss_type": _choice(LOSS_TYPES),
-    "oprd.layers": (_is_layer_spec, _LAYERS_EXPECTED),
-    "oprd.positions": _choice(POSITION_MODES),
-    "oprd.k": _at_least(1),
-    "oprd.weighting": _choice(WEIGHTINGS),
-    "oprd.coefficient": _POSITIVE,
-    "bridge.coefficient": _POSITIVE,
-    "optim.lr": _POSITIVE,
-    "optim.weight_decay": _at_least(0),
-    "optim.betas": ((lambda v: all(0 <= b < 1 for b in v)), "2 numbers, each in [0, 1)"),
-    "optim.warmup_ratio": ((lambda v: 0 <= v < 1), "in [0, 1)"),
-    "optim.steps": _at_least(1),
-    "optim.grad_clip": ((lambda v: v >= 0), "> 0, or 0 to disable"),
-    "optim.grad_accum": _at_least(1),
-    "eval.every": _at_least(0),
-    "eval.samples": _at_least(1),
-    "eval.temperature": _POSITIVE,
-    "eval.max_new_tokens": _at_least(1),
-    "run.save_every": _at_least(0),
-    "run.keep_checkpoints": _at_least(1),
-    "run.device": ((lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) is not None),
-                   '"auto", "cpu", "cuda" or "cuda:N"'),
-    "run.backend": _choice(KERNEL_BACKENDS),
-    "run.log_every": _at_least(1),
-    "optim.param_dtype": _choice(tuple(PARAM_DTYPES)),
-    "optim.optimizer": _choice(OPTIMIZERS),
-    "optim.gradient_checkpointing": _choice(("auto", "on", "off")),
-    "parallel.strategy": _choice(PARALLEL_STRATEGIES),
-    "parallel.teacher": _choice(TEACHER_PLACEMENTS),
-}
-
-
-def _check(key: str, value: Any, hint: Any) -> None:
-    """Raise TypeError unless `value` has the type `hint` asks for, ValueError unless it passes `key`'s rule."""
-    if get_origin(hint) is tuple:
-        size = len(get_args(hint))
-        if not isinstance(value, (list, tuple)) or not all(_is_number(x) for x in value):
-            raise TypeError(_expected(key, f"a list of {size} numbers", value, with_type=True))
-        if len(value) != size:
-            raise ValueError(_expected(key, f"a list of {size} numbers", value))
-        numbers = list(value)
-    elif hint is float:
-        if not _is_number(value):
-            raise TypeError(_expected(key, "a number", value, with_type=True))
-        numbers = [value]
-    else:
-        names = {bool: "true or false", int: "an int", str: "a string"}
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise TypeError(_expected(key, names[hint], value, with_type=True))
-        numbers = []
-    if not all(math.isfinite(x) for x in numbers):
-        raise ValueError(_expected(key, "finite", value))
-    rule = _RULES.get(key)
-    if rule is not None and not rule[0](value):
-        raise ValueError(_expected(key, rule[1], value))
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """YAML's spelling to the field's: an int where a float is expected becomes a float, a list a tuple."""
-    if hint is float and _is_number(value):
-        return float(value)
-    if get_origin(hint) is tuple and isinstance(value, list):
-        return tuple(float(x) if _is_number(x) else x for x in value)
-    return value
-
-
-# --- loading ---
 
 def _suggest(name: Any, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(name), options, n=1)
@@ -301,20 +173,16 @@ def _hint(section: Any, key: Any, value: Any, where: str) -> Any:
     _check_section(section, where)
     keys = _HINTS[section]
     if key not in keys:
-        raise ValueError(f"{where}: unknown key `{section}.{key}` (value {_show(value)}){_suggest(key, list(keys))}; "
+        raise ValueError(f"{where}: unknown key `{section}.{key}` (value {show(value)}){_suggest(key, list(keys))}; "
                          f"`{section}` has keys {list(keys)}")
     return keys[key]
 
 
-# String keys with the choices "on" and "off", which YAML 1.1 reads as True and False when written bare
-_ON_OFF_KEYS = {"data.chat_template", "optim.gradient_checkpointing"}
-
-
 def _set(config: TrainConfig, section: str, key: str, value: Any, where: str) -> None:
     hint = _hint(section, key, value, where)
-    if f"{section}.{key}" in _ON_OFF_KEYS and isinstance(value, bool):
+    if f"{section}.{key}" in ON_OFF_KEYS and isinstance(value, bool):
         value = "on" if value else "off"
-    setattr(getattr(config, section), key, _coerce(value, hint))
+    setattr(getattr(config, section), key, coerce(value, hint))
 
 
 def _read_yaml(path: str | os.PathLike) -> dict:
@@ -322,14 +190,14 @@ def _read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config: no such config file: {path}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
     except yaml.YAMLError as err:
         raise ValueError(f"config file {path}: not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path}: the top level must be a mapping of sections {list(_SECTIONS)}; got "
-                         f"{_show(data)} ({type(data).__name__})")
+                         f"{show(data)} ({type(data).__name__})")
     return data
 
 
@@ -344,7 +212,7 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     section, key = parts
     raw = raw.strip()
     try:
-        value = yaml.load(raw, Loader=_Loader)
+        value = yaml.load(raw, Loader=Loader)
     except yaml.YAMLError as err:
         raise ValueError(f"{where}: the value is not valid YAML: {err}") from None
     if _hint(section, key, value, where) is str and not isinstance(value, str):
@@ -367,7 +235,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
                 continue
             if not isinstance(values, dict):
                 raise ValueError(f"{where}: section `{section}` must be a mapping of keys to values; got "
-                                 f"{_show(values)} ({type(values).__name__})")
+                                 f"{show(values)} ({type(values).__name__})")
             for key, value in values.items():
                 _set(config, section, key, value, where)
     for text in overrides:
@@ -383,9 +251,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     for section, cls in _SECTIONS.items():
         part = getattr(config, section)
         if not isinstance(part, cls):
-            raise TypeError(_expected(section, f"a {cls.__name__}", part, with_type=True))
+            raise TypeError(expected(section, f"a {cls.__name__}", part, with_type=True))
         for key, hint in _HINTS[section].items():
-            _check(f"{section}.{key}", getattr(part, key), hint)
+            check_value(f"{section}.{key}", getattr(part, key), hint)
     _check_together(config)
     return config
 
@@ -406,19 +274,6 @@ def _check_together(config: TrainConfig) -> None:
                          f"method")
 
 
-def parse_layers(spec: str) -> str | list[int]:
-    """`oprd.layers` as `oprd.layers.resolve_layers` takes it: a mode name stays a string, "1,4,-1" -> [1, 4, -1].
-    Only the syntax is checked here; indices are checked against the model's depth later."""
-    if not isinstance(spec, str):
-        raise TypeError(_expected("oprd.layers", "a string, " + _LAYERS_EXPECTED, spec, with_type=True))
-    if spec in LAYER_MODES:
-        return spec
-    parts = [part.strip() for part in spec.split(",")]
-    if not all(re.fullmatch(r"[-+]?[0-9]+", part) for part in parts):
-        raise ValueError(_expected("oprd.layers", _LAYERS_EXPECTED, spec))
-    return [int(part) for part in parts]
-
-
 def config_to_dict(config: TrainConfig) -> dict:
     """Plain nested dict {section: {key: value}}, tuples as lists (what the YAML file holds)."""
     return {section: {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
@@ -431,30 +286,5 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.dump(config_to_dict(config), Dumper=_Dumper, sort_keys=False), encoding="utf-8")
+    tmp.write_text(yaml.dump(config_to_dict(config), Dumper=Dumper, sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`run.device` as a torch.device: "auto" is CUDA when available, else CPU. Asking for CUDA that is absent
-    (or a `cuda:N` beyond the device count) is an error here, before any model is loaded."""
-    _check("run.device", name, str)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"config: `run.device` is {name!r} but CUDA is not available (torch {torch.__version__}); "
-                             f'use "auto" or "cpu"')
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"config: `run.device` is {name!r} but only {torch.cuda.device_count()} CUDA device(s) "
-                             f"are visible")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """`model.dtype` as a torch.dtype: "auto" is bfloat16 on CUDA and float32 elsewhere."""
-    _check("model.dtype", name, str)
-    if name == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]

@@ -14,19 +14,11 @@ from safetensors.torch import save_file
 
 import oprd_kernels.reference as ref
 from oprd.bridge import ModelIdentity, load_bridge, save_bridge
-from oprd.bridge import fit as fitmod
-from oprd.bridge.fit import (
-    ShardError,
-    best_epoch,
-    fit_bridge,
-    heldout_cosine,
-    holdout_split,
-    initial_projection,
-    read_shards,
-    select_rows,
-    teacher_pca,
-    train_projection,
-)
+from oprd.bridge import pca as fitmod
+from oprd.bridge.fit import fit_bridge, holdout_split, initial_projection, select_rows
+from oprd.bridge.pca import teacher_pca
+from oprd.bridge.projection import best_epoch, heldout_cosine, train_projection
+from oprd.bridge.shards import ShardError, read_shards
 
 D_S, D_T, LATENT = 7, 13, 4
 CUTS = (0, 37, 187, 300)  # three shards: 37, 150 and 113 rows

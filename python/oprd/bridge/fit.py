@@ -1,12 +1,7 @@
 """OPRD-Bridge Stage 1, "fit" (PAPER_NOTES §3): from the paired rows of Stage 0, the teacher's PCA per teacher layer
-(P_T, mu_T) and a trained bias-free map P_S per student layer, returned as a `Bridge` (file.py) and a JSON report.
-
-Rows (what Stage 0 writes, what `read_shards` reads): files `rows-*.safetensors` in one directory, read in name order
-(zero-pad the numbers). Each file holds, for every student hidden_states index l of the bridge's pairs,
-`student.<l>` [n, D_s] and `teacher.<l>` [n, D_t]: the student's rows at layer l and its paired teacher layer's rows,
-row i of both being the same token. Any floating dtype (float32; bfloat16 halves the disk); one n per file. Other
-keys (the collector's int64 [n] `positions.student` / `positions.teacher`) must have n rows too and are not used. A
-teacher layer paired with several student layers is stored once per pair; its PCA reads the first pair's copy, once.
+(P_T, mu_T) and a trained bias-free map P_S per student layer, returned as a `Bridge` (file.py) and a JSON report. The
+rows come from `shards`, the teacher's PCA from `pca`, each P_S from `projection`; here are the checks, the seeded
+choices and the report.
 
 Passes and memory: the rows are read 1 + L_t + L_s times (a row count, one pass per teacher layer, one per student
 layer), each pass touching one layer, so a directory's shards load only that layer's bytes. Peak memory is one
@@ -25,198 +20,18 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from oprd.bridge.file import Bridge, ModelIdentity
-from oprd_kernels.reference import cosine_similarity
+from oprd.bridge.pca import TeacherPCA, teacher_pca
+from oprd.bridge.projection import train_projection
+from oprd.bridge.shards import count_rows, read_shards, shard_reader, stream_rows
 
-SHARD_GLOB = "rows-*.safetensors"
 DEFAULT_BATCH_SIZE = 256
-PCA_CHUNK_ROWS = 4096  # rows converted to float64 at a time while accumulating the scatter
-_KEY = re.compile(r"(student|teacher)\.(\d+)")
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-Shard = Mapping[str, Tensor]
-
-
-class ShardError(ValueError):
-    """A row directory or shard that cannot be read as Stage-0 rows."""
-
-
-# ---------------------------------------------------------------------------------------------------------- reading
-
-
-class ShardFile(Mapping):
-    """One `rows-*.safetensors` file as a read-only mapping key -> tensor, each tensor loaded when indexed (a pass
-    over one layer reads only that layer). `num_rows` comes from the header, so counting rows reads no data."""
-
-    def __init__(self, path: Path, shapes: dict[str, tuple[int, ...]]):
-        self.path, self.shapes = path, shapes
-        self.num_rows = next(iter(shapes.values()))[0]
-
-    def __getitem__(self, key: str) -> Tensor:
-        if key not in self.shapes:
-            raise KeyError(key)
-        with safe_open(str(self.path), framework="pt", device="cpu") as f:
-            return f.get_tensor(key)
-
-    def __contains__(self, key) -> bool:
-        return key in self.shapes
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-    def __repr__(self) -> str:
-        return f"ShardFile({str(self.path)!r}, {self.num_rows} rows, {len(self.shapes)} tensors)"
-
-
-def read_shards(directory: str | os.PathLike) -> list[ShardFile]:
-    """The Stage-0 shards in `directory` (files `rows-*.safetensors`, in name order), checked from their headers
-    alone: the same keys and widths in every file, one row count per file. A list, so it can be read many times."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise ShardError(f"read_shards: {str(root)!r} is not a directory (Stage 0 writes {SHARD_GLOB} files into one)")
-    paths = sorted(root.glob(SHARD_GLOB), key=lambda p: p.name)
-    if not paths:
-        raise ShardError(f"read_shards: no {SHARD_GLOB} files in {str(root)!r}")
-    shards = [ShardFile(p, _read_header(p)) for p in paths]
-    _check_same_layout(shards)
-    return shards
-
-
-def _read_header(path: Path) -> dict[str, tuple[int, ...]]:
-    """{key: shape} of one shard, checked: `student.<l>` / `teacher.<l>` 2-D floating and in pairs, every tensor
-    (other keys too, such as the collector's `positions.*`, which the fit ignores) with one row count."""
-    where = f"shard {str(path)!r}"
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-    except SafetensorError as exc:
-        raise ShardError(f"{where}: not a safetensors file ({exc}); rows are read from safetensors only") from None
-    pairs = [k for k in meta if k.split(".")[0] in ("student", "teacher")]
-    if not pairs:
-        raise ShardError(f"{where}: holds no student.<l> / teacher.<l> tensors (keys {sorted(meta)})")
-    for key in pairs:
-        shape, dtype = meta[key]
-        if not _KEY.fullmatch(key):
-            raise ShardError(f"{where}: unexpected key {key!r}; row keys are 'student.<l>' and 'teacher.<l>'")
-        if len(shape) != 2 or dtype not in _FLOAT_DTYPES:
-            raise ShardError(f"{where}: `{key}` must be a 2-D floating tensor [rows, width]; got shape "
-                             f"{list(shape)}, dtype {dtype}")
-    unpaired = sorted(k for k in pairs if _partner(k) not in meta)
-    if unpaired:
-        raise ShardError(f"{where}: {unpaired} have no partner (each student.<l> needs teacher.<l> and back)")
-    rows = {k: s[0] if s else None for k, (s, _) in meta.items()}
-    if len(set(rows.values())) != 1:
-        raise ShardError(f"{where}: tensors must share one row count (row i of all is one token); got {rows}")
-    return {k: s for k, (s, _) in meta.items()}
-
-
-def _partner(key: str) -> str:
-    role, layer = key.split(".")
-    return f"{'teacher' if role == 'student' else 'student'}.{layer}"
-
-
-def _check_same_layout(shards: list[ShardFile]) -> None:
-    """Every file has the first file's keys, and every student (teacher) tensor one student (teacher) width."""
-    first = shards[0]
-    for shard in shards[1:]:
-        if set(shard.shapes) != set(first.shapes):
-            raise ShardError(f"shard {str(shard.path)!r}: keys {sorted(shard.shapes)} differ from "
-                             f"{sorted(first.shapes)} in {str(first.path)!r}")
-    for role in ("student", "teacher"):
-        widths = {(s.path.name, k): shape[1] for s in shards for k, shape in s.shapes.items()
-                  if k.startswith(f"{role}.")}
-        if len(set(widths.values())) != 1:
-            raise ShardError(f"read_shards: the {role} tensors must share one width; got {sorted(set(widths.values()))}"
-                             f" in {str(first.path.parent)!r}")
-
-
-def _reader(shards) -> Callable[[], Iterable[Shard]]:
-    """A function giving a fresh pass over `shards`: a callable is called per pass, a directory read with
-    `read_shards`, a re-iterable (list, tuple) iterated again; a one-shot iterator is refused."""
-    if callable(shards):
-        return shards
-    if isinstance(shards, Mapping):
-        raise TypeError("fit_bridge: `shards` is a single shard (a mapping); pass a list of shards")
-    if isinstance(shards, (str, os.PathLike)):
-        files = read_shards(shards)
-        return lambda: files
-    try:
-        once = iter(shards) is shards
-    except TypeError:
-        raise TypeError(f"fit_bridge: `shards` must be a list of shards, a directory, or a callable returning an "
-                        f"iterable of shards; got {type(shards).__name__}") from None
-    if once:
-        raise TypeError(f"fit_bridge: `shards` is a one-shot iterator ({type(shards).__name__}), but the rows are read "
-                        f"several times; pass a list, read_shards(directory), or a callable returning a fresh iterable")
-    return lambda: shards
-
-
-def _pass(read: Callable[[], Iterable[Shard]], sizes: list[int]) -> Iterator[tuple[int, Shard]]:
-    """(shard index, shard) over one pass, checking it is the pass the rows were counted on."""
-    count = 0
-    for i, shard in enumerate(read()):
-        if i >= len(sizes):
-            raise ValueError(f"fit_bridge: `shards` gave more than the {len(sizes)} shards counted on the first pass")
-        count += 1
-        yield i, shard
-    if count != len(sizes):
-        raise ValueError(f"fit_bridge: `shards` gave {count} shards on a later pass, {len(sizes)} on the first")
-
-
-def _rows(shard: Shard, i: int, key: str, width: int, n: int | None) -> Tensor:
-    """shard[key], checked to be a floating [n, width] tensor."""
-    if key not in shard:
-        raise ValueError(f"fit_bridge: shard {i} has no `{key}` (it has {sorted(shard)})")
-    t = shard[key]
-    if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() != 2 or t.shape[1] != width or (
-            n is not None and t.shape[0] != n):
-        seen = f"shape {list(t.shape)}, dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"fit_bridge: shard {i} `{key}` must be a floating tensor [{'n' if n is None else n}, "
-                         f"{width}]; got {seen}")
-    return t
-
-
-def _count_rows(read, keys: list[tuple[str, int]]) -> list[int]:
-    """Rows per shard (the header's `num_rows` when the shard has one), checking every needed key is there."""
-    sizes = []
-    for i, shard in enumerate(read()):
-        if not isinstance(shard, Mapping):
-            raise TypeError(f"fit_bridge: shard {i} must be a mapping of key -> tensor; got {type(shard).__name__}")
-        missing = [k for k, _ in keys if k not in shard]
-        if missing:
-            raise ValueError(f"fit_bridge: shard {i} has no {missing} (it has {sorted(shard)}); each shard needs "
-                             f"student.<l> and teacher.<l> for every student layer l")
-        n = getattr(shard, "num_rows", None)
-        sizes.append(int(n) if n is not None else _rows(shard, i, *keys[0], None).shape[0])
-    if not sizes:
-        raise ValueError("fit_bridge: `shards` is empty")
-    return sizes
-
-
-def _stream(read, sizes: list[int], idx: Tensor, keys: list[tuple[str, int]]) -> Iterator[list[Tensor]]:
-    """Per shard, the rows at the sorted global indices `idx` of each (key, width), in the stored dtype."""
-    offset = 0
-    for i, shard in _pass(read, sizes):
-        n = sizes[i]
-        lo, hi = torch.searchsorted(idx, torch.tensor([offset, offset + n])).tolist()
-        local = idx[lo:hi] - offset
-        offset += n
-        if local.numel():
-            tensors = [_rows(shard, i, key, width, n) for key, width in keys]
-            yield tensors if local.numel() == n else [t.index_select(0, local) for t in tensors]
 
 
 # -------------------------------------------------------------------------------------------------- random choices
@@ -250,113 +65,11 @@ def initial_projection(rank: int, width: int, seed: int, student_layer: int) -> 
     return (torch.rand(rank, width, generator=gen, dtype=torch.float32) * 2 - 1) / math.sqrt(width)
 
 
-# -------------------------------------------------------------------------------------------------------- teacher
-
-
-@dataclass(frozen=True)
-class TeacherPCA:
-    """A teacher layer's PCA: mean [D] and eigenvalues [D] (descending) and components [k, D] (rows, unit norm,
-    largest-magnitude entry positive) of the covariance of `rows` rows, all float64."""
-
-    mean: Tensor
-    eigenvalues: Tensor
-    components: Tensor
-    rows: int
-
-    def explained_variance(self, rank: int) -> float:
-        """Share of the total variance in the top-`rank` components (negative round-off eigenvalues count as 0)."""
-        values = self.eigenvalues.clamp_min(0)
-        total = float(values.sum())
-        return float(values[:rank].sum()) / total if total > 0 else 0.0
-
-    def top(self, rank: int) -> "TeacherPCA":
-        return TeacherPCA(self.mean, self.eigenvalues, self.components[:rank].clone(), self.rows)
-
-
-def teacher_pca(chunks: Iterable[Tensor]) -> TeacherPCA:
-    """PCA of the rows of `chunks` ([n_i, D] each), streamed: per chunk a float64 mean and centred scatter, merged
-    exactly (Chan et al.'s pairwise update, which avoids the cancellation of raw sums of squares), then one `eigh`
-    of the D x D covariance (divided by rows - 1)."""
-    n, mean, scatter = 0, None, None
-    for chunk in chunks:
-        for piece in chunk.split(PCA_CHUNK_ROWS):
-            x = piece.to(torch.float64)
-            m, piece_mean = x.shape[0], x.mean(0)
-            centred = x - piece_mean
-            if n == 0:
-                n, mean, scatter = m, piece_mean, centred.T @ centred
-                continue
-            delta = piece_mean - mean
-            scatter += centred.T @ centred + torch.outer(delta, delta) * (n * m / (n + m))
-            mean += delta * (m / (n + m))
-            n += m
-    if n < 2:
-        raise ValueError(f"teacher_pca: a covariance needs at least 2 rows; got {n}")
-    values, vectors = torch.linalg.eigh(scatter / (n - 1))
-    return TeacherPCA(mean, values.flip(0), _fix_signs(vectors.flip(1).T), n)
-
-
-def _fix_signs(rows: Tensor) -> Tensor:
-    """Each row times the sign of its largest-magnitude entry (the first such), so equal inputs give equal files."""
-    peak = rows.abs().argmax(dim=1, keepdim=True)
-    return rows * rows.gather(1, peak).sign()
-
-
-# -------------------------------------------------------------------------------------------------------- student
-
-
-@dataclass(frozen=True)
-class TrainedProjection:
-    proj: Tensor  # [r, D_s] float32, from the best epoch
-    cosine_before: float  # held-out mean cosine at the initialisation
-    cosine_per_epoch: list[float]
-    best_epoch: int  # 1-based
-
-    @property
-    def cosine_after(self) -> float:
-        return self.cosine_per_epoch[self.best_epoch - 1]
-
-
-def best_epoch(cosines: Sequence[float]) -> int:
-    """The 1-based epoch with the highest held-out cosine (the earliest on ties; non-finite values never win)."""
-    finite = [(c, -i) for i, c in enumerate(cosines) if math.isfinite(c)]
-    if not finite:
-        raise ValueError(f"fit_bridge: P_S training diverged (held-out cosine {list(cosines)}); lower `lr`")
-    return -max(finite)[1] + 1
-
-
-def heldout_cosine(proj: Tensor, x: Tensor, z: Tensor) -> float:
-    """Mean cosine of P_S x and z over the rows (the project's `cosine_similarity`: zero-norm rows count 0)."""
-    with torch.no_grad():
-        return float(cosine_similarity((x.float() @ proj.T)[None], z[None]))
-
-
-def train_projection(x: Tensor, z: Tensor, train: Tensor, held: Tensor, init: Tensor, *, epochs: int, lr: float,
-                     batch_size: int, generator: torch.Generator) -> TrainedProjection:
-    """P_S [r, D_s] minimising mean ||P_S x - z||^2 over the `train` rows with AdamW, keeping the epoch with the best
-    mean cosine on the `held` rows. x: [N, D_s] any floating dtype (cast per batch); z: [N, r] float32."""
-    w = init.clone().requires_grad_(True)
-    opt = torch.optim.AdamW([w], lr=lr)
-    x_held, z_held = x.index_select(0, held), z.index_select(0, held)
-    before = heldout_cosine(w.detach(), x_held, z_held)
-    history, best_w = [], init.clone()
-    for _ in range(epochs):
-        for batch in train[torch.randperm(len(train), generator=generator)].split(batch_size):
-            loss = (x.index_select(0, batch).float() @ w.T - z.index_select(0, batch)).pow(2).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        history.append(heldout_cosine(w.detach(), x_held, z_held))
-        if best_epoch(history) == len(history):
-            best_w = w.detach().clone()
-    return TrainedProjection(best_w, before, history, best_epoch(history))
-
-
 def _layer_rows(read, sizes, total, student_layer, pca: TeacherPCA, widths) -> tuple[Tensor, Tensor]:
     """All rows of one pair: student rows [N, D_s] as stored, and targets P_T (h_T - mu_T) [N, r_max] float32."""
     xs, zs = [], []
     keys = [(f"student.{student_layer}", widths[0]), (f"teacher.{student_layer}", widths[1])]
-    for x, t in _stream(read, sizes, torch.arange(total), keys):
+    for x, t in stream_rows(read, sizes, torch.arange(total), keys):
         xs.append(x)
         zs.append(((t.to(torch.float64) - pca.mean) @ pca.components.T).float())
     return torch.cat(xs), torch.cat(zs)
@@ -437,14 +150,14 @@ def fit_bridge(shards, *, student: ModelIdentity, teacher: ModelIdentity, studen
     s_layers, t_layers, lmap = _check_layers(student, teacher, student_layers, teacher_layers, layer_map)
     _check_training(epochs, lr, batch_size, holdout, max_rows, seed)
     widths = (student.hidden_size, teacher.hidden_size)
-    read = _reader(shards)
-    sizes = _count_rows(read, [(f"{role}.{s}", w) for s in s_layers for role, w in zip(("student", "teacher"), widths)])
+    read = shard_reader(shards)
+    sizes = count_rows(read, [(f"{role}.{s}", w) for s in s_layers for role, w in zip(("student", "teacher"), widths)])
     total = sum(sizes)
     cov_rows = select_rows(total, max_rows, seed)
     sweep = _check_ranks(rank, ranks, widths[1], len(cov_rows))
     r_max = max([rank, *sweep])
     first = [s_layers[lmap.index(slot)] for slot in range(len(t_layers))]  # whose teacher copy the PCA reads
-    pcas = [teacher_pca(c for c, in _stream(read, sizes, cov_rows, [(f"teacher.{s}", widths[1])])).top(r_max)
+    pcas = [teacher_pca(c for c, in stream_rows(read, sizes, cov_rows, [(f"teacher.{s}", widths[1])])).top(r_max)
             for s in first]
     train, held = holdout_split(total, holdout, seed)
     fits = []

@@ -160,6 +160,42 @@ def _left_right(prompts: list[list[int]], responses: list[list[int]], pad: int, 
     return ids, attention, p_t
 
 
+def _check_arguments(func: str, rollouts, student_tokenizer, teacher_tokenizer, prompts: object, student_eos_ids,
+                     method: str, chat_template: str) -> tuple[int, set[int]]:
+    """`teacher_view`'s arguments checked before any work; (the teacher's pad id, the student's EOS ids)."""
+    if method not in METHODS:
+        raise ValueError(f"{func}: `method` must be one of {list(METHODS)}; got {method!r}")
+    _backend(func, "student_tokenizer", student_tokenizer)
+    _backend(func, "teacher_tokenizer", teacher_tokenizer)
+    uses_template(teacher_tokenizer, chat_template, func)  # a bad mode, or "on" without a template
+    _check_rollouts(func, rollouts, prompts)
+    pad = _special_id(teacher_tokenizer, "pad_token_id", "eos_token_id")
+    if pad is None:
+        raise ValueError(f"{func}: `teacher_tokenizer` {_describe(teacher_tokenizer)} has neither a pad_token_id nor "
+                         f"an eos_token_id to pad the teacher batch with")
+    if student_eos_ids is None:
+        student_eos_ids = [i for i in [_special_id(student_tokenizer, "eos_token_id")] if i is not None]
+    if not isinstance(student_eos_ids, (list, tuple, set)) or \
+            any(not isinstance(i, int) or isinstance(i, bool) for i in student_eos_ids):
+        raise TypeError(f"{func}: `student_eos_ids` must be a list of ints or None; got {student_eos_ids!r}")
+    return pad, set(student_eos_ids)
+
+
+def _pair_rows(func: str, rows: list[_StudentRow], teacher_tokenizer, teacher: _Pieces | None):
+    """(the teacher's response ids per row, [(row, paired student positions)], [(row, paired teacher positions)]):
+    each row's text encoded by the teacher with offsets, paired by byte ends (`teacher` None: from the offsets)."""
+    encodings = teacher_tokenizer([r.text for r in rows], add_special_tokens=False, return_offsets_mapping=True)
+    teacher_eos = _special_id(teacher_tokenizer, "eos_token_id")
+    responses, s_flat, t_flat = [], [], []
+    for b, row in enumerate(rows):
+        encoding = {key: encodings[key][b] for key in ("input_ids", "offset_mapping")}
+        t_ids, s_pos, t_pos = _row_pairs(func, row, teacher, encoding, teacher_eos)
+        responses.append(t_ids)
+        s_flat.append((b, s_pos))
+        t_flat.append((b, t_pos))
+    return responses, s_flat, t_flat
+
+
 def teacher_view(rollouts, student_tokenizer, teacher_tokenizer, prompts_for_teacher: Sequence[str], *,
                  student_eos_ids: Sequence[int] | None = None, method: str = "auto",
                  chat_template: str = "auto") -> TeacherView:
@@ -178,42 +214,18 @@ def teacher_view(rollouts, student_tokenizer, teacher_tokenizer, prompts_for_tea
     byte ends: the student's ends by decoding every prefix, the teacher's from its offsets.
     """
     func = "teacher_view"
-    if method not in METHODS:
-        raise ValueError(f"{func}: `method` must be one of {list(METHODS)}; got {method!r}")
-    _backend(func, "student_tokenizer", student_tokenizer)
-    _backend(func, "teacher_tokenizer", teacher_tokenizer)
-    uses_template(teacher_tokenizer, chat_template, func)  # a bad mode, or "on" without a template: before any work
+    pad, eos = _check_arguments(func, rollouts, student_tokenizer, teacher_tokenizer, prompts_for_teacher,
+                                student_eos_ids, method, chat_template)
     student, teacher = _Pieces(student_tokenizer), _Pieces(teacher_tokenizer)
-    _check_rollouts(func, rollouts, prompts_for_teacher)
-    pad = _special_id(teacher_tokenizer, "pad_token_id", "eos_token_id")
-    if pad is None:
-        raise ValueError(f"{func}: `teacher_tokenizer` {_describe(teacher_tokenizer)} has neither a pad_token_id nor "
-                         f"an eos_token_id to pad the teacher batch with")
-    if student_eos_ids is None:
-        student_eos_ids = [i for i in [_special_id(student_tokenizer, "eos_token_id")] if i is not None]
-    if not isinstance(student_eos_ids, (list, tuple, set)) or \
-            any(not isinstance(i, int) or isinstance(i, bool) for i in student_eos_ids):
-        raise TypeError(f"{func}: `student_eos_ids` must be a list of ints or None; got {student_eos_ids!r}")
-    eos = set(student_eos_ids)
-
     width, device = rollouts.prompt_width, rollouts.input_ids.device
     lengths = rollouts.response_mask[:, width:].ne(0).sum(dim=1).tolist()
     rows = [_student_row(student, r[width:width + n], eos, method)
             for r, n in zip(rollouts.input_ids.tolist(), lengths)]
-    encodings = teacher_tokenizer([r.text for r in rows], add_special_tokens=False, return_offsets_mapping=True)
     index = rollouts.prompt_index.tolist()
     needed = sorted(set(index))
     encoded = dict(zip(needed, prompt_ids(teacher_tokenizer, [prompts_for_teacher[i] for i in needed], chat_template,
                                              func=func)))
-
-    teacher_eos = _special_id(teacher_tokenizer, "eos_token_id")
-    responses, s_flat, t_flat = [], [], []
-    for b, row in enumerate(rows):
-        encoding = {key: encodings[key][b] for key in ("input_ids", "offset_mapping")}
-        t_ids, s_pos, t_pos = _row_pairs(func, row, teacher if method == "auto" else None, encoding, teacher_eos)
-        responses.append(t_ids)
-        s_flat.append((b, s_pos))
-        t_flat.append((b, t_pos))
+    responses, s_flat, t_flat = _pair_rows(func, rows, teacher_tokenizer, teacher if method == "auto" else None)
     ids, attention, p_t = _left_right([encoded[i] for i in index], responses, pad, rollouts.attention_mask.dtype)
     s_width, t_width = rollouts.input_ids.shape[1], ids.shape[1]
     student_rows = [b * s_width + width + p for b, pos in s_flat for p in pos]

@@ -20,7 +20,9 @@ from transformers import LlamaForCausalLM
 
 from oprd.bridge import save_bridge
 from oprd.bridge.fit import fit_collected
-from oprd.demo.run import DemoRun, DemoSettings, _distill_config, _prepare
+from oprd.demo.distill import distill_config
+from oprd.demo.settings import DemoRun, DemoSettings
+from oprd.demo.stage import prepare
 from oprd.train.trainer import Trainer
 
 
@@ -33,7 +35,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = DemoSettings(**{k: v for k, v in json.loads((demo / "results.json").read_text())["settings"]["base"]
                                .items() if k not in ("methods", "teacher_head_methods")})
-    stage = _prepare(replace(settings, out=str(out / "stage")), progress=False)  # the demo's prompts and task
+    stage = prepare(replace(settings, out=str(out / "stage")), progress=False)  # the demo's prompts and task
     results: dict = {"stage1": {}, "stage2": {}}
     for lr in (1e-3, 1e-2):
         _, report, _ = fit_collected(demo / "bridge_rows", rank=8, lr=lr, seed=settings.seed)
@@ -54,7 +56,7 @@ def main() -> None:
     teacher = LlamaForCausalLM.from_pretrained(demo / "models" / "bridge_teacher").eval()
     for label, method, overrides in variants:
         run = DemoRun(label, method, False, overrides)
-        config = _distill_config(settings, run, settings.seed, out / "runs" / label.replace(" ", "_"), stage.task)
+        config = distill_config(settings, run, settings.seed, out / "runs" / label.replace(" ", "_"), stage.task)
         student = LlamaForCausalLM.from_pretrained(demo / "models" / "student")
         last = Trainer(config, student, teacher, stage.tokenizer, stage.prompts, stage.eval_set,
                        grader=stage.task.grade).run(progress=False, overwrite=True)

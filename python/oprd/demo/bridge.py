@@ -21,7 +21,10 @@ from transformers import LlamaForCausalLM
 from oprd.demo.bridge_report import plot_bridge, render_bridge_tables
 from oprd.demo.bridge_stages import collect_and_fit, train_teacher
 from oprd.demo.bridge_tokenizers import run_cross_tokenizer
-from oprd.demo.run import DemoRun, DemoSettings, _eval, _prepare, _train_teacher, distill_runs, write_outputs
+from oprd.demo.distill import distill_runs
+from oprd.demo.run import teacher_and_student, write_outputs
+from oprd.demo.settings import DemoRun, DemoSettings
+from oprd.demo.stage import accuracy, prepare
 
 
 @dataclass
@@ -65,12 +68,12 @@ def run_bridge_demo(settings: BridgeDemoSettings, progress: bool = True) -> dict
     """The stages (module docstring); returns results.json's content."""
     base = settings.base
     labels = [f"[{i}/{8 if settings.cross_tokenizer else 5}]" for i in range(1, 9)]
-    stage = _prepare(base, progress)
-    trained = _train_teacher(base, stage, labels[0])  # the 3x64 run: its candidates give the student
+    stage = prepare(base, progress)
+    trained = teacher_and_student(base, stage, labels[0])  # the 3x64 run: its candidates give the student
     teacher = train_teacher(settings, stage, stage.tokenizer, "bridge_teacher", labels[1], "the Bridge teacher")
     student = LlamaForCausalLM.from_pretrained(stage.out / "models" / "student")
-    acc_teacher = _eval(teacher, stage.tokenizer, stage.task, stage.eval_set, base)
-    acc_student = _eval(student, stage.tokenizer, stage.task, stage.eval_set, base)
+    acc_teacher = accuracy(teacher, stage.tokenizer, stage.task, stage.eval_set, base)
+    acc_student = accuracy(student, stage.tokenizer, stage.task, stage.eval_set, base)
     stage.log(f"      Bridge teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     bridge_file, fit = collect_and_fit(settings, stage, student, teacher, "bridge", settings.rank, None, labels[2])
     results: dict = {"settings": asdict(settings), "teacher_accuracy": acc_teacher, "student_accuracy": acc_student,

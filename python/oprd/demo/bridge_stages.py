@@ -11,8 +11,8 @@ from transformers import LlamaForCausalLM
 
 from oprd.bridge import CollectSettings, collect_rows, save_bridge
 from oprd.bridge.fit import fit_collected
-from oprd.demo.run import _model, _save
 from oprd.demo.sft import train_sft
+from oprd.demo.stage import new_model, save_model
 
 
 def train_teacher(settings, stage, tokenizer, name: str, label: str, what: str) -> LlamaForCausalLM:
@@ -21,10 +21,10 @@ def train_teacher(settings, stage, tokenizer, name: str, label: str, what: str) 
     base = settings.base
     stage.log(f"{label} {what}: {settings.teacher_layers} blocks of {settings.teacher_hidden}, "
               f"{settings.teacher_steps} SFT steps")
-    teacher = _model(tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
+    teacher = new_model(tokenizer, replace(base, hidden=settings.teacher_hidden, layers=settings.teacher_layers))
     train_sft(teacher, tokenizer, stage.train, steps=settings.teacher_steps, batch_size=base.sft_batch,
               lr=base.sft_lr, seed=base.seed)
-    _save(teacher, stage, name, tokenizer)
+    save_model(teacher, stage, name, tokenizer)
     return teacher.eval()
 
 

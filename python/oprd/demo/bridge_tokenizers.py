@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from oprd.bridge.collect import other_tokens
 from oprd.demo.bridge_stages import collect_and_fit, train_teacher
-from oprd.demo.run import DemoRun, _eval, distill_runs
+from oprd.demo.distill import distill_runs
+from oprd.demo.settings import DemoRun
+from oprd.demo.stage import accuracy
 from oprd.rollout.hf import eos_token_ids
 from oprd.tasks.tokenizers import build_bpe_tokenizer
 
@@ -24,7 +26,7 @@ def run_cross_tokenizer(settings, stage, student, acc_student: float, labels: tu
     tokenizer = build_bpe_tokenizer([e.prompt + e.solution for e in stage.train[:BPE_TEXTS]], settings.bpe_vocab)
     teacher = train_teacher(settings, stage, tokenizer, "bpe_teacher", labels[0],
                             f"the cross-tokenizer teacher on a byte-level BPE of {len(tokenizer)} tokens")
-    acc_teacher = _eval(teacher, tokenizer, stage.task, stage.eval_set, base)
+    acc_teacher = accuracy(teacher, tokenizer, stage.task, stage.eval_set, base)
     stage.log(f"      cross-tokenizer teacher {acc_teacher:.3f}, student {acc_student:.3f}")
     pairing = other_tokens(stage.tokenizer, tokenizer, eos_token_ids(student, stage.tokenizer))
     path, summary = collect_and_fit(settings, stage, student, teacher, "bpe_bridge", settings.cross_rank, pairing,

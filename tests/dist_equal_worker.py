@@ -12,7 +12,7 @@ import torch
 from test_trainer import TOKENIZER, fixed_rollouts, tiny_model
 
 from oprd.parallel.group import join, leave
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 from oprd.train.config import TrainConfig
 from oprd.train.trainer import Trainer
 

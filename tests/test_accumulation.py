@@ -9,7 +9,7 @@ from bridges import bridge_for
 from test_trainer import TOKENIZER, prompts, tiny_model
 
 from oprd.objective import METHODS, ObjectiveSpec, compute_objective, plan_layers
-from oprd.rollout.hf import concat_rollouts, generate_rollouts
+from oprd.rollout import concat_rollouts, generate_rollouts
 from oprd.train.accumulation import accumulate_gradients
 
 

@@ -129,7 +129,7 @@ def test_the_cli_uses_the_teachers_tokenizer_only_when_its_vocabulary_differs(tm
 
 
 def test_rollouts_with_a_teacher_view_are_not_concatenated(bpe):
-    from oprd.rollout.hf import concat_rollouts
+    from oprd.rollout import concat_rollouts
 
     rollouts = fixed_rollouts(tiny_model(0), n_prompts=2)
     rollouts.teacher = teacher_view(rollouts, TOKENIZER, bpe, [p["prompt"] for p in prompts(2)])

@@ -19,7 +19,7 @@ import oprd.train.evaluate as evaluate_module
 from oprd.bridge.collect import CollectSettings, collect_rows, other_tokens
 from oprd.bridge.token_alignment import teacher_view
 from oprd.demo.sft import sft_batch
-from oprd.rollout.hf import encode_prompts
+from oprd.rollout import encode_prompts
 from oprd.rollout.prompt_format import prompt_ids
 from oprd.train.config import load_config
 from oprd.train.trainer import Trainer

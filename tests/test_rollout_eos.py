@@ -8,7 +8,7 @@ import torch
 from test_trainer import TOKENIZER, tiny_model
 from transformers import GenerationConfig
 
-from oprd.rollout.hf import eos_token_ids, generate_rollouts, response_mask_from
+from oprd.rollout import eos_token_ids, generate_rollouts, response_mask_from
 
 OTHER_EOS = TOKENIZER.convert_tokens_to_ids("#")
 

@@ -23,7 +23,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 from transformers import PreTrainedTokenizerFast
 
 from oprd.bridge.token_alignment import TeacherView, pair_by_boundaries, teacher_view, token_byte_ends
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 from oprd.tasks.tokenizers import build_char_tokenizer
 
 CORPUS = [
@@ -377,7 +377,7 @@ def test_a_slow_tokenizer_is_refused_with_the_way_out():
 
 def make_rollouts(tokenizer, prompts: list[str], prompt_index: list[int], responses: list[list[int]],
                   width: int | None = None) -> Rollouts:
-    """The batch layout of oprd.rollout.hf: prompts left-padded to P, responses right-padded to T (>= the longest)."""
+    """The batch layout of oprd.rollout.batch: prompts left-padded to P, responses right-padded to T (>= longest)."""
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     rows = [encoded[i] for i in prompt_index]
     p = max(len(r) for r in rows)

@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import oprd_kernels
 from oprd.objective import METHODS, ObjectiveSpec, compute_objective, plan_layers
-from oprd.rollout.hf import generate_rollouts
+from oprd.rollout import generate_rollouts
 from oprd.tasks import ArithmeticTask
 from oprd.tasks.tokenizers import build_char_tokenizer
 from oprd.train.config import load_config

@@ -12,7 +12,7 @@ from test_trainer import TOKENIZER, fixed_rollouts, prompts
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from oprd.objective import ObjectiveSpec, compute_objective, plan_layers
-from oprd.rollout.hf import concat_rollouts
+from oprd.rollout import concat_rollouts
 
 trl = pytest.importorskip("trl", minversion="1.16")  # installed by the test extra: this skip means a broken install
 datasets = pytest.importorskip("datasets")

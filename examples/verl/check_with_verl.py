@@ -29,7 +29,7 @@ from verl.workers.utils.padding import left_right_2_no_padding
 
 from oprd.integrations.verl_samples import AGG_MODES, verl_token_coefficients
 from oprd.objective import ObjectiveSpec, compute_objective, plan_layers
-from oprd.rollout.hf import generate_rollouts
+from oprd.rollout import generate_rollouts
 from oprd.tasks import ArithmeticTask
 from oprd.tasks.tokenizers import build_char_tokenizer
 

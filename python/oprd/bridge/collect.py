@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from oprd.bridge.file import ModelIdentity
 from oprd.capture import capture_student, decoder_parts, teacher_cache
 from oprd.layers import hidden_state_pairs, resolve_layers
-from oprd.rollout.hf import Rollouts, generate_rollouts
+from oprd.rollout import Rollouts, generate_rollouts
 from oprd.rollout.prompt_format import check_chat_template
 from oprd.runs.atomic_files import write_atomic
 

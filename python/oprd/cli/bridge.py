@@ -24,7 +24,7 @@ def cmd_collect(args) -> int:
     from oprd.bridge.collect import CollectSettings, check_new_rows_dir, collect_rows, other_tokens
     from oprd.cli.loading import load_model, load_tokenizer, teacher_tokenizer_for
     from oprd.cli.model_files import check_model_dir
-    from oprd.rollout.hf import eos_token_ids
+    from oprd.rollout import eos_token_ids
     from oprd.rollout.prompts import load_prompts
     from oprd.train.config import resolve_device
 

@@ -14,7 +14,7 @@ from oprd.demo.bridge_stages import collect_and_fit, train_teacher
 from oprd.demo.distill import distill_runs
 from oprd.demo.settings import DemoRun
 from oprd.demo.stage import accuracy
-from oprd.rollout.hf import eos_token_ids
+from oprd.rollout import eos_token_ids
 from oprd.tasks.tokenizers import build_bpe_tokenizer
 
 BPE_TEXTS = 4000  # SFT examples the teacher's BPE is trained on

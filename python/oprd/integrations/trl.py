@@ -34,7 +34,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
 
 from oprd.bridge.file import Bridge
 from oprd.objective import ObjectiveSpec, TokenCounts, compute_objective, plan_layers, token_counts
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 def rollouts_from(inputs: dict) -> Rollouts:

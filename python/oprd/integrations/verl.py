@@ -24,7 +24,7 @@ from torch import Tensor, nn
 import oprd_kernels
 from oprd.capture import teacher_cache
 from oprd.objective import LayerPlan, ObjectiveSpec, distilled_positions
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 KEYS = ("input_ids", "attention_mask", "response_mask")
 

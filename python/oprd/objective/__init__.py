@@ -7,7 +7,11 @@ Made of parts, each in its own module:
 - passes.py: the teacher pass (no grad; truncated into the compact cache when no LM head is needed) and the
   student pass (stops after its deepest distilled layer unless a term needs the final state);
 - terms.py, oprd_term.py, opd_term.py: the loss terms; methods.py: the table method -> terms and coefficients;
-- metrics.py: the diagnostics, on logging steps only; compute.py: compute_objective, which assembles them.
+- metrics.py: the diagnostics, on logging steps only; compute.py: compute_objective, which assembles them;
+- pairing.py: which student/teacher widths a method can train, read from the configs alone.
+
+It may import `bridge` (a bridge file's projections), `rollout`, `capture` and the selection modules; `integrations`,
+`train` and above import it. A new method is a new term and a row of methods.py.
 """
 
 from oprd.objective.compute import StepResult, compute_objective

@@ -12,7 +12,7 @@ from oprd.capture import StudentStates
 from oprd.objective.passes import TeacherOutputs
 from oprd.objective.plan import LayerPlan
 from oprd.objective.spec import ObjectiveSpec
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 @dataclass

@@ -15,7 +15,7 @@ from oprd.objective.metrics import cosine_metrics
 from oprd.objective.passes import Needs, student_pass, teacher_pass
 from oprd.objective.plan import LayerPlan
 from oprd.objective.spec import ObjectiveSpec
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 @dataclass

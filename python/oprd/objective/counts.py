@@ -9,7 +9,7 @@ from torch import Tensor
 
 from oprd.objective.spec import ObjectiveSpec
 from oprd.positions import select_positions
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 import oprd_kernels
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 @torch.no_grad()

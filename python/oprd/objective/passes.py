@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from oprd.capture import StudentStates, capture_student, teacher_cache, teacher_cache_and_final
 from oprd.objective.counts import teacher_rows
 from oprd.objective.plan import LayerPlan
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""How rollouts are made: the batch layout every other part reads (`Rollouts`), one file per engine (`hf`:
+"""How rollouts are made: the batch layout every other part reads (`batch.Rollouts`), one file per engine (`hf`:
 Hugging Face `generate`), prompt encoding in each tokenizer's chat template (`prompt_format`), and prompt files
 and the seeded order they are consumed in (`prompts`). A second engine is a new file beside `hf`.
 
@@ -6,14 +6,8 @@ It may import `parallel` (whether a model is sharded) and nothing else of `oprd`
 `integrations`, `train` and above import it.
 """
 
-from oprd.rollout.hf import (
-    Rollouts,
-    concat_rollouts,
-    encode_prompts,
-    eos_token_ids,
-    generate_rollouts,
-    response_mask_from,
-)
+from oprd.rollout.batch import Rollouts, concat_rollouts, eos_token_ids, response_mask_from
+from oprd.rollout.hf import encode_prompts, generate_rollouts
 
 __all__ = ["Rollouts", "concat_rollouts", "encode_prompts", "eos_token_ids", "generate_rollouts",
            "response_mask_from"]

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from torch import nn
 
 from oprd.objective import LayerPlan, ObjectiveSpec, TokenCounts, compute_objective, token_counts
-from oprd.rollout.hf import Rollouts
+from oprd.rollout import Rollouts
 
 
 def accumulate_gradients(spec: ObjectiveSpec, student: nn.Module, teacher: nn.Module, batches: Sequence[Rollouts],

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from oprd.rollout.hf import generate_rollouts
+from oprd.rollout import generate_rollouts
 
 Grader = Callable[[str, str], bool]
 

@@ -143,7 +143,7 @@ def test_the_trainer_applies_the_settings_and_decodes_under_its_autocast(tmp_pat
 def test_adamw_8bit_quantises_the_moments_and_resumes_from_its_saved_state_exactly(tmp_path):
     from torchao.optim.subclass_8bit import OptimState8bit
 
-    from oprd.runs.checkpoint import _load_pt
+    from oprd.runs.checkpoint_files import load_pt
 
     def layer_and_optimizer():
         torch.manual_seed(0)
@@ -164,7 +164,7 @@ def test_adamw_8bit_quantises_the_moments_and_resumes_from_its_saved_state_exact
     with torch.no_grad():
         for p, w in zip(resumed.parameters(), weights):
             p.copy_(w)
-    fresh.load_state_dict(_load_pt(tmp_path / "optimizer.pt"))  # through the checkpoint's weights-only load
+    fresh.load_state_dict(load_pt(tmp_path / "optimizer.pt"))  # through the checkpoint's weights-only load
     torch.manual_seed(2)
     step(fresh, resumed, grads[1])
     for p, q in zip(layer.parameters(), resumed.parameters()):

@@ -26,28 +26,26 @@ and counts as broken: such a run cannot be resumed, only started again.
 
 Safety: every `.pt` file is read with `torch.load(weights_only=True)`, so a checkpoint file cannot run code (the
 reference implementation's `weights_only=False` could). Hence the RNG states are stored as tensors and plain types.
+The files are read and written by `checkpoint_files`, the random states captured and restored by `rng_state`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
-import random
 import re
 import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
 
 from oprd.runs.atomic_files import fsync_dir, write_atomic
+from oprd.runs.checkpoint_files import fsync_tree, load_model_weights, load_pt, read_weights, write_synced
 from oprd.runs.manifest import MANIFEST, build_manifest, check_manifest
+from oprd.runs.rng_state import capture_rng_state, rank_rng_file, restore_rng_state
 
 __all__ = ["TrainerState", "CheckpointError", "CheckpointWarning", "save_checkpoint", "latest_checkpoint",
            "load_checkpoint", "checkpoint_problems", "capture_rng_state", "checkpoint_states"]
@@ -106,9 +104,9 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(capture_rng_state(), tmp / "rng_state.pt")
         for rank, rng in enumerate((rng_states or [])[1:], start=1):
-            torch.save(rng, tmp / _rank_rng_file(rank))
-        _write_synced(tmp / _STATE, state_text)
-        _fsync_tree(tmp)
+            torch.save(rng, tmp / rank_rng_file(rank))
+        write_synced(tmp / _STATE, state_text)
+        fsync_tree(tmp)
         _write_manifest(tmp)  # last: its presence means everything it lists is on disk
         if final.exists():  # re-save of a step: a rename cannot replace a non-empty directory, so move it aside
             aside = tempfile.mkdtemp(prefix=f"{_TMP}old-{final.name}-", dir=ckpt_dir)
@@ -123,7 +121,7 @@ def save_checkpoint(run_dir: str | Path, *, model, optimizer, scheduler, state: 
 
     fd, latest_tmp = tempfile.mkstemp(prefix=f"{_TMP}latest-", dir=ckpt_dir)
     os.close(fd)
-    _write_synced(Path(latest_tmp), final.name + "\n")
+    write_synced(Path(latest_tmp), final.name + "\n")
     os.replace(latest_tmp, ckpt_dir / "latest")
     fsync_dir(ckpt_dir)
 
@@ -201,29 +199,26 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
         raise CheckpointError(f"{path} is not an intact checkpoint: {'; '.join(problems)}")
     state = _parse_state(path / _STATE)
     if model is not None:
-        _load_model_weights(model, path / "model", sharded=_INDEX in listed)
+        load_model_weights(model, path / "model", sharded=_INDEX in listed)
     if optimizer is not None:
-        optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
+        optimizer.load_state_dict(load_pt(path / "optimizer.pt"))
     if scheduler is not None:
-        scheduler.load_state_dict(_load_pt(path / "scheduler.pt"))
+        scheduler.load_state_dict(load_pt(path / "scheduler.pt"))
     if restore_rng:
-        rng_file = "rng_state.pt" if rank == 0 else _rank_rng_file(rank)
+        rng_file = "rng_state.pt" if rank == 0 else rank_rng_file(rank)
         if rng_file not in listed:
             raise CheckpointError(f"{path} holds no random state for rank {rank} ({rng_file}): it was saved by a run "
                                   f"of fewer processes")
-        _set_rng_state(_load_pt(path / rng_file))
+        restore_rng_state(load_pt(path / rng_file))
     return state
 
 
 def checkpoint_states(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The checkpoint's model weights (as saved: a tied weight once) and optimizer state, as dicts, for a sharded
-    model that loads them through `oprd.parallel.sharding.load_full_state`. Check the checkpoint first (`load_checkpoint`)."""
-    model_dir = Path(path) / "model"
-    weights = {}
-    for file in _weight_files(model_dir, sharded=(Path(path) / _INDEX).is_file()):
-        with safe_open(file, framework="pt") as f:
-            weights.update({k: f.get_tensor(k) for k in f.keys()})
-    return weights, _load_pt(Path(path) / "optimizer.pt")
+    model that loads them through `oprd.parallel.sharding.load_full_state`. Check the checkpoint first
+    (`load_checkpoint`)."""
+    weights = read_weights(Path(path) / "model", sharded=(Path(path) / _INDEX).is_file())
+    return weights, load_pt(Path(path) / "optimizer.pt")
 
 
 def remove_temporaries(ckpt_dir: str | Path) -> None:
@@ -287,113 +282,6 @@ def _step_of(path: Path) -> int:
     return int(_STEP_DIR.fullmatch(path.name).group(1))
 
 
-def _write_synced(file: Path, text: str) -> None:
-    with open(file, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_manifest(root: Path) -> None:
     """Writes root/manifest.json atomically (temporary name, fsync, rename, fsync of the directory)."""
     write_atomic(root / MANIFEST, lambda tmp: tmp.write_text(build_manifest(root)))
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root, topdown=False):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def _load_pt(file: Path):
-    """`torch.load` restricted to tensors and plain types: a file cannot execute code on load. The one addition:
-    torchao's quantised optimizer-state tensors (`optim.optimizer: adamw_8bit`), data containers rebuilt from their
-    inner tensors, allowed when torchao is installed."""
-    try:
-        with torch.serialization.safe_globals(_optimizer_state_classes()):
-            return torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{file}: refused, holds more than tensors and plain types ({e})") from e
-
-
-def _optimizer_state_classes() -> list:
-    if "torchao" not in sys.modules:  # only a run whose optimizer imported it can have saved such states
-        return []
-    try:
-        from torchao.optim.subclass_4bit import OptimState4bit
-        from torchao.optim.subclass_8bit import OptimState8bit
-        from torchao.optim.subclass_fp8 import OptimStateFp8
-    except ImportError:
-        return []
-    return [OptimState8bit, OptimState4bit, OptimStateFp8]
-
-
-# --- model weights ---------------------------------------------------------------------------------------------------
-
-def _weight_files(model_dir: Path, sharded: bool) -> dict[Path, list[str]]:
-    """Each safetensors file of a saved model with the keys it holds (one file, or the index's shards)."""
-    if sharded:
-        weight_map = json.loads((model_dir / "model.safetensors.index.json").read_text())["weight_map"]
-        return {model_dir / f: [k for k, v in weight_map.items() if v == f] for f in sorted(set(weight_map.values()))}
-    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
-        return {model_dir / "model.safetensors": list(f.keys())}
-
-
-def _load_model_weights(model: torch.nn.Module, model_dir: Path, sharded: bool) -> None:
-    """Loads the safetensors weights of `model_dir` into `model`, one shard at a time, after a strict key check.
-
-    A key may be absent from the files only when it shares storage with a present one (tied weights, which
-    `save_pretrained` writes once)."""
-    shards = _weight_files(model_dir, sharded)
-    saved = {k for keys in shards.values() for k in keys}
-
-    expected = model.state_dict()
-    storage_of = {k: (t.data_ptr(), t.shape, t.stride()) for k, t in expected.items() if t.numel() > 0}
-    saved_storage = {storage_of[k] for k in saved if k in storage_of}
-    missing = [k for k in expected if k not in saved and storage_of.get(k) not in saved_storage]
-    unexpected = sorted(saved - expected.keys())
-    if missing or unexpected:
-        raise ValueError(f"{model_dir}: state dict does not match the model; missing keys {missing}, "
-                         f"unexpected keys {unexpected}")
-    for file in shards:
-        with safe_open(file, framework="pt") as f:
-            model.load_state_dict({k: f.get_tensor(k) for k in f.keys()}, strict=False)
-
-
-# --- RNG -------------------------------------------------------------------------------------------------------------
-
-def _rank_rng_file(rank: int) -> str:
-    return f"rng_state.rank{rank}.pt"
-
-
-def capture_rng_state() -> dict:
-    """Every global generator a training step may draw from, as tensors and plain types (`weights_only`-loadable)."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    return {
-        "python": {"version": py_version, "internal": list(py_internal), "gauss_next": py_gauss},
-        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(rng: dict) -> None:
-    py, nps = rng["python"], rng["numpy"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
-    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
-                         nps["cached_gaussian"]))
-    torch.set_rng_state(rng["torch"])
-    cuda_states = rng["cuda"]
-    num_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if len(cuda_states) != num_devices:
-        warnings.warn(f"checkpoint holds {len(cuda_states)} CUDA RNG states, this process sees {num_devices} "
-                      "devices; restoring the common ones only, so CUDA random draws will not continue exactly")
-    for device, state in enumerate(cuda_states[:num_devices]):
-        torch.cuda.set_rng_state(state, device)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main-job command, for a fresh machine: the same environment as scripts/test.sh (a venv with this machine's
-# CPU torch and the package), then `oprd demo` (about 12 minutes on 2 CPU cores). Extra arguments go to `oprd demo`.
+# CPU torch and the package), then `oprd demo` (about 5 minutes on 2 CPU cores). Extra arguments go to `oprd demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -25,10 +25,11 @@ def run_strategy(group: Group, strategy: str) -> str:
 
 
 def save_run_checkpoint(group: Group, run_dir: Path, *, model: nn.Module, optimizer, scheduler, step: int,
-                        data_position: int, keep: int, strategy: str, sharded: bool) -> None:
-    """A checkpoint of step `step` written by rank 0; every rank must call it, and learns whether it was written."""
+                        data_position: int, keep: int, strategy: str) -> None:
+    """A checkpoint of step `step` written by rank 0; every rank must call it, and learns whether it was written.
+    `strategy`: `run_strategy`'s ("fsdp2": the student is sharded and its whole state is gathered first)."""
     model_state, optimizer_state = ((full_model_state(model), full_optimizer_state(model, optimizer))
-                                    if sharded else (None, None))
+                                    if strategy == "fsdp2" else (None, None))
     rng_states = group.gather(capture_rng_state())
     extra = {"world_size": group.size, "parallel": strategy} if group.active else {}
     group.run_on_main(lambda: save_checkpoint(
@@ -37,9 +38,11 @@ def save_run_checkpoint(group: Group, run_dir: Path, *, model: nn.Module, optimi
         rng_states=rng_states if group.active else None, model_state=model_state, optimizer_state=optimizer_state))
 
 
-def load_run_checkpoint(group: Group, checkpoint: Path, *, model: nn.Module, optimizer, scheduler, strategy: str,
-                        sharded: bool) -> TrainerState:
-    """The state of `checkpoint` (which rank 0's `latest_checkpoint` verified) loaded on every rank."""
+def load_run_checkpoint(group: Group, checkpoint: Path, *, model: nn.Module, optimizer, scheduler,
+                        strategy: str) -> TrainerState:
+    """The state of `checkpoint` (which rank 0's `latest_checkpoint` verified) loaded on every rank, under
+    `run_strategy`'s `strategy`."""
+    sharded = strategy == "fsdp2"
     whole = not sharded  # a sharded student loads rank 0's whole states below
     state = load_checkpoint(checkpoint, model=model if whole else None, optimizer=optimizer if whole else None,
                             scheduler=scheduler, verify=False, rank=group.rank)

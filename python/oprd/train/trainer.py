@@ -73,7 +73,7 @@ class Trainer:
         # refuses an unusable pair before any model work
         self.phases = plan_phases(config, student, teacher, self.device,
                                   two_tokenizers=teacher_tokenizer is not None)
-        self.sharded = self.group.active and config.parallel.strategy == "fsdp2"
+        self.sharded = self._strategy == "fsdp2"
         self.student, self.teacher = self._place(student, teacher)
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
         self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
@@ -142,7 +142,7 @@ class Trainer:
         main = self.group.is_main
         if checkpoint is not None:
             state = load_run_checkpoint(self.group, checkpoint, model=self.student, optimizer=self.optimizer,
-                                        scheduler=self.scheduler, strategy=self._strategy, sharded=self.sharded)
+                                        scheduler=self.scheduler, strategy=self._strategy)
             self.step, self.stream.position = state.step, state.data_position
             if main:  # a crash may have left lines after the checkpoint, the last one torn
                 metrics_log.truncate(self.metrics_path, self.step)
@@ -270,7 +270,7 @@ class Trainer:
         """A checkpoint of this step, with every rank's random state (oprd.parallel.checkpointing)."""
         save_run_checkpoint(self.group, self.run_dir, model=self.student, optimizer=self.optimizer,
                             scheduler=self.scheduler, step=self.step, data_position=self.stream.position,
-                            keep=self.config.run.keep_checkpoints, strategy=self._strategy, sharded=self.sharded)
+                            keep=self.config.run.keep_checkpoints, strategy=self._strategy)
 
     @property
     def _strategy(self) -> str:

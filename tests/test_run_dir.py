@@ -159,7 +159,7 @@ def test_oprd_train_reports_run_directory_problems_in_one_line(tmp_path, capsys)
 
 
 def test_the_demo_can_be_rerun_into_its_own_folder(tmp_path):
-    from oprd.demo.run import DemoSettings, run_demo
+    from oprd.demo import DemoSettings, run_demo
 
     settings = DemoSettings(out=str(tmp_path / "demo"), digits=1, hidden=16, layers=1, sft_examples=32, sft_steps=2,
                             sft_batch=8, candidate_every=1, select_size=2, distill_steps=2, prompts_per_step=2,

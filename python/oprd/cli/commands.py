@@ -39,7 +39,7 @@ def _load_config(path: str | None, overrides: list[str]):
 
 def cmd_demo(args) -> int:
     from oprd.cli.preflight import check_run_dir
-    from oprd.demo.run import DemoSettings, run_demo
+    from oprd.demo import DemoSettings, run_demo
 
     check_run_dir(args.out, overwrite=True, key="--out")  # the demo rebuilds and overwrites its own runs
     if not 0 < args.student_ratio <= 1:

@@ -6,6 +6,8 @@ A recipe built on the library, not part of it: it may import `train` and everyth
 capture, tasks, ...); only `cli` imports it.
 """
 
-from oprd.demo.run import METHODS, DemoRun, DemoSettings, distill_runs, run_demo, write_outputs
+from oprd.demo.distill import distill_runs
+from oprd.demo.run import run_demo, write_outputs
+from oprd.demo.settings import METHODS, DemoRun, DemoSettings
 
 __all__ = ["METHODS", "DemoRun", "DemoSettings", "distill_runs", "run_demo", "write_outputs"]

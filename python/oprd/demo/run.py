@@ -26,12 +26,10 @@ from transformers import LlamaForCausalLM
 from oprd.demo.diagnostics import head_distance
 from oprd.demo.distill import distill_runs
 from oprd.demo.report import plot, render_tables
-from oprd.demo.settings import METHODS, DemoRun, DemoSettings
+from oprd.demo.settings import DemoSettings
 from oprd.demo.sft import train_sft
 from oprd.demo.stage import Stage, accuracy, new_model, prepare, save_model
 from oprd.demo.student_choice import CandidateKeeper, StudentChoice, choose_student
-
-__all__ = ["METHODS", "DemoRun", "DemoSettings", "distill_runs", "run_demo", "teacher_and_student", "write_outputs"]
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> dict:

@@ -82,6 +82,7 @@ def cmd_train(args) -> int:
             print(f"final student in {final}")
         trainer.group.barrier()
     finally:
+        trainer.close()  # the rollout engine first: vLLM's teardown needs the process group
         leave()
     return 0
 

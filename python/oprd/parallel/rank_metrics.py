@@ -7,7 +7,7 @@ from __future__ import annotations
 from oprd.parallel.group import Group
 
 _SUMMED = ("loss/", "tokens/")
-_MAXED = ("time/step_s", "memory/")
+_MAXED = ("time/", "memory/")
 
 
 def reduce_metrics(group: Group, metrics: dict[str, float]) -> dict[str, float]:

@@ -28,9 +28,11 @@ from torch.distributed.checkpoint.state_dict import (
 from oprd.parallel.fsdp_check import FSDPModule
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered, on rank 0's CPU
+_GATHERED = StateDictOptions(full_state_dict=True)  # gathered whole on every rank, on its device
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 # a parameter that never had a gradient (the LM head under OPRD alone) has no optimizer state, as in one process
-_OPTIMIZER_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+_OPTIMIZER_GATHERED = StateDictOptions(full_state_dict=True)  # gathered whole on every rank, on its device
+_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
 
 
 def shard_model(model: nn.Module, blocks: Iterable[nn.Module], *, trainable: bool) -> nn.Module:
@@ -55,6 +57,11 @@ def shard_model(model: nn.Module, blocks: Iterable[nn.Module], *, trainable: boo
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole state dict on rank 0's CPU (empty on the other ranks). Every rank must call it."""
     return get_model_state_dict(model, options=_FULL)
+
+
+def gathered_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict on every rank (each rank's rollout engine needs all of it). Every rank must call it."""
+    return get_model_state_dict(model, options=_GATHERED)
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

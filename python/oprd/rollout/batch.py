@@ -23,6 +23,7 @@ class Rollouts:
     prompt_width: int  # P
     prompt_index: Tensor  # [B]: which prompt of the step each row answers
     teacher: object | None = None  # another tokenizer's teacher: its view of the rows (token_alignment.TeacherView)
+    sampled_log_probs: Tensor | None = None  # [B, T]: the engine's log-prob of each response token (vLLM), else 0
 
     @property
     def responses(self) -> Tensor:
@@ -57,6 +58,39 @@ def concat_rollouts(parts: Sequence[Rollouts], pad_token_id: int) -> Rollouts:
                     torch.cat([widen(p.attention_mask, p, 0) for p in parts]),
                     torch.cat([widen(p.response_mask, p, 0) for p in parts]), width,
                     torch.cat([p.prompt_index + int(o) for p, o in zip(parts, offsets)]))
+
+
+def rollouts_from_samples(prompt_ids: Tensor, prompt_mask: Tensor, samples: Sequence[Sequence[int]],
+                          responses_per_prompt: int, eos_token_ids: Sequence[int], pad_token_id: int,
+                          log_probs: Sequence[Sequence[float]] | None = None) -> Rollouts:
+    """The layout from an engine's samples: `prompt_ids`/`prompt_mask` [P_count, P] left-padded as `encode_prompts`
+    makes them, `samples` one token list per row (prompt-major, `responses_per_prompt` rows a prompt, each ending at
+    its EOS or at the length limit), `log_probs` the engine's log-prob of each sampled token (optional)."""
+    if len(samples) != prompt_ids.shape[0] * responses_per_prompt:
+        raise ValueError(f"rollouts_from_samples: expected {prompt_ids.shape[0]} x {responses_per_prompt} samples; "
+                         f"got {len(samples)}")
+    width = max(1, max(len(s) for s in samples))
+    device = prompt_ids.device
+    responses = torch.full((len(samples), width), pad_token_id, dtype=prompt_ids.dtype)
+    for row, tokens in enumerate(samples):
+        responses[row, :len(tokens)] = torch.as_tensor(list(tokens), dtype=prompt_ids.dtype)
+    responses = responses.to(device)
+    resp_mask = response_mask_from(responses, eos_token_ids)
+    resp_mask[:, max(len(s) for s in samples):] = 0  # every sample empty: the one padding column is no response
+    for row, tokens in enumerate(samples):  # a sample cut at the length limit holds no EOS: mask only its tokens
+        resp_mask[row, len(tokens):] = 0
+    responses = torch.where(resp_mask.bool(), responses, torch.full_like(responses, pad_token_id))
+    prompt_rows = prompt_mask.repeat_interleave(responses_per_prompt, dim=0)
+    input_ids = torch.cat([prompt_ids.repeat_interleave(responses_per_prompt, dim=0), responses], dim=1)
+    index = torch.arange(prompt_ids.shape[0], device=device).repeat_interleave(responses_per_prompt)
+    out = Rollouts(input_ids, torch.cat([prompt_rows, resp_mask], dim=1),
+                   torch.cat([torch.zeros_like(prompt_rows), resp_mask], dim=1), prompt_ids.shape[1], index)
+    if log_probs is not None:
+        table = torch.zeros(len(samples), width, dtype=torch.float32)
+        for row, values in enumerate(log_probs):
+            table[row, :len(values)] = torch.as_tensor(list(values), dtype=torch.float32)
+        out.sampled_log_probs = table.to(device) * resp_mask
+    return out
 
 
 def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:

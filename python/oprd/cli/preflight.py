@@ -4,7 +4,7 @@ and no minutes of loading. Each error names the config key (or flag) and the fil
 `check_train`: the required keys are set; the prompt files parse (evaluation's need for answers is explained, with
 the way to turn it off); both model directories hold a config, whole weights and (the student) a tokenizer; the two
 configs agree with the method (OPRD-Vanilla needs equal widths; the Bridge methods a bridge file fitted for the pair)
-and with `oprd.layers`; `run.dir` is a directory one
+and with `oprd.layers`; the vLLM rollout engine can run the student (or its server answers); `run.dir` is a directory one
 can write in, and a fresh run does not land on another run's outputs (`oprd.runs.run_dir`). `Trainer.run` checks the run
 directory again for API users. With `--resume`, at least one checkpoint must pass the cheap file-and-size check.
 """
@@ -24,7 +24,9 @@ from oprd.parallel.processes import check_launch, world_size
 from oprd.rollout.prompts import MissingFieldError, load_prompts
 from oprd.runs.checkpoint import latest_checkpoint
 from oprd.runs.run_dir import prepare_fresh_run
-from oprd.train.config import TrainConfig, parse_layers
+from oprd.rollout.vllm_server import served_model
+from oprd.train.config import TrainConfig, parse_layers, resolve_device
+from oprd.train.rollout_engines import plan_engine
 from oprd.train.head_transfer import check_head_transfer
 
 
@@ -92,8 +94,20 @@ def check_pair(config: TrainConfig) -> None:
     if config.oprd.head_from_teacher:
         check_head_transfer(student, teacher)
     layers = student_layers(config.oprd.layers, student, config.model.student, "`oprd.layers`", "`model.student`")
+    check_rollout_engine(config, student)
     if any(m in BRIDGE_METHODS for m in methods):
         check_bridge_fits(load_bridge(config.bridge.path), student, teacher, layers)
+
+
+def check_rollout_engine(config: TrainConfig, student_config) -> None:
+    """vLLM installed and able to run this student with these settings, or the server at `rollout.vllm_url`
+    answering (oprd.train.rollout_engines)."""
+    if config.rollout.engine != "vllm":
+        return
+    if config.rollout.vllm_url:
+        served_model(config.rollout.vllm_url)
+    else:
+        plan_engine(config, student_config, resolve_device(config.run.device))
 
 
 def student_layers(layers: str, student_config, path: str, layers_name: str, student_name: str) -> list[int] | None:

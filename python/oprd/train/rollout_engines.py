@@ -29,11 +29,12 @@ def plan_engine(config: TrainConfig, student_config, device: torch.device) -> VL
     r = config.rollout
     if r.engine == "hf" or r.vllm_url:
         return None
-    import_vllm()
     dtype = _DTYPE_NAMES[resolve_dtype(r.vllm_dtype, device)]
-    return plan_vllm(student_config, device=device.type, dtype=dtype, max_model_len=r.vllm_max_model_len,
-                     kv_cache_mb=r.vllm_kv_cache_mb, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-                     max_new_tokens=r.max_new_tokens)
+    settings = plan_vllm(student_config, device=device.type, dtype=dtype, max_model_len=r.vllm_max_model_len,
+                         kv_cache_mb=r.vllm_kv_cache_mb, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                         max_new_tokens=r.max_new_tokens)
+    import_vllm()
+    return settings
 
 
 def build_engine(config: TrainConfig, student: nn.Module, tokenizer, eos_token_ids: list[int],

@@ -2,7 +2,8 @@
 settings, docs/trainer.md, "Memory plan"), whether `optim.gradient_checkpointing` turns checkpointing on, and the
 learning rate's warm-up and cosine decay (`warmup_cosine`).
 
-- fp32 weights, `adamw`: torch's AdamW (16 bytes per parameter with its gradient and two fp32 moments).
+- fp32 weights, `adamw`: torch's AdamW, its fused kernel where it applies, else foreach (`adamw_kernel`; 16 bytes
+  per parameter with its gradient and two fp32 moments).
 - bf16 weights, `adamw`: `BF16AdamW`, fp32 moments over bf16 weights (12 bytes per parameter). The update is computed
   in fp32 and written back with stochastic rounding, so updates far below a bf16 ulp still move the weight in
   expectation instead of vanishing (Zamirai et al. 2020). The rounding draws from a generator seeded by the step and
@@ -108,7 +109,18 @@ def build_optimizer(parameters: Iterable[nn.Parameter], name: str, *, lr: float,
         raise ValueError(f"config: `optim.optimizer` must be one of {list(OPTIMIZERS)}; got {name!r}")
     if bf16:
         return BF16AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, seed=seed)
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **adamw_kernel(params))
+
+
+def adamw_kernel(params: list[nn.Parameter]) -> dict:
+    """torch AdamW's fused kernel (one pass over every parameter) where it applies: plain fp32 tensors, all on CPU or
+    all on one CUDA device; else the foreach kernel (FSDP2's DTensors). Both compute the for-loop's update
+    (tests/test_optim_kernels.py); the for-loop default, a Python loop over the parameters, is the slow one on CPU."""
+    plain = all(type(p) in (torch.Tensor, nn.Parameter) and p.dtype == torch.float32 for p in params)
+    devices = {p.device for p in params}
+    if plain and len(devices) == 1 and next(iter(devices)).type in ("cpu", "cuda"):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 CHECKPOINTING_FROM = 1_000_000_000  # "auto" checkpoints students of at least this many parameters

@@ -292,9 +292,11 @@ class Trainer:
         them): how far off-policy the rollouts are."""
         if batches[0].sampled_log_probs is None:
             return {}
+        start = time.perf_counter()
         with self._autocast():
             gaps = [logprob_gap(self.student, b) for b in batches]
-        return {"rollout/logprob_gap": sum(g for g, _ in gaps) / max(1, sum(n for _, n in gaps))}
+        return {"rollout/logprob_gap": sum(g for g, _ in gaps) / max(1, sum(n for _, n in gaps)),
+                "time/logprob_gap_s": time.perf_counter() - start}
 
     def _window_total(self, counts: TokenCounts) -> TokenCounts:
         return TokenCounts(*self.group.sum([counts.oprd, counts.opd]))

@@ -6,7 +6,8 @@ Equal budget per step: 8 responses of up to `--tokens` tokens (oprd: 4 prompts x
 its layout), 1 thread, fp32 on CPU, AdamW, no gradient checkpointing. Each (trainer, vocabulary) runs in a process of
 its own, the cases interleaved over `--repeats` rounds; the first `--warmup` steps of each run are dropped. Printed:
 seconds per step (for oprd also the rollout's share and the rest: teacher pass, student pass, loss, update, weight
-sync, and on these logging steps the vllm engine's log-prob gap pass, each of the last two also apart), peak RSS of the process, and the ratios against TRL and against oprd's hf engine at the same vocabulary.
+sync, and on these logging steps the vllm engine's log-prob gap pass, each of the last two also apart), peak RSS of
+the process, and the ratios against TRL and against oprd's hf engine at the same vocabulary.
 Needs vLLM for the vllm case (scripts/install_vllm_cpu.sh; run with that venv's python) and TRL.
 
     OMP_NUM_THREADS=1 .venv-vllm/bin/python benchmarks/bench_train_step.py --out benchmarks/results/train_step_cpu.jsonl
@@ -168,10 +169,11 @@ def main() -> None:
     if args.case:
         return one(args)
     cases = [c for c in args.cases.split(",") if c]
-    if "oprd-vllm" in cases and importlib.util.find_spec("vllm") is None:
-        print("bench_train_step: vllm is not installed in this environment: the oprd-vllm case is skipped "
-              "(scripts/install_vllm_cpu.sh on CPUs, pip install 'oprd[vllm]' on CUDA)", file=sys.stderr)
-        cases.remove("oprd-vllm")
+    for case, module, how in (("oprd-vllm", "vllm", "scripts/install_vllm_cpu.sh on CPUs, pip install 'oprd[vllm]' "
+                                                     "on CUDA"), ("trl", "trl", "pip install 'oprd[trl]'")):
+        if case in cases and importlib.util.find_spec(module) is None:
+            print(f"bench_train_step: SKIPPED {case}: {module} is not installed here ({how})")
+            cases.remove(case)
     results = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "VLLM_LOGGING_LEVEL": "WARNING"}
     for _ in range(args.repeats):

@@ -10,7 +10,7 @@
 # summary.tsv, a failed or timed-out step is printed as such, and the script exits 1 when any step did not pass.
 # Results go to the folder given as $1 (default: $OUT, else ./gpu-results): summary.tsv, build_info.json, gpu.csv,
 # *.log and actor_update_cuda.jsonl, loss_path_cuda.jsonl, teacher_pass_cuda.jsonl, kernels.jsonl, opd_tuning.jsonl,
-# loss_path_peers_cuda.jsonl, plots/, memory_settings_cuda.jsonl.
+# loss_path_peers_cuda.jsonl, plots/, memory_settings_cuda.jsonl, train_step_cuda.jsonl.
 #   device run:  bash benchmarks/gpu_check.sh "$OUT"
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,5 +57,10 @@ STEP_TAIL=6 run_step memory-7b 150 memory_settings_7b.log $py benchmarks/bench_m
   --shape 7b --reps 2 --out "$out/memory_settings_cuda.jsonl"
 STEP_TAIL=4 run_step multi-process 150 distributed.log $py -m pytest -q -p no:cacheprovider -m "slow or not slow" \
   tests/test_distributed.py
+
+# issue 27: whole training steps, oprd train (hf and vllm engines) against TRL, Qwen's vocabulary, 1k-token responses;
+# the vllm and TRL cases print SKIPPED where those packages are absent (the GPU image has no vLLM)
+STEP_TAIL=8 run_step train-step 150 train_step.log $py benchmarks/bench_train_step.py --device cuda --tokens 1024 \
+  --vocabs 151936 --steps 3 --out "$out/train_step_cuda.jsonl"
 
 finish_steps

@@ -4,7 +4,8 @@ and no minutes of loading. Each error names the config key (or flag) and the fil
 `check_train`: the required keys are set; the prompt files parse (evaluation's need for answers is explained, with
 the way to turn it off); both model directories hold a config, whole weights and (the student) a tokenizer; the two
 configs agree with the method (OPRD-Vanilla needs equal widths; the Bridge methods a bridge file fitted for the pair)
-and with `oprd.layers`; the vLLM rollout engine can run the student (or its server answers); `run.dir` is a directory one
+and with `oprd.layers`; the vLLM rollout engine can run the student (or its server
+answers); `run.dir` is a directory one
 can write in, and a fresh run does not land on another run's outputs (`oprd.runs.run_dir`). `Trainer.run` checks the run
 directory again for API users. With `--resume`, at least one checkpoint must pass the cheap file-and-size check.
 """
@@ -22,12 +23,12 @@ from oprd.objective.pairing import check_widths, hidden_size
 from oprd.objective.spec import BRIDGE_METHODS
 from oprd.parallel.processes import check_launch, world_size
 from oprd.rollout.prompts import MissingFieldError, load_prompts
+from oprd.rollout.vllm_server import served_model
 from oprd.runs.checkpoint import latest_checkpoint
 from oprd.runs.run_dir import prepare_fresh_run
-from oprd.rollout.vllm_server import served_model
 from oprd.train.config import TrainConfig, parse_layers, resolve_device
-from oprd.train.rollout_engines import plan_engine
 from oprd.train.head_transfer import check_head_transfer
+from oprd.train.rollout_engines import plan_engine
 
 
 def check_train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> tuple[list[dict], list[dict]]:

@@ -31,8 +31,7 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered, on
 _GATHERED = StateDictOptions(full_state_dict=True)  # gathered whole on every rank, on its device
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 # a parameter that never had a gradient (the LM head under OPRD alone) has no optimizer state, as in one process
-_OPTIMIZER_GATHERED = StateDictOptions(full_state_dict=True)  # gathered whole on every rank, on its device
-_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+_OPTIMIZER_FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
 
 
 def shard_model(model: nn.Module, blocks: Iterable[nn.Module], *, trainable: bool) -> nn.Module:

@@ -1,8 +1,10 @@
 """The minimal on-policy distillation loop (DESIGN.md, "The trainer").
 
-One step: prompts -> student rollouts -> one truncated teacher pass -> student pass -> loss (OPRD, an OPD baseline,
-or both) -> backward -> gradient clipping -> AdamW -> warm-up + cosine schedule. Gradient accumulation over
-micro-batches. On CUDA the student computes under bf16 autocast, over fp32 weights by default (`optim.param_dtype`).
+One step: prompts -> student rollouts (the engine of `rollout.engine`: HF `generate`, or vLLM served the student's
+weights after every optimizer step; `oprd.train.rollout_engines`) -> one truncated teacher pass -> student pass ->
+loss (OPRD, an OPD baseline, or both) -> backward -> gradient clipping -> AdamW -> warm-up + cosine schedule ->
+weight sync. Gradient accumulation over micro-batches. On CUDA the student computes under bf16 autocast, over fp32
+weights by default (`optim.param_dtype`).
 
 Output: per-step metrics as JSON lines in `<run.dir>/metrics.jsonl`, periodic evaluation, and atomic checkpoints.
 A resumed run continues exactly: same prompts, same random stream, same metrics except the timings.

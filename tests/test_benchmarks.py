@@ -2,6 +2,7 @@
 what DESIGN.md asks of a result, and the summary prints a ratio against the eager reference."""
 
 import json
+from pathlib import Path
 
 import bench_kernels  # benchmarks/ is put on sys.path by conftest.py
 import pytest
@@ -126,3 +127,25 @@ def test_opd_tuning_smoke_run_compares_every_part_on_equal_values(tmp_path, caps
     baselines = [r for r in rows if r["ratio"] == 1.0 and r["rel_diff"] == 0.0]
     assert len(baselines) >= 2 + 2 + len(candidates)
     assert "TFLOP/s" in capsys.readouterr().out
+
+
+def test_train_step_benchmark_times_each_trainer_in_its_own_process(tmp_path):
+    """bench_train_step.py on a tiny vocabulary and response: a row per trainer with its step time, the ratio against
+    TRL, and the rollout's share for oprd; a trainer whose package is absent is named as skipped, never left out
+    silently."""
+    import importlib.util
+    import subprocess
+    import sys
+    out = tmp_path / "steps.jsonl"
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" /
+                                               "bench_train_step.py"), "--vocabs", "512", "--tokens", "4", "--steps",
+                           "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["case"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert {"oprd-hf", "trl"} <= set(rows)
+    assert ("oprd-vllm" in rows) == (importlib.util.find_spec("vllm") is not None)
+    if "oprd-vllm" not in rows:
+        assert "SKIPPED oprd-vllm: vllm is not installed" in done.stdout
+    hf = rows["oprd-hf"]
+    assert 0 < hf["rollout_s"] < hf["step_s"] and hf["steps"] == 1
+    assert hf["x_vs_trl"] == pytest.approx(rows["trl"]["step_s"] / hf["step_s"])

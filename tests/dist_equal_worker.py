@@ -51,7 +51,7 @@ def one_step(method: str, grad_accum: int, strategy: str) -> dict | None:
     share = 4 // trainer.group.size
     mine = range(trainer.group.rank * share, (trainer.group.rank + 1) * share)
     queue = [rows_of(b, mine) for b in batches]
-    trainer._rollouts = lambda: queue.pop(0)
+    trainer._rollouts = lambda micro=0: queue.pop(0)
     metrics = trainer.train_step()
     grads = {k: whole(p.grad) for k, p in student.named_parameters() if p.grad is not None}  # every rank: collectives
     weights = {k: whole(v) for k, v in student.state_dict().items()}

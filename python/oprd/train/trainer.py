@@ -252,7 +252,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    def _rollouts(self, micro: int):
+    def _rollouts(self, micro: int = 0):
         """One micro-batch: the next `rollout.prompts_per_step` prompts, sampled from the student as it is now.
         An engine with per-request streams (vLLM) seeds them from the run's seed, rank, step and micro-batch."""
         r, chat_template = self.config.rollout, self.config.data.chat_template

@@ -27,6 +27,14 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device,
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+def encode_prompt_tokens(tokenizer, prompts: Sequence[str], chat_template: str = "auto"
+                         ) -> tuple[Tensor, Tensor, list[list[int]]]:
+    """`encode_prompts` on the CPU, plus each prompt's token ids without the padding: what an engine that takes token
+    prompts (vLLM) is sent, so that it sees the tokens `generate` would."""
+    ids, mask = encode_prompts(tokenizer, prompts, torch.device("cpu"), chat_template)
+    return ids, mask, [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+
 @torch.no_grad()
 def generate_rollouts(model: nn.Module, tokenizer, prompts: Sequence[str], *, responses_per_prompt: int,
                       max_new_tokens: int, temperature: float, top_p: float,

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from oprd.rollout.batch import Rollouts, rollouts_from_samples
 from oprd.rollout.engine import Sampling, row_seed
-from oprd.rollout.hf import encode_prompts
+from oprd.rollout.hf import encode_prompt_tokens
 from oprd.rollout.vllm_settings import VLLMSettings, import_vllm
 
 _SET_NUM_THREADS = torch.set_num_threads  # vLLM's CPU worker swaps in a no-op; the trainer keeps the real one
@@ -46,8 +46,7 @@ class VLLMEngine:
         self.sampling_params = vllm.SamplingParams
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> Rollouts:
-        ids, mask = encode_prompts(self.tokenizer, prompts, torch.device("cpu"), sampling.chat_template)
-        token_lists = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        ids, mask, token_lists = encode_prompt_tokens(self.tokenizer, prompts, sampling.chat_template)
         self.settings.check_prompt_fits(max(map(len, token_lists)), sampling.max_new_tokens)
         n = sampling.responses_per_prompt
         requests = [{"prompt_token_ids": tokens} for tokens in token_lists for _ in range(n)]

@@ -17,13 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
 from oprd.rollout.batch import Rollouts, rollouts_from_samples
 from oprd.rollout.engine import Sampling, row_seed
-from oprd.rollout.hf import encode_prompts
+from oprd.rollout.hf import encode_prompt_tokens
 
 CONCURRENT_REQUESTS = 64
 
@@ -68,8 +67,7 @@ class VLLMServerEngine:
         self.model = served_model(self.url)
 
     def generate(self, prompts: Sequence[str], sampling: Sampling) -> Rollouts:
-        ids, mask = encode_prompts(self.tokenizer, prompts, torch.device("cpu"), sampling.chat_template)
-        token_lists = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        ids, mask, token_lists = encode_prompt_tokens(self.tokenizer, prompts, sampling.chat_template)
         n = sampling.responses_per_prompt
         bodies = [self._body(tokens, sampling, row) for row, tokens in
                   enumerate(t for t in token_lists for _ in range(n))]
